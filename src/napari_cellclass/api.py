@@ -1,0 +1,61 @@
+"""Python API for scripts, notebooks and scripted ``viewer`` sessions.
+
+Each function takes numpy arrays (or napari layers, whose ``.data`` is used) and
+returns plain results (dicts, arrays, lists) that the widgets turn into layers.
+The work is done by the task modules; these are the stable, documented doors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .engine.progress import run_sync
+from .tasks.base import TaskOptions, task_function
+
+
+def _data(x: Any) -> Any:
+    return getattr(x, "data", x)
+
+
+def classify(image: Any, model: str | Path, *, task: str | None = None, cells: Any = None,
+             device: str | None = None, **kwargs) -> dict[str, Any]:
+    """Classify a whole image or each cell of it.
+
+    ``task`` defaults to the task named in the checkpoint ("hpa" or "wbc").
+    ``cells`` is a labels array, a list of (y0, x0, y1, x1) boxes, or a shapes layer.
+    """
+    from .engine.checkpoint import read_meta
+
+    task = task or read_meta(model).task
+    fn = task_function(task, "classify")
+    if isinstance(image, (list, tuple)):
+        image = [_data(i) for i in image]
+    else:
+        image = _data(image)
+    return run_sync(fn(image, Path(model), cells=cells, device=device, **kwargs))
+
+
+def detect(image: Any, model: str | Path, *, device: str | None = None, **kwargs) -> dict[str, Any]:
+    """Detect objects; returns boxes (y0, x0, y1, x1), labels, scores and optional masks."""
+    return run_sync(task_function("detect", "detect")(_data(image), Path(model), device=device, **kwargs))
+
+
+def karyotype(image: Any, model: str | Path, *, device: str | None = None, **kwargs) -> dict[str, Any]:
+    """Segment, classify and pair the chromosomes of a metaphase spread."""
+    return run_sync(task_function("karyotype", "karyotype")(_data(image), Path(model), device=device, **kwargs))
+
+
+def train(task: str, data: str | Path, **options) -> dict[str, Any]:
+    """Train a model for ``task`` on a dataset folder; returns the summary (incl. checkpoint)."""
+    known = set(TaskOptions.__dataclass_fields__)
+    extra = {k: v for k, v in options.items() if k not in known}
+    opts = TaskOptions(**{k: v for k, v in options.items() if k in known})
+    opts.extra.update(extra)
+    return run_sync(task_function(task, "train")(Path(data), opts))
+
+
+def evaluate(task: str, model: str | Path, data: str | Path, **options) -> dict[str, Any]:
+    """Evaluate a checkpoint on a dataset folder; returns JSON-able metrics."""
+    known = set(TaskOptions.__dataclass_fields__)
+    opts = TaskOptions(**{k: v for k, v in options.items() if k in known})
+    return run_sync(task_function(task, "evaluate")(Path(model), Path(data), opts))

@@ -1,0 +1,225 @@
+"""``cellclass``: the headless entry point (folders in, files and JSON out).
+
+Subcommands: demo, synth, train, evaluate, predict, karyotype, info.  Each
+dispatches to the task modules in :mod:`napari_cellclass.tasks`; the CLI only
+parses arguments, shows progress and turns :class:`CellClassError` into a short
+message and a non-zero exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import CellClassError, NotImplementedTaskError
+
+EXIT_USER_ERROR = 2
+EXIT_CANCELLED = 130
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="auto (default), cuda, cuda:N, mps or cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="task-specific option, repeatable (e.g. --set loss=focal)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--arch", default=None, help="architecture (task-specific)")
+    p.add_argument("--size", type=int, default=None, help="input size in pixels")
+    p.add_argument("--recipe", type=Path, default=None, help="training recipe YAML/JSON")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start from ImageNet/COCO weights (cached, or downloaded if CELLCLASS_ALLOW_DOWNLOAD=1)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny model and budget (smoke test)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellclass", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("demo", help="generate sample data, train small models, predict; write results")
+    p.add_argument("--out", type=Path, default=Path("cellclass-demo"))
+    p.add_argument("--tasks", default=None, help="comma list of tasks (default: all available)")
+    _common(p)
+
+    p = sub.add_parser("synth", help="write a synthetic dataset for a task")
+    p.add_argument("task")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--out", type=Path, required=True)
+    _common(p)
+
+    p = sub.add_parser("train", help="train a model on a dataset folder")
+    p.add_argument("task")
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="output folder (checkpoint + log)")
+    _train_opts(p)
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset; prints JSON")
+    p.add_argument("task")
+    p.add_argument("model", type=Path)
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--batch-size", type=int, default=None)
+    _common(p)
+
+    p = sub.add_parser("predict", help="run a checkpoint on images; writes results to --out")
+    p.add_argument("task")
+    p.add_argument("model", type=Path)
+    p.add_argument("inputs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=Path("cellclass-out"))
+    p.add_argument("--batch-size", type=int, default=None)
+    _common(p)
+
+    p = sub.add_parser("karyotype", help="karyotype metaphase spreads")
+    p.add_argument("spreads", type=Path, nargs="+")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("cellclass-karyotype"))
+    _common(p)
+
+    p = sub.add_parser("info", help="show the device policy and a checkpoint's metadata")
+    p.add_argument("model", type=Path, nargs="?")
+    _common(p)
+    return parser
+
+
+def _options(args: argparse.Namespace):
+    from .tasks.base import TaskOptions, parse_value
+
+    extra: dict[str, Any] = {}
+    for item in getattr(args, "extra", []) or []:
+        if "=" not in item:
+            raise CellClassError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        extra[k.strip().replace("-", "_")] = parse_value(v.strip())
+    return TaskOptions(
+        epochs=getattr(args, "epochs", None),
+        batch_size=getattr(args, "batch_size", None),
+        lr=getattr(args, "lr", None),
+        device=args.device,
+        arch=getattr(args, "arch", None),
+        out=getattr(args, "out", None),
+        seed=args.seed,
+        size=getattr(args, "size", None),
+        recipe=getattr(args, "recipe", None),
+        pretrained=getattr(args, "pretrained", False),
+        workers=getattr(args, "workers", 0),
+        quick=getattr(args, "quick", False),
+        resume=getattr(args, "resume", False),
+        model=getattr(args, "model", None) if isinstance(getattr(args, "model", None), Path) else None,
+        extra=extra,
+    )
+
+
+def _drive(job, quiet: bool):
+    from .engine.progress import TextProgress, run_sync
+
+    return run_sync(job, None if quiet else TextProgress())
+
+
+def _print_json(obj: Any, out: Path | None = None) -> None:
+    text = json.dumps(obj, indent=2, default=str)
+    print(text)
+    if out is not None:
+        from .engine.atomic import atomic_path
+
+        out = Path(out)
+        if out.suffix != ".json":
+            out.mkdir(parents=True, exist_ok=True)
+            out = out / "metrics.json"
+        with atomic_path(out) as tmp:
+            tmp.write_text(text + "\n")
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from ._version import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    from .tasks.base import task_function
+
+    opts = _options(args)
+    quiet = getattr(args, "quiet", False)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        tasks = args.tasks.split(",") if args.tasks else None
+        summary = _drive(run_demo(args.out, opts, tasks=tasks), quiet)
+        return 0 if summary.get("ok", False) else 1
+    if args.command == "synth":
+        path = task_function(args.task, "synth")(args.out, args.n, args.seed)
+        print(f"wrote synthetic {args.task} data to {path}")
+        return 0
+    if args.command == "train":
+        result = _drive(task_function(args.task, "train")(args.data, opts), quiet)
+        _print_json(result)
+        return 0
+    if args.command == "evaluate":
+        result = _drive(task_function(args.task, "evaluate")(args.model, args.data, opts), quiet)
+        _print_json(result, args.out)
+        return 0
+    if args.command == "predict":
+        result = _drive(task_function(args.task, "predict")(args.model, args.inputs, opts), quiet)
+        _print_json(result)
+        return 0
+    if args.command == "karyotype":
+        opts.model = args.model
+        result = _drive(task_function("karyotype", "predict")(args.model, args.spreads, opts), quiet)
+        _print_json(result)
+        return 0
+    if args.command == "info":
+        from .engine.device import resolve_device
+
+        print(f"device: {resolve_device(args.device).describe()}")
+        if args.model is not None:
+            from dataclasses import asdict
+
+            from .engine.checkpoint import read_meta
+
+            _print_json(asdict(read_meta(args.model)))
+        return 0
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USER_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .engine.progress import CancelToken  # noqa: F401  (imported for side-effect-free check)
+
+    try:
+        return run(argv)
+    except NotImplementedTaskError as exc:
+        print(f"cellclass: not implemented: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except CellClassError as exc:
+        from .errors import Cancelled
+
+        if isinstance(exc, Cancelled):
+            print(f"\ncellclass: {exc}", file=sys.stderr)
+            return EXIT_CANCELLED
+        print(f"cellclass: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ncellclass: interrupted; files already written are complete, nothing half-written was kept",
+              file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The one device policy: CUDA, else Apple MPS, else CPU, with a user override.
+
+Mixed precision and channels-last are switched on only on CUDA, where they pay;
+on CPU they are slower or unsupported.  ``describe()`` is what the widgets and the
+CLI show the user, so nobody has to guess where their model runs.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import CellClassError
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+ENV_VAR = "CELLCLASS_DEVICE"
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    device: torch.device
+    amp: bool
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    reason: str
+
+    def describe(self) -> str:
+        extras = []
+        if self.amp:
+            extras.append(f"mixed precision {str(self.amp_dtype).replace('torch.', '')}")
+        if self.channels_last:
+            extras.append("channels-last")
+        name = str(self.device)
+        if self.device.type == "cuda":
+            name += f" ({torch.cuda.get_device_name(self.device)})"
+        tail = f", {', '.join(extras)}" if extras else ""
+        return f"{name}{tail} - {self.reason}"
+
+    def autocast(self):
+        """Context for the forward pass: autocast on CUDA, nothing elsewhere."""
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return nullcontext()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=self.device.type == "cuda")
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(preference: str | None = None, *, amp: bool | None = None) -> DevicePolicy:
+    """Pick the device.
+
+    ``preference`` is "auto" (default), "cuda", "cuda:N", "mps" or "cpu"; the
+    environment variable ``CELLCLASS_DEVICE`` is used when it is None.  Asking for
+    a device that is not there is an error, not a silent fallback.
+    """
+    pref = (preference or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if pref == "auto":
+        if torch.cuda.is_available():
+            dev, reason = torch.device("cuda"), "CUDA GPU found"
+        elif _mps_available():
+            dev, reason = torch.device("mps"), "Apple GPU (MPS) found"
+        else:
+            dev, reason = torch.device("cpu"), "no GPU found"
+    elif pref.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CellClassError(
+                f"device {pref!r} was asked for but CUDA is not available "
+                "(no NVIDIA GPU or a CPU-only torch build); use 'auto' or 'cpu'"
+            )
+        dev, reason = torch.device(pref), "chosen by the user"
+    elif pref == "mps":
+        if not _mps_available():
+            raise CellClassError("device 'mps' was asked for but Apple MPS is not available")
+        dev, reason = torch.device("mps"), "chosen by the user"
+    elif pref == "cpu":
+        dev, reason = torch.device("cpu"), "chosen by the user"
+    else:
+        raise CellClassError(f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    on_cuda = dev.type == "cuda"
+    use_amp = on_cuda if amp is None else (amp and on_cuda)
+    amp_dtype = None
+    if use_amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return DevicePolicy(device=dev, amp=use_amp, amp_dtype=amp_dtype, channels_last=on_cuda, reason=reason)
