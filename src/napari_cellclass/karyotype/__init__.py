@@ -1,0 +1,1 @@
+"""karyotype subpackage."""
