@@ -1,0 +1,534 @@
+"""Pure parsing of Pascal VOC XML (LabelImg) and COCO JSON into one structure.
+
+Both formats end up as :class:`AnnotatedImage`: boxes ``(N, 4)`` float
+``x0, y0, x1, y1`` in pixels, one label per box, an optional polygon per object
+(``(K, 2)`` as ``x, y``) and a dict of per-object extras.  No layers, no
+images are read here, so the writers (``io/writers.py``) can round-trip through
+these functions and tests can run without napari.
+
+Coordinate conventions
+    Coordinates are taken as written, without the historical VOC "1-based"
+    shift: LabelImg and most tools write pixel coordinates directly.  A COCO
+    ``bbox`` ``[x, y, w, h]`` becomes ``x0=x, y0=y, x1=x+w, y1=y+h``.
+
+Boxes that do not fit (policy)
+    * non-finite coordinates, an inverted box (``x1 < x0`` or ``y1 < y0``) or a
+      box lying entirely outside the image -> :class:`InputError` naming file and object;
+    * a box with zero width or height (a stray click; BCCD has two) is *dropped*,
+      with a line in ``AnnotatedImage.notes`` and a :class:`UserWarning`;
+    * a box that sticks out of the image (annotation tools let the cursor slip
+      a few pixels past the border) is *clipped* to the image and the object's
+      attributes get ``clipped=True``, so nothing is lost silently.
+    When the image size is unknown (no ``<size>``, no COCO width/height) no
+    border check is possible and boxes are kept as written.
+
+VOC extensions read here (written by CVAT and by our own writers):
+    ``<polygon>`` inside ``<object>`` with either ``<pt><x>..</x><y>..</y></pt>``
+    children or ``<x1>, <y1>, <x2>, <y2> ...`` children; ``<score>``; and
+    ``<attributes><attribute><name>..</name><value>..</value></attribute>``.
+    Any other simple child of ``<object>`` with text becomes an attribute
+    (numbers converted to float/int).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["AnnotatedImage", "read_voc", "read_coco", "is_voc", "is_coco", "polygon_to_mask"]
+
+
+@dataclass
+class AnnotatedImage:
+    """One image's objects, format-neutral.
+
+    ``masks`` is filled only for COCO RLE objects (exact bool masks, ``(H, W)``);
+    for everything else it holds ``None`` per object (polygons rasterise on demand
+    with :func:`polygon_to_mask`).
+    """
+
+    image_path: Path | None
+    width: int | None
+    height: int | None
+    boxes: np.ndarray  # (N, 4) float64 x0, y0, x1, y1
+    labels: list[str]
+    polygons: list[np.ndarray | None]
+    attributes: list[dict[str, Any]]
+    masks: list[np.ndarray | None] = field(default_factory=list)
+    source: Path | None = None  # the annotation file
+    notes: list[str] = field(default_factory=list)  # objects dropped on reading, and why
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        n = len(self.boxes)
+        if not self.masks:
+            self.masks = [None] * n
+        if not (len(self.labels) == len(self.polygons) == len(self.attributes) == len(self.masks) == n):
+            raise ValueError("boxes, labels, polygons, attributes and masks must have one entry per object")
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def classes(self) -> list[str]:
+        """Distinct labels in first-seen order."""
+        return list(dict.fromkeys(self.labels))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _number(text: str | None) -> Any:
+    """'3' -> 3, '2.5' -> 2.5, anything else unchanged (stripped)."""
+    if text is None:
+        return None
+    t = text.strip()
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        return t
+
+
+class _ZeroBox(Exception):
+    """A degenerate box: dropped with a note rather than refusing the whole file."""
+
+
+def _drop(notes: list[str], exc: _ZeroBox, path: Path) -> None:
+    notes.append(str(exc))
+    warnings.warn(f"{path}: {exc}", UserWarning, stacklevel=3)
+
+
+def _check_box(box: list[float], width: int | None, height: int | None, where: str, path: Path) -> tuple[list[float], bool]:
+    """Apply the module's policy to one box; returns (box, clipped)."""
+    x0, y0, x1, y1 = box
+    if not all(math.isfinite(v) for v in box):
+        raise InputError(f"{where}: box has non-finite coordinates {box}", path)
+    if x1 < x0 or y1 < y0:
+        raise InputError(
+            f"{where}: inverted box (x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}); max must be >= min", path
+        )
+    if x1 == x0 or y1 == y0:
+        raise _ZeroBox(f"{where}: box has zero width or height (x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}); dropped")
+    clipped = False
+    if width is not None and height is not None and width > 0 and height > 0:
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            raise InputError(
+                f"{where}: box (x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}) lies entirely outside the "
+                f"{width}x{height} image",
+                path,
+            )
+        c = [max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1)]
+        clipped = c != [x0, y0, x1, y1]
+        x0, y0, x1, y1 = c
+    return [x0, y0, x1, y1], clipped
+
+
+def polygon_to_mask(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Rasterise an ``(K, 2)`` x,y polygon into a bool ``(height, width)`` mask."""
+    from skimage.draw import polygon as draw_polygon
+
+    mask = np.zeros((height, width), dtype=bool)
+    p = np.asarray(polygon, dtype=float)
+    rr, cc = draw_polygon(p[:, 1], p[:, 0], shape=(height, width))
+    mask[rr, cc] = True
+    return mask
+
+
+def _mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
+    """Outline of the largest connected part of a mask as ``(K, 2)`` x,y."""
+    from skimage.measure import find_contours
+
+    if not mask.any():
+        return None
+    contours = find_contours(np.pad(mask.astype(np.uint8), 1), 0.5)
+    if not contours:
+        return None
+    best = max(contours, key=len) - 1.0  # undo the padding
+    return np.stack([best[:, 1], best[:, 0]], axis=1)
+
+
+# ----------------------------------------------------------------------------- VOC
+
+def is_voc(path: str | Path) -> bool:
+    """Cheap sniff: an XML file whose root element is ``<annotation>``."""
+    path = Path(path)
+    if path.suffix.lower() != ".xml" or not path.is_file():
+        return False
+    try:
+        for _event, elem in ET.iterparse(str(path), events=("start",)):
+            return elem.tag == "annotation"
+    except (ET.ParseError, OSError):
+        return False
+    return False
+
+
+def _voc_image_path(root: ET.Element, path: Path) -> Path | None:
+    filename = (root.findtext("filename") or "").strip()
+    written = (root.findtext("path") or "").strip()
+    folder = (root.findtext("folder") or "").strip()
+    if not filename and written:
+        filename = Path(written).name
+    if not filename:
+        return None
+    candidates = [path.parent / filename, path.parent.parent / "JPEGImages" / filename]
+    if folder:
+        candidates.append(path.parent.parent / folder / filename)
+    candidates.append(path.with_name(path.stem + Path(filename).suffix))
+    if written:
+        candidates.append(Path(written))
+    for c in candidates:
+        if c.is_file():
+            return c
+    # not found: the usual VOC layout is the best guess (callers check existence)
+    return candidates[1] if path.parent.name.lower() == "annotations" else candidates[0]
+
+
+def _voc_polygon(obj: ET.Element, where: str, path: Path) -> np.ndarray | None:
+    poly = obj.find("polygon")
+    if poly is None:
+        return None
+    pts: list[tuple[float, float]] = []
+    if poly.findall("pt"):
+        for pt in poly.findall("pt"):
+            try:
+                pts.append((float(pt.findtext("x")), float(pt.findtext("y"))))
+            except (TypeError, ValueError):
+                raise InputError(f"{where}: polygon point without numeric <x>/<y>", path) from None
+    else:
+        coords: dict[int, dict[str, float]] = {}
+        for child in poly:
+            m = re.fullmatch(r"([xy])(\d+)", child.tag)
+            if not m:
+                continue
+            try:
+                coords.setdefault(int(m.group(2)), {})[m.group(1)] = float(child.text or "")
+            except ValueError:
+                raise InputError(f"{where}: polygon coordinate <{child.tag}> is not a number", path) from None
+        for i in sorted(coords):
+            if set(coords[i]) != {"x", "y"}:
+                raise InputError(f"{where}: polygon point {i} lacks x or y", path)
+            pts.append((coords[i]["x"], coords[i]["y"]))
+    if len(pts) < 3:
+        raise InputError(f"{where}: polygon needs at least 3 points, got {len(pts)}", path)
+    return np.asarray(pts, dtype=np.float64)
+
+
+_VOC_OBJECT_SKIP = {"name", "bndbox", "polygon", "attributes", "parts", "part"}
+
+
+def read_voc(path: str | Path) -> AnnotatedImage:
+    """Read one Pascal VOC / LabelImg XML file.
+
+    Raises :class:`InputError` for malformed XML, a root other than
+    ``<annotation>``, objects without ``<name>`` or a complete ``<bndbox>``,
+    and boxes that break the policy in the module docstring.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("annotation file does not exist", path)
+    try:
+        root = ET.parse(str(path)).getroot()
+    except ET.ParseError as exc:
+        raise InputError(f"malformed XML ({exc})", path) from None
+    if root.tag != "annotation":
+        raise InputError(f"not a Pascal VOC file: root element is <{root.tag}>, expected <annotation>", path)
+
+    width = height = None
+    size = root.find("size")
+    if size is not None:
+        try:
+            width = int(float(size.findtext("width") or "0")) or None
+            height = int(float(size.findtext("height") or "0")) or None
+        except ValueError:
+            raise InputError("<size> has non-numeric width/height", path) from None
+
+    boxes: list[list[float]] = []
+    labels: list[str] = []
+    polygons: list[np.ndarray | None] = []
+    attributes: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for i, obj in enumerate(root.findall("object")):
+        where = f"object {i + 1}"
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise InputError(f"{where} has no <name> (class label)", path)
+        where = f"object {i + 1} ({name})"
+        polygon = _voc_polygon(obj, where, path)
+        bb = obj.find("bndbox")
+        if bb is not None:
+            vals = []
+            for key in ("xmin", "ymin", "xmax", "ymax"):
+                text = bb.findtext(key)
+                if text is None:
+                    raise InputError(f"{where}: <bndbox> lacks <{key}>", path)
+                try:
+                    vals.append(float(text))
+                except ValueError:
+                    raise InputError(f"{where}: <{key}> is not a number ({text!r})", path) from None
+        elif polygon is not None:
+            vals = [*polygon.min(0), *polygon.max(0)]
+        else:
+            raise InputError(f"{where} has neither <bndbox> nor <polygon>", path)
+        try:
+            box, clipped = _check_box(vals, width, height, where, path)
+        except _ZeroBox as exc:
+            _drop(notes, exc, path)
+            continue
+        attrs: dict[str, Any] = {}
+        for child in obj:
+            if child.tag in _VOC_OBJECT_SKIP or len(child):
+                continue
+            if child.text is not None and child.text.strip():
+                attrs[child.tag] = _number(child.text)
+        for att in obj.findall("attributes/attribute"):
+            key = (att.findtext("name") or "").strip()
+            if key:
+                attrs[key] = _number(att.findtext("value"))
+        if clipped:
+            attrs["clipped"] = True
+        if polygon is not None and width and height:
+            polygon = np.clip(polygon, 0, [width, height])
+        boxes.append(box)
+        labels.append(name)
+        polygons.append(polygon)
+        attributes.append(attrs)
+    return AnnotatedImage(
+        image_path=_voc_image_path(root, path),
+        width=width,
+        height=height,
+        boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+        labels=labels,
+        polygons=polygons,
+        attributes=attributes,
+        source=path,
+        notes=notes,
+    )
+
+
+# ----------------------------------------------------------------------------- COCO
+
+def is_coco(path: str | Path) -> bool:
+    """A JSON object with ``images`` and ``annotations`` lists (``categories`` optional here)."""
+    path = Path(path)
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(1 << 16)
+        if '"annotations"' not in head and '"images"' not in head:
+            # big files may have these keys later; fall back to a full parse
+            if len(head) < (1 << 16):
+                return False
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("annotations"), list)
+
+
+def _coco_image_path(file_name: str, path: Path, image_root: Path | None) -> Path:
+    roots = [image_root] if image_root is not None else []
+    roots += [path.parent, path.parent / "images", path.parent.parent / "images"]
+    for r in roots:
+        c = r / file_name
+        if c.is_file():
+            return c
+    return roots[0] / file_name
+
+
+def _decode_rle(seg: dict, h: int | None, w: int | None, where: str, path: Path) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    size = seg.get("size")
+    if not (isinstance(size, list) and len(size) == 2):
+        raise InputError(f"{where}: RLE segmentation lacks 'size': [height, width]", path)
+    if h is not None and w is not None and list(size) != [h, w]:
+        raise InputError(f"{where}: RLE size {size} differs from the image size [{h}, {w}]", path)
+    counts = seg.get("counts")
+    try:
+        if isinstance(counts, list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(seg, size[0], size[1])
+        elif isinstance(counts, (str, bytes)):
+            rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+        else:
+            raise InputError(f"{where}: RLE 'counts' must be a list or a string", path)
+        return mask_utils.decode(rle).astype(bool)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{where}: cannot decode RLE segmentation ({exc})", path) from None
+
+
+def _coco_polygon(seg: list, where: str, path: Path) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """COCO polygon list -> (largest part as (K,2), all parts)."""
+    parts = []
+    for part in seg:
+        if not isinstance(part, list) or len(part) < 6 or len(part) % 2:
+            raise InputError(f"{where}: polygon segmentation must be lists of >= 3 x,y pairs", path)
+        try:
+            parts.append(np.asarray(part, dtype=np.float64).reshape(-1, 2))
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: polygon coordinates are not numbers", path) from None
+    if not parts:
+        return None, []
+
+    def area(p: np.ndarray) -> float:
+        x, y = p[:, 0], p[:, 1]
+        return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+    return max(parts, key=area), parts
+
+
+_COCO_ANN_SKIP = {"id", "image_id", "category_id", "bbox", "segmentation", "area"}
+
+
+def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[AnnotatedImage]:
+    """Read a COCO instances (or results-with-images) JSON; one entry per image, in file order.
+
+    Images without annotations are kept (empty boxes) so evaluation counts them.
+    ``segmentation`` may be polygons (largest part kept as the polygon; a
+    multi-part object also gets an exact mask) or RLE (compressed or not; decoded
+    with pycocotools into ``masks``, outline into ``polygons``).  ``bbox`` may be
+    missing when a segmentation is given (the box is its extent).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("annotation file does not exist", path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError("not a text (UTF-8) JSON file", path) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"malformed JSON ({exc})", path) from None
+    if not isinstance(data, dict):
+        raise InputError("not a COCO file: top level is not a JSON object", path)
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise InputError(f"not a COCO file: missing the '{key}' list", path)
+    root = Path(image_root) if image_root is not None else None
+
+    categories: dict[Any, str] = {}
+    for c in data.get("categories") or []:
+        if not isinstance(c, dict) or "id" not in c:
+            raise InputError("a category lacks 'id'", path)
+        categories[c["id"]] = str(c.get("name", c["id"]))
+
+    images: dict[Any, dict] = {}
+    order: list[Any] = []
+    for k, im in enumerate(data["images"]):
+        if not isinstance(im, dict) or "id" not in im:
+            raise InputError(f"image entry {k} lacks 'id'", path)
+        if im["id"] in images:
+            raise InputError(f"image id {im['id']} appears twice", path)
+        images[im["id"]] = im
+        order.append(im["id"])
+
+    per_image: dict[Any, list[dict]] = {i: [] for i in order}
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise InputError(f"annotation {k} is not an object", path)
+        if ann.get("image_id") not in images:
+            raise InputError(f"annotation {ann.get('id', k)} refers to unknown image_id {ann.get('image_id')!r}", path)
+        if "category_id" not in ann:
+            raise InputError(f"annotation {ann.get('id', k)} lacks 'category_id'", path)
+        if categories and ann["category_id"] not in categories:
+            raise InputError(
+                f"annotation {ann.get('id', k)} refers to unknown category_id {ann['category_id']!r}", path
+            )
+        per_image[ann["image_id"]].append(ann)
+
+    out: list[AnnotatedImage] = []
+    for image_id in order:
+        im = images[image_id]
+        w = int(im["width"]) if im.get("width") else None
+        h = int(im["height"]) if im.get("height") else None
+        file_name = im.get("file_name")
+        boxes, labels, polygons, attributes, masks = [], [], [], [], []
+        notes: list[str] = []
+        for ann in per_image[image_id]:
+            label = categories.get(ann["category_id"], str(ann["category_id"]))
+            where = f"annotation {ann.get('id', '?')} ({label}) on image {file_name or image_id}"
+            seg = ann.get("segmentation")
+            polygon = mask = None
+            if isinstance(seg, dict):
+                mask = _decode_rle(seg, h, w, where, path)
+                polygon = _mask_to_polygon(mask)
+            elif isinstance(seg, list) and seg:
+                polygon, parts = _coco_polygon(seg, where, path)
+                if len(parts) > 1 and h and w:
+                    mask = np.zeros((h, w), dtype=bool)
+                    for p in parts:
+                        mask |= polygon_to_mask(p, h, w)
+            bbox = ann.get("bbox")
+            if bbox is not None:
+                if not (isinstance(bbox, list) and len(bbox) == 4):
+                    raise InputError(f"{where}: 'bbox' must be [x, y, width, height]", path)
+                try:
+                    x, y, bw, bh = (float(v) for v in bbox)
+                except (TypeError, ValueError):
+                    raise InputError(f"{where}: 'bbox' values are not numbers", path) from None
+                if bw < 0 or bh < 0:
+                    raise InputError(f"{where}: 'bbox' has negative width/height {bbox} (inverted box)", path)
+                vals = [x, y, x + bw, y + bh]
+            elif mask is not None:
+                ys, xs = np.nonzero(mask)
+                if len(xs) == 0:
+                    raise InputError(f"{where}: empty RLE mask and no 'bbox'", path)
+                vals = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+            elif polygon is not None:
+                vals = [*polygon.min(0), *polygon.max(0)]
+            else:
+                raise InputError(f"{where}: lacks both 'bbox' and 'segmentation'", path)
+            try:
+                box, clipped = _check_box([float(v) for v in vals], w, h, where, path)
+            except _ZeroBox as exc:
+                _drop(notes, exc, path)
+                continue
+            attrs = {
+                k: v for k, v in ann.items()
+                if k not in _COCO_ANN_SKIP and isinstance(v, (int, float, str, bool)) and v is not None
+            }
+            if clipped:
+                attrs["clipped"] = True
+            boxes.append(box)
+            labels.append(label)
+            polygons.append(polygon)
+            attributes.append(attrs)
+            masks.append(mask)
+        out.append(
+            AnnotatedImage(
+                image_path=_coco_image_path(file_name, path, root) if file_name else None,
+                width=w,
+                height=h,
+                boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+                labels=labels,
+                polygons=polygons,
+                attributes=attributes,
+                masks=masks,
+                source=path,
+                notes=notes,
+            )
+        )
+    return out
+
+
+def coco_categories(path: str | Path) -> list[str]:
+    """Category names in id order (the class list a COCO file declares, even unused ones)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read COCO JSON ({exc})", path) from None
+    cats = sorted(data.get("categories") or [], key=lambda c: c.get("id", 0))
+    return [str(c.get("name", c.get("id"))) for c in cats]
