@@ -43,12 +43,14 @@ def linear_cosine_factor(step: int, total: int, num_periods: float = 0.5, alpha:
 
 def noisy_factor_fn(
     total: int, num_periods: float = 0.5, alpha: float = 0.0, beta: float = 0.001,
-    initial_variance: float = 1.0, variance_decay: float = 0.55, seed: int = 0,
+    initial_variance: float = 0.1, variance_decay: float = 0.55, seed: int = 0,
 ) -> Callable[[int], float]:
     """Linear-cosine decay with Gaussian noise of variance ``v0 / (1 + t) ** decay`` on the linear part.
 
     The noise is drawn once per step from a seeded generator, so a run is reproducible;
-    the factor is clipped at 0 (a learning rate cannot be negative).
+    the factor is clipped at 0 (a learning rate cannot be negative). The default
+    ``initial_variance`` is 0.1 (TensorFlow used 1.0, which can double or zero the
+    rate in the first steps).
     """
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(total + 1, generator=gen, dtype=torch.float64)
