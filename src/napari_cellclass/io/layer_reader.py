@@ -1,0 +1,327 @@
+"""npe2 reader for our own outputs: OME-Zarr labels, TIFF labels and shapes CSV.
+
+``get_reader`` only claims what it can recognise cheaply and for sure: an OME-Zarr
+folder with ``image-label`` metadata (ours or any NGFF 0.4 writer's), a TIFF whose
+ImageDescription carries the napari-cellclass marker (so HPA ``*_red.tif`` files and
+spreads go to their own readers), and a CSV whose first line is our header.  Anything
+else gets ``None``.  Once claimed, a file that turns out to be damaged raises
+:class:`~napari_cellclass.errors.InputError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from napari_cellclass.errors import CellClassError, InputError
+from napari_cellclass.io.writers import (
+    CSV_HEADER_PREFIX,
+    MARKER,
+    column_from_values,
+    decode_value,
+    table_from_json,
+)
+
+LayerData = tuple[Any, dict[str, Any], str]
+ReaderFunc = Callable[[Any], list[LayerData]]
+
+#: Arrays above this many bytes stay on disk (napari reads the visible chunks lazily).
+EAGER_LIMIT_BYTES = 1 << 30
+_SHAPE_TYPES = {"rectangle": (2, 4), "ellipse": (2, 4), "line": (2, 2), "polygon": (3, None), "path": (2, None)}
+_MAX_HEADER = 1 << 20
+
+
+def get_reader(path: str | list[str]) -> ReaderFunc | None:
+    """Return a reader for napari-cellclass outputs (and NGFF labels), else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        p = Path(path)
+        kind = _sniff(p)
+    except Exception:  # sniffing must never raise: not recognisable means not ours
+        return None
+    if kind is None:
+        return None
+    return {"zarr": read_zarr_labels, "tiff": read_tiff_labels, "csv": read_shapes_csv}[kind]
+
+
+def _sniff(p: Path) -> str | None:
+    if p.is_dir():
+        return "zarr" if _zarr_label_attrs(p) is not None else None
+    suffix = p.suffix.lower()
+    if suffix in (".tif", ".tiff") and p.is_file():
+        return "tiff" if _tiff_marker(p) is not None else None
+    if suffix == ".csv" and p.is_file():
+        with open(p, encoding="utf-8", errors="replace") as fh:
+            first = fh.readline(_MAX_HEADER)
+        return "csv" if first.startswith(CSV_HEADER_PREFIX) else None
+    return None
+
+
+# --------------------------------------------------------------------------- OME-Zarr
+
+def _read_attrs(folder: Path) -> dict[str, Any] | None:
+    """Group attributes from zarr v2 ``.zattrs`` or v3 ``zarr.json``; None when absent/unreadable."""
+    v2, v3 = folder / ".zattrs", folder / "zarr.json"
+    try:
+        if v2.is_file():
+            attrs = json.loads(v2.read_text(encoding="utf-8"))
+        elif v3.is_file():
+            attrs = json.loads(v3.read_text(encoding="utf-8")).get("attributes", {})
+            attrs = attrs.get("ome", attrs)  # NGFF 0.5 nests under "ome"
+        else:
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
+def _zarr_label_attrs(folder: Path) -> dict[str, Any] | None:
+    """Attributes when ``folder`` is a labels image (ours or NGFF) or holds a ``labels`` group."""
+    attrs = _read_attrs(folder)
+    if attrs is None:
+        return None
+    if "image-label" in attrs and "multiscales" in attrs:
+        return attrs
+    if isinstance(attrs.get(MARKER), dict) and attrs[MARKER].get("kind") == "labels":
+        return attrs
+    lab = _read_attrs(folder / "labels")
+    if lab is not None and isinstance(lab.get("labels"), list) and lab["labels"]:
+        return {"labels": lab["labels"]}
+    return None
+
+
+def read_zarr_labels(path: Any) -> list[LayerData]:
+    """Read an OME-Zarr labels image (or every label image under ``<image>.zarr/labels``)."""
+    p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    attrs = _zarr_label_attrs(p)
+    if attrs is None:
+        raise InputError("not an OME-Zarr labels folder (no image-label / labels metadata)", p)
+    if "labels" in attrs and "multiscales" not in attrs:
+        out = []
+        for name in attrs["labels"]:
+            sub = p / "labels" / str(name)
+            sub_attrs = _read_attrs(sub)
+            if sub_attrs is None or "multiscales" not in sub_attrs:
+                raise InputError(f"labels/{name} listed but has no multiscales metadata", p)
+            out.append(_read_label_image(sub, sub_attrs, default_name=str(name)))
+        return out
+    return [_read_label_image(p, attrs, default_name=p.stem)]
+
+
+def _read_label_image(p: Path, attrs: dict[str, Any], default_name: str) -> LayerData:
+    import zarr
+
+    try:
+        ms = attrs["multiscales"][0]
+        datasets = [d["path"] for d in ms["datasets"]]
+        axes = ms.get("axes", [])
+        transforms = ms["datasets"][0].get("coordinateTransformations", [])
+    except (KeyError, IndexError, TypeError) as exc:
+        raise InputError(f"malformed OME-Zarr multiscales metadata ({type(exc).__name__}: {exc})", p) from None
+    if not datasets:
+        raise InputError("OME-Zarr multiscales lists no datasets", p)
+    ours = attrs.get(MARKER) if isinstance(attrs.get(MARKER), dict) else {}
+    try:
+        group = zarr.open_group(store=str(p), mode="r")
+        arrays = [group[str(d)] for d in datasets]
+    except Exception as exc:  # zarr raises many types for broken stores
+        raise InputError(f"OME-Zarr array could not be opened: {type(exc).__name__}: {exc}", p) from None
+    for d, a in zip(datasets, arrays):
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            raise InputError(f"dataset {d!r} is a group, not an array", p)
+        if np.dtype(a.dtype).kind not in "iub":
+            raise InputError(f"dataset {d!r} holds {a.dtype}; labels must be integers", p)
+        if axes and len(axes) != len(a.shape):
+            raise InputError(f"dataset {d!r} has {len(a.shape)} dimensions but {len(axes)} axes are declared", p)
+    full = arrays[0]
+    nbytes = int(np.prod(full.shape, dtype=np.float64) * np.dtype(full.dtype).itemsize)
+    if len(arrays) == 1 and nbytes <= EAGER_LIMIT_BYTES:
+        try:
+            data: Any = np.asarray(full[...])
+        except Exception as exc:
+            raise InputError(f"labels data could not be read (truncated or corrupt chunk): "
+                             f"{type(exc).__name__}: {exc}", p) from None
+        dtype = ours.get("dtype")
+        if dtype:
+            try:
+                data = data.astype(np.dtype(dtype), copy=False)
+            except TypeError:
+                raise InputError(f"recorded dtype {dtype!r} is not a numpy dtype", p) from None
+    else:
+        data = arrays if len(arrays) > 1 else full
+    kwargs: dict[str, Any] = {"name": ours.get("name") or ms.get("name") or default_name}
+    for t in transforms if isinstance(transforms, list) else []:
+        if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale", [])) == len(full.shape):
+            kwargs["scale"] = [float(v) for v in t["scale"]]
+        if isinstance(t, dict) and t.get("type") == "translation" and len(t.get("translation", [])) == len(full.shape):
+            kwargs["translate"] = [float(v) for v in t["translation"]]
+    if "features" in ours:
+        try:
+            kwargs["features"] = table_from_json(ours["features"])
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"class table in the metadata is malformed: {exc}", p) from None
+    elif isinstance(attrs.get("image-label", {}).get("properties"), list):
+        props = [q for q in attrs["image-label"]["properties"] if isinstance(q, dict)]
+        if props:
+            kwargs["features"] = pd.DataFrame(props).rename(columns={"label-value": "index"})
+    meta = dict(ours.get("metadata") or {}) if isinstance(ours.get("metadata"), dict) else {}
+    meta["source_path"] = str(p)
+    kwargs["metadata"] = meta
+    return data, kwargs, "labels"
+
+
+# --------------------------------------------------------------------------- TIFF
+
+def _tiff_marker(p: Path) -> dict[str, Any] | None:
+    """Our JSON from the first page's ImageDescription, or None (not ours / not a TIFF)."""
+    import tifffile
+
+    with tifffile.TiffFile(p) as tif:
+        desc = tif.pages.first.description if len(tif.pages) else ""
+    if not desc or MARKER not in desc[:200]:
+        return None
+    info = json.loads(desc)
+    if not isinstance(info, dict) or info.get("marker") != MARKER or info.get("kind") != "labels":
+        return None
+    return info
+
+
+def read_tiff_labels(path: Any) -> list[LayerData]:
+    """Read a TIFF labels image written by :func:`~napari_cellclass.io.writers.write_labels_tiff`."""
+    import tifffile
+
+    p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    try:
+        info = _tiff_marker(p)
+    except Exception as exc:
+        raise InputError(f"not a readable TIFF ({type(exc).__name__}: {exc})", p) from None
+    if info is None:
+        raise InputError("TIFF lacks the napari-cellclass labels marker", p)
+    try:
+        shape = tuple(int(s) for s in info["shape"])
+        dtype = np.dtype(info.get("dtype", "int32"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"labels TIFF description is malformed: {exc}", p) from None
+    if dtype.kind not in "iub":
+        raise InputError(f"recorded dtype {dtype} is not an integer type", p)
+    try:
+        with tifffile.TiffFile(p) as tif:
+            data = tif.asarray()
+    except Exception as exc:  # tifffile raises many types for truncated/corrupt data
+        raise InputError(f"TIFF pixel data could not be read (truncated or corrupt): "
+                         f"{type(exc).__name__}: {exc}", p) from None
+    if data.dtype.kind not in "iub":
+        raise InputError(f"TIFF holds {data.dtype} pixels; labels must be integers", p)
+    if data.size != math.prod(shape):
+        raise InputError(f"TIFF holds {data.size} pixels but its description declares shape {shape}", p)
+    data = data.reshape(shape).astype(dtype, copy=False)
+    kwargs: dict[str, Any] = {"name": str(info.get("name") or p.stem)}
+    for key in ("scale", "translate"):
+        v = info.get(key)
+        if isinstance(v, list) and len(v) == len(shape):
+            kwargs[key] = [float(x) for x in v]
+    if "features" in info:
+        try:
+            kwargs["features"] = table_from_json(info["features"])
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"class table in the TIFF description is malformed: {exc}", p) from None
+    meta = dict(info.get("metadata") or {}) if isinstance(info.get("metadata"), dict) else {}
+    meta["source_path"] = str(p)
+    kwargs["metadata"] = meta
+    return [(data, kwargs, "labels")]
+
+
+# --------------------------------------------------------------------------- CSV shapes
+
+def read_shapes_csv(path: Any) -> list[LayerData]:
+    """Read shapes and features from a CSV written by :func:`~napari_cellclass.io.writers.write_shapes_csv`."""
+    p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"CSV could not be read: {exc}", p) from None
+    first, _, rest = text.partition("\n")
+    if not first.startswith(CSV_HEADER_PREFIX):
+        raise InputError("CSV lacks the napari-cellclass shapes header line", p)
+    try:
+        info = json.loads(first[len(CSV_HEADER_PREFIX):])
+        columns = info["columns"]
+        ndim = int(info.get("ndim", 2))
+        if not isinstance(columns, list) or not all(isinstance(c, dict) and "name" in c for c in columns):
+            raise ValueError("column list malformed")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"CSV header line is malformed: {exc}", p) from None
+    try:
+        rows = list(csv.reader(rest.splitlines()))
+    except csv.Error as exc:
+        raise InputError(f"CSV is malformed: {exc}", p) from None
+    if not rows:
+        raise InputError("CSV has no column header row", p)
+    header, body = rows[0], [r for r in rows[1:] if r]
+    names = [str(c["name"]) for c in columns]
+    if header[:3] != ["index", "shape_type", "vertices"] or header[3:] != names:
+        raise InputError(f"CSV columns {header} do not match its header line ({['index', 'shape_type', 'vertices', *names]})", p)
+    shapes, types = [], []
+    values: dict[str, list[Any]] = {n: [] for n in names}
+    for lineno, row in enumerate(body, start=3):
+        if len(row) != len(header):
+            raise InputError(f"line {lineno} has {len(row)} fields, expected {len(header)}", p)
+        stype = row[1]
+        if stype not in _SHAPE_TYPES:
+            raise InputError(f"line {lineno}: unknown shape type {stype!r}", p)
+        try:
+            verts = np.asarray(json.loads(row[2]), dtype=float)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"line {lineno}: vertices are not a JSON list of points ({exc})", p) from None
+        if verts.ndim != 2 or verts.shape[1] != ndim or not np.all(np.isfinite(verts)):
+            raise InputError(f"line {lineno}: vertices must be finite {ndim}-D points, got array of shape {verts.shape}", p)
+        lo, hi = _SHAPE_TYPES[stype]
+        if len(verts) < lo or (hi is not None and len(verts) > hi):
+            raise InputError(f"line {lineno}: a {stype} cannot have {len(verts)} vertices", p)
+        shapes.append(verts)
+        types.append(stype)
+        for c, cell in zip(columns, row[3:]):
+            try:
+                values[c["name"]].append(_parse_cell(cell, str(c.get("dtype", "object"))))
+            except (ValueError, TypeError) as exc:
+                raise InputError(f"line {lineno}: column {c['name']!r} value {cell!r} is not "
+                                 f"{c.get('dtype')} ({exc})", p) from None
+    try:
+        feats = pd.DataFrame({c["name"]: column_from_values(values[c["name"]], str(c.get("dtype", "object")), c)
+                              for c in columns}, index=pd.RangeIndex(len(shapes)))
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"feature columns could not be rebuilt: {exc}", p) from None
+    kwargs = {"name": str(info.get("name") or p.stem), "shape_type": types, "features": feats,
+              "metadata": {"source_path": str(p)}}
+    return [(shapes, kwargs, "shapes")]
+
+
+def _parse_cell(cell: str, dtype: str) -> Any:
+    """Inverse of ``writers._csv_cell`` for a column of ``dtype``."""
+    if dtype == "object":
+        return decode_value(json.loads(cell))
+    if cell == "" and dtype not in ("str", "string"):
+        return None
+    kind = dtype.lower()
+    if kind.startswith(("float", "double")):
+        return float(cell)
+    if kind.startswith(("int", "uint")):
+        return int(cell)
+    if kind in ("bool", "boolean"):
+        if cell not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return cell == "true"
+    if kind in ("str", "string") and cell == "":
+        return None
+    return cell
+
+
+__all__ = ["get_reader", "read_zarr_labels", "read_tiff_labels", "read_shapes_csv", "CellClassError"]
