@@ -1,0 +1,416 @@
+"""HPA multi-label localisation (seed 000): train / evaluate / predict / synth / demo / classify.
+
+Data: Kaggle-2018 layout (``train.csv`` + ``train/<id>_<colour>.png``).  Model:
+``resnet50_rgby`` (``--set depth=18 --set width=32`` for smaller variants).  Loss:
+BCE (default) or focal (``--set loss=focal``).  Per-class thresholds are fitted on
+the validation split (F1-optimal) and stored in the checkpoint.  Large fields are
+resized to the model's input (default) or tiled (``--set field=tile``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint
+from ..engine.device import resolve_device
+from ..engine.inference import predict_batches
+from ..engine.progress import CancelToken, Job, Progress, check_cancel
+from ..errors import InputError
+from ..io import hpa_dataset as D
+from ..synth.hpa import HPA_CLASSES
+from .base import TaskOptions
+
+TASK = "hpa"
+ARCH = "resnet50_rgby"
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+# ---------------------------------------------------------------------------- training
+
+def _budget(opts: TaskOptions) -> dict[str, Any]:
+    """Task defaults; ``quick`` is a tiny net at 64 px for smoke tests and demos."""
+    if opts.quick:
+        return {"depth": 10, "width": 8, "size": 64, "epochs": 6, "batch_size": 16, "lr": 3e-3}
+    return {"depth": 50, "width": 64, "size": 512, "epochs": 20, "batch_size": 16, "lr": 1e-4 if opts.pretrained else 1e-3}
+
+
+def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
+    """Train on a Kaggle-layout folder; best checkpoint (macro F1 on validation) in ``opts.out``."""
+    from ..engine.training import fit, load_resume_state
+    from ..recipes import Recipe
+
+    t0 = time.monotonic()
+    b = _budget(opts)
+    recipe = Recipe.from_options(opts, loss="cross_entropy", optimizer="adam", schedule="cosine", lr=b["lr"], epochs=b["epochs"],
+                                 batch_size=b["batch_size"])
+    size = int(opts.size or b["size"])
+    depth, width = int(opts.get("depth", b["depth"])), int(opts.get("width", b["width"]))
+    out = Path(opts.out) if opts.out else Path("runs") / f"{TASK}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    policy = resolve_device(opts.device)
+    torch.manual_seed(opts.seed)
+
+    csv_path = D.find_csv(data)
+    items = D.read_labels(csv_path)
+    folder = D.image_folder(data)
+    tr_items, va_items = D.split_by_id(items, float(opts.get("val_fraction", 0.2)), opts.seed)
+    if not va_items:
+        raise InputError("need at least two images to split off validation data", csv_path)
+    yield Progress(0, None, "load", f"{len(tr_items)} train / {len(va_items)} validation images; device {policy.describe()}")
+
+    arch_config = {"num_classes": D.NUM_CLASSES, "in_channels": 4, "depth": depth, "width": width, "pretrained": False}
+    model = _build_model(arch_config, opts.pretrained)
+    if opts.pretrained:
+        mean, std = IMAGENET_MEAN + [float(np.mean(IMAGENET_MEAN[:2]))], IMAGENET_STD + [float(np.mean(IMAGENET_STD[:2]))]
+    else:
+        mean, std = D.channel_stats(D.HPADataset(folder, tr_items, size, mean=[0] * 4, std=[1] * 4))
+    train_ds = D.HPADataset(folder, tr_items, size, mean=mean, std=std, train=recipe.augment, seed=opts.seed)
+    val_ds = D.HPADataset(folder, va_items, size, mean=mean, std=std)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=recipe.batch_size, shuffle=True, num_workers=opts.workers,
+                                         generator=torch.Generator().manual_seed(opts.seed), drop_last=len(train_ds) > recipe.batch_size)
+    recipe.apply_to_model(model)
+    loss_mod = recipe.make_loss(D.NUM_CLASSES, multilabel=True)
+    optimizer = recipe.make_optimizer(model.parameters())
+    scheduler, per_batch = recipe.make_scheduler(optimizer, len(loader), recipe.epochs)
+    val_truth = val_ds.targets()
+    last: dict[str, Any] = {}
+
+    def loss_fn(m: torch.nn.Module, batch: Any, epoch: int) -> torch.Tensor:
+        x, y = batch
+        return loss_mod(m(x), y)
+
+    def evaluate(m: torch.nn.Module, epoch: int) -> dict[str, float]:
+        probs = _probs(m, val_ds, policy, recipe.batch_size)
+        thr = D.fit_thresholds(val_truth, probs)
+        last["thresholds"] = thr
+        at_half = D.multilabel_metrics(val_truth, probs, 0.5)
+        tuned = D.multilabel_metrics(val_truth, probs, thr)
+        return {"val_macro_f1": tuned["macro_f1"], "val_accuracy": tuned["accuracy"],
+                "val_macro_f1_at_0.5": at_half["macro_f1"], "val_accuracy_at_0.5": at_half["accuracy"]}
+
+    s_arch, s_config = recipe.arch_config(ARCH, arch_config)
+
+    def make_meta(best: dict[str, float], history: list[dict[str, float]]) -> CheckpointMeta:
+        return CheckpointMeta(
+            task=TASK, arch=s_arch, class_names=list(HPA_CLASSES), in_channels=4, input_size=[size, size],
+            arch_config=s_config, normalization={"scale": "dtype_range", "mean": mean, "std": std,
+                                                 "channels": ["red", "green", "blue", "yellow"]},
+            thresholds=list(last.get("thresholds", [0.5] * D.NUM_CLASSES)),
+            training={"recipe": recipe.to_dict(), "data": str(Path(data).resolve()), "n_train": len(tr_items),
+                      "n_val": len(va_items), "seed": opts.seed, "pretrained": bool(opts.pretrained),
+                      "threshold_fit": "F1-optimal per class on the validation split"},
+            metrics=dict(best), trained_on=str(opts.get("trained_on", "user data")),
+        )
+
+    resume_path = out / "resume.pt"
+    start_epoch, history = 0, None
+    if opts.resume and resume_path.exists():
+        state = load_resume_state(resume_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+    result = yield from fit(
+        model, loader, loss_fn=loss_fn, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
+        evaluate=evaluate, monitor="val_macro_f1", mode="max", scheduler=scheduler, scheduler_per_batch=per_batch,
+        checkpoint_path=out / "model.safetensors", make_meta=make_meta, cancel=opts.cancel,
+        early_stopping_patience=recipe.early_stopping_patience, regularizer=recipe.regularizer(),
+        resume_path=resume_path, start_epoch=start_epoch, history=history, grad_clip=recipe.grad_clip,
+    )
+    return {"checkpoint": str(result.checkpoint), "best_metrics": result.best_metrics, "history": result.history,
+            "device": policy.describe(), "seconds": round(time.monotonic() - t0, 1), "recipe": recipe.summary()}
+
+
+def _build_model(arch_config: dict[str, Any], pretrained: bool) -> torch.nn.Module:
+    from ..models.hpa_resnet import build_resnet_rgby
+
+    return build_resnet_rgby(**{**arch_config, "pretrained": bool(pretrained)})
+
+
+def _probs(model: torch.nn.Module, ds: D.HPADataset, policy, batch_size: int) -> np.ndarray:
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, len(ds), batch_size):
+            x = torch.stack([ds[i][0] for i in range(s, min(len(ds), s + batch_size))])
+            with policy.autocast():
+                outs.append(torch.sigmoid(model(policy.prepare_input(x)).float()).cpu())
+    return torch.cat(outs).numpy()
+
+
+# ---------------------------------------------------------------------------- inference
+
+def load_model(model_path: Path, device: str | None = None) -> tuple[torch.nn.Module, CheckpointMeta, Any]:
+    import napari_cellclass.recipes  # noqa: F401  (registers "recipe_model" for recipe-changed nets)
+
+    policy = resolve_device(device)
+    model, meta = build_from_checkpoint(model_path, task=TASK, in_channels=4)
+    return model, meta, policy
+
+
+def _as_field(image: Any) -> np.ndarray:
+    """(4, H, W) from a (4, H, W) array or a list of 4 arrays; clear errors otherwise."""
+    if isinstance(image, (list, tuple)):
+        missing = [c for c, a in zip(("red", "green", "blue", "yellow"), list(image) + [None] * 4) if a is None]
+        if len(image) != 4 or missing:
+            raise InputError("the HPA model needs four channels (red, green, blue, yellow); missing: "
+                             + (", ".join(missing) if missing else f"got {len(image)} arrays"))
+        arrays = [np.asarray(a) for a in image]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1 or arrays[0].ndim != 2:
+            raise InputError(f"the four channels must be 2-D images of one size, got {[a.shape for a in arrays]}")
+        return np.stack(arrays)
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[0] != 4:
+        raise InputError(f"expected a (4, H, W) red/green/blue/yellow array, got shape {arr.shape}; "
+                         "the HPA model needs four channels")
+    return arr
+
+
+def _views(field: np.ndarray, size: int, how: str) -> list[torch.Tensor]:
+    """Unit-scaled (4, size, size) inputs for one field: the resized field, or its tiles."""
+    x = torch.from_numpy(D.to_unit_float(field))
+    h, w = x.shape[-2:]
+    if how == "tile" and max(h, w) > size:
+        ny, nx = int(np.ceil(h / size)), int(np.ceil(w / size))
+        ys = np.linspace(0, max(0, h - size), ny).astype(int)
+        xs = np.linspace(0, max(0, w - size), nx).astype(int)
+        return [D.resize(x[:, y:y + size, x0:x0 + size], size) for y in ys for x0 in xs]
+    if how not in ("resize", "tile"):
+        raise InputError(f"field handling must be 'resize' or 'tile', got {how!r}")
+    return [D.resize(x, size)]
+
+
+def _normalizer(meta: CheckpointMeta):
+    mean = torch.tensor(meta.normalization.get("mean", [0.0] * 4), dtype=torch.float32)[:, None, None]
+    std = torch.tensor(meta.normalization.get("std", [1.0] * 4), dtype=torch.float32)[:, None, None]
+    return lambda t: (t - mean) / std
+
+
+def _row(probs: np.ndarray, meta: CheckpointMeta) -> dict[str, Any]:
+    thr = np.asarray(meta.thresholds or [0.5] * len(probs))
+    pred = [i for i in range(len(probs)) if probs[i] >= thr[i]]
+    top = int(np.argmax(probs))
+    return {
+        "probabilities": [float(p) for p in probs],
+        "predicted_ids": pred,
+        "predicted": [meta.class_names[i] for i in pred],
+        "top_class": meta.class_names[top],
+        "score": float(probs[top]),
+    }
+
+
+def classify(
+    image: Any,
+    model_path: str | Path,
+    cells: Any = None,
+    device: str | None = None,
+    mode: str = "whole",
+    cancel: CancelToken | None = None,
+    *,
+    field: str = "resize",
+    batch_size: int = 16,
+    **kw: Any,
+) -> Job[dict[str, Any]]:
+    """Classify an HPA field (``mode="whole"``) or each of its cells (``mode="cells"``).
+
+    ``image`` is (4, H, W) RGBY or a list of four 2-D arrays.  ``cells`` (cells
+    mode) is a labels array; when None the cells are segmented from the blue,
+    red and yellow channels.  Returns class names, thresholds, the device, and
+    either ``probabilities``/``predicted`` (whole) or ``cells`` rows plus the
+    ``labels`` array (cells).
+    """
+    if mode not in ("whole", "cells"):
+        raise InputError(f"mode must be 'whole' or 'cells', got {mode!r}")
+    fld = _as_field(image)
+    model, meta, policy = load_model(Path(model_path), device)
+    size = int(meta.input_size[-1])
+    norm = _normalizer(meta)
+    yield Progress(0, None, "classify", f"device: {policy.describe()}")
+    base = {"class_names": list(meta.class_names), "thresholds": list(meta.thresholds or [0.5] * len(meta.class_names)),
+            "device": policy.describe(), "mode": mode, "trained_on": meta.trained_on, "input_size": size}
+    if mode == "whole":
+        views = _views(fld, size, field)
+        probs = yield from predict_batches(model, views, policy=policy, preprocess=norm, batch_size=batch_size,
+                                           postprocess=lambda out: list(torch.sigmoid(out).numpy()),
+                                           cancel=cancel, stage="classify")
+        p = np.mean(np.stack(probs), axis=0)
+        return {**base, **_row(p, meta), "n_views": len(views), "field": field}
+    from ..segmentation.cells import cell_boxes, segment_cells
+
+    if cells is None:
+        yield Progress(0, None, "segment", "segmenting cells (nuclei-seeded watershed)")
+        labels = segment_cells(fld)
+    else:
+        labels = np.asarray(getattr(cells, "data", cells))
+        if labels.shape != fld.shape[1:]:
+            raise InputError(f"cells labels have shape {labels.shape}, the image {fld.shape[1:]}")
+        labels = labels.astype(np.int32)
+    check_cancel(cancel)
+    boxes = cell_boxes(labels)
+    ids = sorted(boxes)
+    unit = D.to_unit_float(fld)
+    crops = [torch.from_numpy(np.ascontiguousarray(unit[:, y0:y1, x0:x1])) for (y0, x0, y1, x1) in (boxes[i] for i in ids)]
+    probs = yield from predict_batches(model, crops, policy=policy, preprocess=lambda t: norm(D.resize(t, size)),
+                                       batch_size=batch_size, postprocess=lambda out: list(torch.sigmoid(out).numpy()),
+                                       cancel=cancel, stage="cells")
+    rows = [{"label": int(i), "box": list(boxes[i]), **_row(np.asarray(p), meta)} for i, p in zip(ids, probs)]
+    return {**base, "labels": labels, "cells": rows, "n_cells": len(rows)}
+
+
+def features_table(result: dict[str, Any]) -> dict[str, list]:
+    """Per-cell rows as a column dict for a labels layer's ``features`` (one row per label 0..max)."""
+    names = result["class_names"]
+    n = int(result["labels"].max()) + 1 if result["labels"].size else 1
+    cols: dict[str, list] = {"label": list(range(n)), "class": ["background"] + [""] * (n - 1),
+                             "predicted": [""] * n, "score": [0.0] * n}
+    for name in names:
+        cols[f"p_{name}"] = [0.0] * n
+    for row in result["cells"]:
+        i = row["label"]
+        cols["class"][i] = row["top_class"]
+        cols["predicted"][i] = "; ".join(row["predicted"])
+        cols["score"][i] = row["score"]
+        for name, p in zip(names, row["probabilities"]):
+            cols[f"p_{name}"][i] = p
+    return cols
+
+
+# ---------------------------------------------------------------------------- CLI jobs
+
+def _dataset_for_eval(data: Path) -> tuple[Path, list[D.HPAItem]]:
+    return D.image_folder(data), D.read_labels(D.find_csv(data))
+
+
+def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
+    """Macro F1, accuracy and per-class F1 (stored thresholds) on a Kaggle-layout folder."""
+    net, meta, policy = load_model(Path(model), opts.device)
+    folder, items = _dataset_for_eval(data)
+    size = int(meta.input_size[-1])
+    ds = D.HPADataset(folder, items, size, mean=meta.normalization.get("mean", [0] * 4),
+                      std=meta.normalization.get("std", [1] * 4))
+    bs = opts.batch_size or 16
+    probs = yield from predict_batches(net, list(range(len(ds))), policy=policy, preprocess=lambda i: ds[i][0],
+                                       batch_size=bs, postprocess=lambda out: list(torch.sigmoid(out).numpy()),
+                                       cancel=opts.cancel, stage="evaluate")
+    probs = np.stack(probs)
+    truth = ds.targets()
+    thr = meta.thresholds or [0.5] * D.NUM_CLASSES
+    m = D.multilabel_metrics(truth, probs, thr)
+    f1 = D.f1_per_class(truth.astype(bool), probs >= np.asarray(thr))
+    present = truth.any(0)
+    return {
+        "macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "label_accuracy": m["label_accuracy"],
+        "at_0.5": D.multilabel_metrics(truth, probs, 0.5),
+        "per_class_f1": {meta.class_names[c]: (None if np.isnan(f1[c]) else float(f1[c]))
+                         for c in range(len(meta.class_names)) if present[c] or not np.isnan(f1[c])},
+        "n_images": len(items), "classes_present": int(present.sum()), "device": policy.describe(),
+        "model": str(model), "trained_on": meta.trained_on,
+        "note": "macro F1 averages the classes present in this data; accuracy = all 28 labels right",
+    }
+
+
+def _collect_sets(inputs: Sequence[Path]):
+    from ..io.hpa_reader import find_set, find_sets
+
+    sets = {}
+    for p in inputs:
+        p = Path(p)
+        if p.is_dir():
+            folder = p / "train" if (p / "train").is_dir() and not find_sets(p) else p
+            found = find_sets(folder)
+        else:
+            s = find_set(p)
+            found = [s] if s is not None else []
+            if not found:
+                raise InputError("not an HPA channel file (<id>_red|green|blue|yellow.<png|tif|jpg>)", p)
+        for s in found:
+            sets[(str(next(iter(s.paths.values())).parent), s.set_id)] = s
+    if not sets:
+        raise InputError("no HPA channel sets found", inputs[0] if inputs else None)
+    return list(sets.values())
+
+
+def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str, Any]]:
+    """Per-image probabilities for every HPA set in ``inputs`` -> predictions.csv/.json in ``opts.out``."""
+    from ..engine.atomic import atomic_path
+    from ..io.hpa_reader import read_set, stack_channels
+
+    out = Path(opts.out or "cellclass-out")
+    out.mkdir(parents=True, exist_ok=True)
+    net, meta, policy = load_model(Path(model), opts.device)
+    sets = _collect_sets(inputs)
+    size = int(meta.input_size[-1])
+    norm = _normalizer(meta)
+    how = str(opts.get("field", "resize"))
+    rows = []
+    for k, s in enumerate(sets):
+        check_cancel(opts.cancel)
+        arrays, _ = read_set(s, warn=False)
+        fld = stack_channels(arrays, s.set_id)
+        views = _views(fld, size, how)
+        probs = yield from predict_batches(net, views, policy=policy, preprocess=norm, batch_size=opts.batch_size or 16,
+                                           postprocess=lambda o: list(torch.sigmoid(o).numpy()), cancel=opts.cancel)
+        rows.append({"id": s.set_id, **_row(np.mean(np.stack(probs), 0), meta)})
+        yield Progress(k + 1, len(sets), "predict", s.set_id)
+    csv_path, json_path = out / "predictions.csv", out / "predictions.json"
+    with atomic_path(csv_path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["Id", "Predicted", "predicted_names"] + list(meta.class_names))
+            for r in rows:
+                w.writerow([r["id"], " ".join(map(str, r["predicted_ids"])), "; ".join(r["predicted"])]
+                           + [f"{p:.5f}" for p in r["probabilities"]])
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps({"model": str(model), "class_names": meta.class_names, "thresholds": meta.thresholds,
+                                   "device": policy.describe(), "trained_on": meta.trained_on, "images": rows}, indent=1))
+    return {"csv": str(csv_path), "json": str(json_path), "n_images": len(rows), "device": policy.describe(),
+            "predictions": {r["id"]: r["predicted"] for r in rows}}
+
+
+def synth(out: Path, n: int, seed: int) -> Path:
+    """Synthetic HPA-like fields (128 px) in the Kaggle layout."""
+    from ..synth.hpa import write_dataset
+
+    return write_dataset(out, n, seed, size=128)
+
+
+def demo(out: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
+    """Synthesize, train a tiny RGBY ResNet briefly, evaluate on held-out fields, predict, classify cells."""
+    from ..engine.progress import run_sync  # noqa: F401
+    from ..synth.hpa import render_field, write_dataset
+
+    out = Path(out)
+    data = write_dataset(out / "data", 240, opts.seed, size=64)
+    test = write_dataset(out / "test", 60, opts.seed + 1000, size=64)
+    topts = TaskOptions(**{**opts.__dict__, "out": out / "model", "quick": True, "epochs": opts.epochs or 15,
+                           "extra": {**opts.extra, "trained_on": "synthetic (napari-cellclass demo)"}})
+    summary = yield from train(data, topts)
+    ev = yield from evaluate(Path(summary["checkpoint"]), test, TaskOptions(device=opts.device, cancel=opts.cancel))
+    popts = TaskOptions(device=opts.device, out=out / "predictions", cancel=opts.cancel)
+    pred = yield from predict(Path(summary["checkpoint"]), [test / "train"], popts)
+    (out / "metrics.json").write_text(json.dumps(ev, indent=2))
+    img, _, labels = render_field(np.random.default_rng(opts.seed + 7), 128, [0, 25])
+    cells = yield from classify(img, summary["checkpoint"], device=opts.device, mode="cells", cancel=opts.cancel)
+    _save_demo_png(out / "field_cells.png", img, cells)
+    return {"checkpoint": summary["checkpoint"], "test_macro_f1": round(ev["macro_f1"], 3),
+            "test_accuracy": round(ev["accuracy"], 3), "n_test_images": ev["n_images"],
+            "predictions_csv": pred["csv"], "cells_found": cells["n_cells"], "device": summary["device"],
+            "train_seconds": summary["seconds"]}
+
+
+def _save_demo_png(path: Path, img: np.ndarray, cells: dict[str, Any]) -> None:
+    import imageio.v3 as iio
+    from skimage.segmentation import find_boundaries
+
+    from ..io.hpa_reader import rgb_merge
+
+    rgb = rgb_merge(img[0], img[1], img[2], img[3])
+    rgb[find_boundaries(cells["labels"])] = 1.0
+    iio.imwrite(path, (rgb * 255).astype(np.uint8))
