@@ -394,9 +394,10 @@ def _image_info(attributes: dict[str, Any], shapes: list[np.ndarray], path: Path
 def write_shapes_voc(path: str, data: Any, attributes: dict) -> list[str]:
     """Save axis-aligned rectangles as Pascal VOC XML (LabelImg layout).
 
-    ``object/name`` is the ``label`` feature; other features go in ``object/attributes``
-    as ``<attribute name=... dtype=...>`` children (JSON-encoded values), which LabelImg
-    ignores and the plugin's VOC reader restores.  Coordinates are written as given
+    ``object/name`` is the ``label`` feature; every feature also goes in
+    ``object/attributes`` as ``<attribute dtype=..><name>..</name><value>..</value>``
+    (CVAT style; scalars as text, lists as JSON), which LabelImg ignores and the
+    plugin's VOC reader (``io/annotations.read_voc``) returns as per-object attributes.  Coordinates are written as given
     (integers when whole, full precision otherwise): x = column, y = row.
     """
     target = Path(path)
@@ -431,12 +432,12 @@ def write_shapes_voc(path: str, data: Any, attributes: dict) -> list[str]:
         bnd = ET.SubElement(obj, "bndbox")
         for tag, v in (("xmin", x0), ("ymin", y0), ("xmax", x1), ("ymax", y1)):
             ET.SubElement(bnd, tag).text = _num(v)
-        extra = dict(row)  # every feature, so the plugin's reader restores the table exactly
-        if extra:
+        if row:  # every feature, so the plugin's VOC reader restores the table
             attrs_el = ET.SubElement(obj, "attributes")
-            for k, v in extra.items():
-                a = ET.SubElement(attrs_el, "attribute", name=str(k), dtype=dtypes.get(str(k), "object"))
-                a.text = dumps(encode_value(v))
+            for k, v in row.items():
+                a = ET.SubElement(attrs_el, "attribute", dtype=dtypes.get(str(k), "object"))
+                ET.SubElement(a, "name").text = str(k)
+                ET.SubElement(a, "value").text = _voc_text(v)
     ET.indent(root)
     payload = ET.tostring(root, encoding="unicode")
     with atomic_path(target) as tmp:
@@ -446,14 +447,18 @@ def write_shapes_voc(path: str, data: Any, attributes: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- shapes -> COCO
 
+_COCO_KEYS = {"id", "image_id", "category_id", "bbox", "segmentation", "area", "iscrowd", "attributes"}
+
+
 def write_shapes_coco(path: str, data: Any, attributes: dict) -> list[str]:
     """Save rectangles and polygons as COCO JSON (one image).
 
-    Each annotation has ``bbox`` [x, y, w, h], a polygon ``segmentation`` (for
-    rectangles, the box corners), ``area``, ``category_id`` from the ``label`` feature,
-    ``score`` when present, and every feature under ``attributes`` plus the napari shape
-    type and exact (row, col) vertices under ``napari``, so the plugin reads back the
-    same layer.  Lines, paths and ellipses are refused (COCO has no such shapes).
+    Each annotation has ``bbox`` [x, y, w, h], ``area``, ``category_id`` from the
+    ``label`` feature and a ``segmentation``: the polygon outline for polygons, empty
+    (box only, detection style) for rectangles.  Every feature becomes an annotation
+    field (``score``, ``probabilities`` ...; NaN -> null); names that clash with COCO's
+    own keys go under ``attributes``.  Lines, paths and ellipses are refused (COCO has
+    no such shapes).
     """
     target = Path(path)
     _check_suffix(target, [".json"], "COCO annotations")
@@ -486,13 +491,14 @@ def write_shapes_coco(path: str, data: Any, attributes: dict) -> list[str]:
         ann: dict[str, Any] = {
             "id": k + 1, "image_id": 1, "category_id": cat_ids[_label_of(row)],
             "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area, "iscrowd": 0,
-            "segmentation": [poly],
-            "attributes": {str(kk): encode_value(v) for kk, v in row.items()},
-            "napari": {"shape_type": t, "vertices": s.tolist()},
+            # rectangles are boxes only (detection style); polygons keep their outline
+            "segmentation": [poly] if t == "polygon" else [],
         }
-        score = row.get("score")
-        if isinstance(score, (int, float, np.integer, np.floating)) and math.isfinite(float(score)):
-            ann["score"] = float(score)
+        for kk, v in row.items():  # features as annotation fields (e.g. "score"), others nested
+            ev = encode_value(v)
+            if isinstance(ev, dict) and "__float__" in ev:
+                ev = None  # COCO is strict JSON: NaN/inf become null
+            (ann.setdefault("attributes", {}) if str(kk) in _COCO_KEYS else ann)[str(kk)] = ev
         anns.append(ann)
     doc = {
         "info": {"description": f"written by napari-cellclass {__version__}", "version": "1.0"},
@@ -506,6 +512,20 @@ def write_shapes_coco(path: str, data: Any, attributes: dict) -> list[str]:
     with atomic_path(target) as tmp:
         tmp.write_text(payload + "\n", encoding="utf-8")
     return [str(target)]
+
+
+def _voc_text(v: Any) -> str:
+    """Scalars as plain text (VOC readers parse numbers), anything else as JSON."""
+    if isinstance(v, str):
+        return v
+    ev = encode_value(v)
+    if isinstance(ev, bool):
+        return "true" if ev else "false"
+    if isinstance(ev, (int, float)):
+        return _num(ev) if isinstance(ev, float) else str(ev)
+    if isinstance(ev, dict) and "__float__" in ev:
+        return ev["__float__"]
+    return "" if ev is None else dumps(ev)
 
 
 def _polygon_area(x: np.ndarray, y: np.ndarray) -> float:
