@@ -1,0 +1,120 @@
+"""npe2 reader for chromosome metaphase spreads that come with annotations.
+
+A spread image (gray or RGB; G-, Q-band or FISH) is claimed only when a sidecar
+annotation file exists: ``<name>.xml`` (Pascal VOC) or ``<name>.json`` (COCO)
+next to it, or in a sibling ``annotations``/``Annotations`` folder (the VOC
+``JPEGImages``/``Annotations`` layout, used by the Tseng 2023 G-band set).
+Plain images are left to napari's own reader (we return ``None``).  The image
+opens as one gray layer and the annotations as a shapes layer whose ``label``
+feature holds each object's class name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def find_sidecar(image_path: str | Path) -> Path | None:
+    """The VOC/COCO file annotating ``image_path``, or None."""
+    p = Path(image_path)
+    folders = [p.parent] + [p.parent.parent / name for name in ("annotations", "Annotations")]
+    for folder in folders:
+        for suffix in (".xml", ".json"):
+            cand = folder / (p.stem + suffix)
+            if cand.is_file():
+                return cand
+    return None
+
+
+def get_reader(path: str | Path | list) -> Callable[[Any], list[LayerData]] | None:
+    """npe2 reader hook: a reader for a spread image with a sidecar, else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+        return None
+    if find_sidecar(p) is None:
+        return None
+    return read_spread
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """A spread as a 2D uint8/uint16 gray array (RGB is averaged with luminance weights)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"cannot read image ({exc})", path) from None
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        gray = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        arr = np.clip(np.round(gray), 0, 255 if arr.dtype == np.uint8 else 65535).astype(arr.dtype)
+    if arr.ndim != 2:
+        raise InputError(f"a spread must be a 2D gray or RGB image, got shape {arr.shape}", path)
+    return arr
+
+
+def _annotations(image_path: Path, sidecar: Path):
+    from .annotations import read_coco, read_voc
+
+    if sidecar.suffix.lower() == ".xml":
+        return read_voc(sidecar)
+    items = read_coco(sidecar, image_root=image_path.parent)
+    for item in items:
+        if item.image_path is not None and Path(item.image_path).name == image_path.name:
+            return item
+    if len(items) == 1:
+        return items[0]
+    raise InputError(f"no image named {image_path.name} in this COCO file", sidecar)
+
+
+def annotation_shapes(ann, name: str = "annotations") -> LayerData:
+    """Shapes layer data for an AnnotatedImage: polygons where drawn, else rectangles."""
+    shapes, types = [], []
+    for box, poly in zip(ann.boxes, ann.polygons):
+        if poly is not None and len(poly) >= 3:
+            pts = np.asarray(poly, float)[:, ::-1]  # (x, y) -> (row, col)
+            shapes.append(pts)
+            types.append("polygon")
+        else:
+            x0, y0, x1, y1 = box
+            shapes.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float))
+            types.append("rectangle")
+    features = {"label": list(ann.labels)}
+    kwargs = {
+        "name": name,
+        "shape_type": types,
+        "features": features,
+        "edge_color": "yellow",
+        "face_color": "transparent",
+        "edge_width": 2,
+        "text": {"string": "{label}", "size": 9, "color": "yellow", "anchor": "upper_left"},
+        "metadata": {"source": str(ann.source) if ann.source else None},
+    }
+    return (shapes, kwargs, "shapes")
+
+
+def read_spread(path: str | Path | list) -> list[LayerData]:
+    """Open a spread and its sidecar annotations as [image, shapes] layer data."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    p = Path(path)
+    sidecar = find_sidecar(p)
+    gray = read_gray(p)
+    layers: list[LayerData] = [
+        (gray, {"name": p.stem, "colormap": "gray", "metadata": {"path": str(p), "sidecar": str(sidecar)}}, "image")
+    ]
+    if sidecar is not None:
+        ann = _annotations(p, sidecar)
+        layers.append(annotation_shapes(ann, name=f"{p.stem} annotations"))
+    return layers

@@ -1,0 +1,149 @@
+"""Class assignment of a spread's chromosomes under the pairing constraint.
+
+A classifier looks at one chromosome at a time; a cell has (normally) two of each
+autosome and XX or XY.  We solve one linear assignment of chromosomes to *slots*:
+two normal slots per autosome, the sex slots of the XX or the XY configuration
+(both are tried, the cheaper wins), one *extra* slot per class (a gain, e.g.
+trisomy 21) that costs ``extra_cost`` nats, and *reject* slots (debris / not a
+chromosome) that cost ``reject_cost``.  Normal slots carry a bonus of
+``missing_cost`` nats, so leaving one empty (a loss, e.g. 45,X) costs exactly
+that much.  Gains and losses are therefore found when the probabilities support
+them, not forced away by the 46-slot template.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ..errors import InputError
+
+CLASS_NAMES: list[str] = [str(i) for i in range(1, 23)] + ["X", "Y"]
+N_CLASSES = 24
+X_INDEX, Y_INDEX = 22, 23
+REJECT = -1
+
+
+@dataclass
+class Assignment:
+    """Result of :func:`assign_classes` (one entry per chromosome, in input order)."""
+
+    classes: np.ndarray  # (N,) int, class index 0..23 or -1 (rejected)
+    confidence: np.ndarray  # (N,) float, probability of the assigned class
+    flagged: np.ndarray  # (N,) bool, low confidence / extra / changed from argmax
+    slot: list[str]  # "normal" | "extra" | "reject" | "manual"
+    sex: str  # "XX" or "XY": the sex-slot template that fitted best
+    counts: np.ndarray  # (24,) number of chromosomes per class
+    cost: float
+    reasons: list[str] = field(default_factory=list)
+
+    def class_names(self) -> list[str]:
+        return [CLASS_NAMES[c] if c >= 0 else "reject" for c in self.classes]
+
+
+def _slots(sex: str) -> tuple[np.ndarray, np.ndarray]:
+    """Slot class indices and slot kinds (0 normal, 1 extra) for a sex template."""
+    cls: list[int] = []
+    kind: list[int] = []
+    for c in range(22):
+        cls += [c, c, c]
+        kind += [0, 0, 1]
+    if sex == "XX":
+        cls += [X_INDEX, X_INDEX, X_INDEX, Y_INDEX]
+        kind += [0, 0, 1, 1]
+    else:
+        cls += [X_INDEX, X_INDEX, Y_INDEX, Y_INDEX]
+        kind += [0, 1, 0, 1]
+    return np.asarray(cls), np.asarray(kind)
+
+
+def assign_classes(
+    probs: np.ndarray,
+    *,
+    missing_cost: float = 3.0,
+    extra_cost: float = 3.0,
+    reject_cost: float = 9.0,
+    low_confidence: float = 0.5,
+    fixed: dict[int, int] | None = None,
+) -> Assignment:
+    """Assign each chromosome a class with at most two per autosome and XX/XY.
+
+    Parameters
+    ----------
+    probs : (N, 24) array of class probabilities (rows need not sum exactly to 1).
+    missing_cost, extra_cost : nats charged for an empty normal slot / a used extra slot.
+    reject_cost : nats for calling an object "not a chromosome".
+    low_confidence : chromosomes whose assigned probability is below this are flagged.
+    fixed : {row: class} set by the user; these rows keep their class and take a slot.
+
+    Examples
+    --------
+    >>> p = np.full((2, 24), 0.01); p[:, 20] = 0.77
+    >>> assign_classes(p).class_names()
+    ['21', '21']
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != N_CLASSES:
+        raise InputError(f"probs must have shape (N, {N_CLASSES}), got {probs.shape}")
+    n = probs.shape[0]
+    fixed = dict(fixed or {})
+    nll = -np.log(np.clip(probs, 1e-9, 1.0))
+    for row, c in fixed.items():  # a user's choice is certain
+        nll[row] = 50.0
+        nll[row, c] = 0.0
+    best: tuple[float, str, np.ndarray, np.ndarray] | None = None
+    for sex in ("XX", "XY"):
+        s_cls, s_kind = _slots(sex)
+        cost = nll[:, s_cls] + np.where(s_kind == 0, -missing_cost, extra_cost)[None, :]
+        cost = np.concatenate([cost, np.full((n, n), reject_cost)], axis=1)
+        rows, cols = linear_sum_assignment(cost)
+        total = float(cost[rows, cols].sum()) + missing_cost * int((s_kind == 0).sum())
+        if best is None or total < best[0] - 1e-9:
+            best = (total, sex, cols, s_cls)
+    assert best is not None
+    total, sex, cols, s_cls = best
+    s_cls_all, s_kind_all = _slots(sex)
+    classes = np.full(n, REJECT, dtype=int)
+    slot: list[str] = ["reject"] * n
+    for i, col in enumerate(cols):
+        if col < len(s_cls_all):
+            classes[i] = s_cls_all[col]
+            slot[i] = "normal" if s_kind_all[col] == 0 else "extra"
+    return _finish(probs, classes, slot, sex, total, low_confidence, fixed)
+
+
+def _finish(probs, classes, slot, sex, total, low_confidence, fixed) -> Assignment:
+    n = len(classes)
+    conf = np.array([probs[i, c] if c >= 0 else 0.0 for i, c in enumerate(classes)])
+    flagged = np.zeros(n, dtype=bool)
+    reasons: list[str] = []
+    argmax = probs.argmax(axis=1) if n else np.zeros(0, dtype=int)
+    for i in range(n):
+        why = []
+        if i in fixed:
+            slot[i] = "manual"
+            conf[i] = 1.0
+            reasons.append("")
+            continue
+        if conf[i] < low_confidence:
+            why.append(f"low confidence {conf[i]:.2f}")
+        if classes[i] >= 0 and classes[i] != argmax[i]:
+            why.append(f"moved from {CLASS_NAMES[argmax[i]]} by pairing")
+        if slot[i] == "extra":
+            why.append("extra copy")
+        if slot[i] == "reject":
+            why.append("not placed (debris?)")
+        flagged[i] = bool(why)
+        reasons.append("; ".join(why))
+    counts = np.bincount(classes[classes >= 0], minlength=N_CLASSES)
+    return Assignment(classes, conf, flagged, slot, sex, counts, total, reasons)
+
+
+def manual_assignment(probs: np.ndarray, classes: np.ndarray, low_confidence: float = 0.5) -> Assignment:
+    """Wrap classes chosen elsewhere (e.g. argmax or all user-set) as an Assignment."""
+    probs = np.asarray(probs, dtype=np.float64)
+    classes = np.asarray(classes, dtype=int)
+    counts = np.bincount(classes[classes >= 0], minlength=N_CLASSES)
+    sex = "XY" if counts[Y_INDEX] else "XX"
+    return _finish(probs, classes, ["normal"] * len(classes), sex, 0.0, low_confidence, {})
