@@ -1,0 +1,312 @@
+"""Chromosome classification datasets and the one crop preprocessing.
+
+Three layouts are recognised (:func:`scan_dataset`):
+
+* **BioImLab** (Q-band): one folder per cell, files ``<cell> <class><a|b>.bmp``
+  where class 23 is X and 24 is Y (``1 23a.bmp``, ``5 24.bmp``).
+* **class-per-folder**: folders ``1``..``22``, ``X``, ``Y`` (or ``23``, ``24``) of
+  crops; the cell is the file-name prefix before the first ``_`` or space
+  (``cell003_7a.png`` -> ``cell003``), so a split by cell keeps homologues together.
+* **spreads with VOC boxes** (Tseng et al. 2023): ``annotations/*.xml`` with
+  object names ``A1``..``G22``, ``X``, ``Y`` and images in ``images/``; each box
+  becomes one crop, the spread is the cell.
+
+:func:`prepare_crop` is the single preprocessing used by training and inference:
+polarity to bright-on-dark, background removed, long axis turned vertical (image
+moments), padded to the network's aspect ratio and bilinear-resized.
+"""
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..synth.chromosomes import CHROMOSOME_CLASSES, class_index
+
+IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+_BIOIMLAB = re.compile(r"^(?P<cell>\S+)\s+(?P<cls>\d{1,2})(?P<copy>[ab]?)$", re.IGNORECASE)
+_FOLDER_NAMES = {str(i) for i in range(1, 25)} | {"X", "Y", "x", "y"}
+
+
+@dataclass(frozen=True)
+class ChromosomeSample:
+    """One chromosome crop: where it is, its class index (0..23) and its cell."""
+
+    path: Path
+    label: int
+    cell: str
+    box: tuple[int, int, int, int] | None = None  # (y0, x0, y1, x1) inside ``path`` for spread crops
+
+    @property
+    def class_name(self) -> str:
+        return CHROMOSOME_CLASSES[self.label]
+
+
+# ----------------------------------------------------------------------------- scanning
+def voc_class(name: str) -> int:
+    """Class index for a VOC object name: ``A1``..``G22`` (Denver group + number), ``X``, ``Y``, or ``7``."""
+    s = name.strip().upper()
+    m = re.fullmatch(r"[A-G]?(\d{1,2})", s)
+    if m:
+        return class_index(m.group(1))
+    if s in ("X", "Y"):
+        return class_index(s)
+    raise InputError(f"unknown chromosome name {name!r} (expected A1..G22, X or Y)")
+
+
+def _read_voc(xml_path: Path) -> tuple[str | None, list[tuple[str, tuple[int, int, int, int]]]]:
+    """(image filename, [(name, (y0, x0, y1, x1))]) from a Pascal VOC file."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as exc:
+        raise InputError(f"not a readable Pascal VOC file: {exc}", xml_path) from None
+    fname = root.findtext("filename")
+    objs = []
+    for obj in root.iter("object"):
+        name = obj.findtext("name") or ""
+        bb = obj.find("bndbox")
+        if bb is None:
+            raise InputError(f"object {name!r} has no <bndbox>", xml_path)
+        try:
+            x0, y0, x1, y1 = (int(round(float(bb.findtext(k)))) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (TypeError, ValueError):
+            raise InputError(f"object {name!r} has a malformed <bndbox>", xml_path) from None
+        objs.append((name, (y0, x0, y1, x1)))
+    return fname, objs
+
+
+def _scan_bioimlab(root: Path) -> list[ChromosomeSample]:
+    out = []
+    for cell_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(cell_dir.iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            m = _BIOIMLAB.match(f.stem)
+            if not m:
+                continue
+            k = int(m.group("cls"))
+            if not 1 <= k <= 24:
+                raise InputError(f"class {k} is outside 1..24 (23 = X, 24 = Y)", f)
+            out.append(ChromosomeSample(f, k - 1, f"{cell_dir.name}"))
+    return out
+
+
+def _cell_of(stem: str) -> str:
+    m = re.match(r"^([^_\s]+)[_\s]", stem)
+    return m.group(1) if m else stem
+
+
+def _scan_class_folders(root: Path) -> list[ChromosomeSample]:
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name in _FOLDER_NAMES):
+        k = class_index(d.name)
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                out.append(ChromosomeSample(f, k, _cell_of(f.stem)))
+    return out
+
+
+def _scan_spreads(root: Path) -> list[ChromosomeSample]:
+    ann = root / "annotations" if (root / "annotations").is_dir() else root
+    img_dir = root / "images" if (root / "images").is_dir() else ann
+    out = []
+    for xml in sorted(ann.glob("*.xml")):
+        fname, objs = _read_voc(xml)
+        img = None
+        for cand in ([img_dir / fname] if fname else []) + [img_dir / (xml.stem + s) for s in (".jpg", ".png", ".bmp", ".tif")]:
+            if cand.is_file():
+                img = cand
+                break
+        if img is None:
+            raise InputError("no image found for this annotation file", xml)
+        for name, box in objs:
+            out.append(ChromosomeSample(img, voc_class(name), xml.stem, box))
+    return out
+
+
+def detect_layout(root: str | Path) -> str:
+    """"bioimlab", "class_folders" or "spreads"; raises InputError when none fits."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("dataset folder does not exist", root)
+    subdirs = [p for p in root.iterdir() if p.is_dir()]
+    if any(root.glob("*.xml")) or (root / "annotations").is_dir():
+        return "spreads"
+    names = {p.name for p in subdirs}
+    for d in subdirs:
+        if any(_BIOIMLAB.match(f.stem) for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
+            return "bioimlab"
+    if names & _FOLDER_NAMES:
+        return "class_folders"
+    raise InputError(
+        "not a chromosome dataset: expected class folders 1..22/X/Y, BioImLab cell folders "
+        "('<cell> <class><a|b>.bmp') or VOC spreads (annotations/*.xml + images/)", root)
+
+
+def scan_dataset(root: str | Path) -> list[ChromosomeSample]:
+    """All chromosome crops under ``root`` (layout detected automatically)."""
+    root = Path(root)
+    layout = detect_layout(root)
+    samples = {"bioimlab": _scan_bioimlab, "class_folders": _scan_class_folders, "spreads": _scan_spreads}[layout](root)
+    if not samples:
+        raise InputError(f"no chromosome images found ({layout} layout)", root)
+    return samples
+
+
+def split_by_cell(samples: Sequence[ChromosomeSample], val_fraction: float = 0.2,
+                  seed: int = 0) -> tuple[list[ChromosomeSample], list[ChromosomeSample]]:
+    """Train/validation split by cell (never by crop: homologues of a cell are near-duplicates)."""
+    cells = sorted({s.cell for s in samples})
+    if len(cells) < 2:
+        raise InputError(f"need at least 2 cells to split by cell, found {len(cells)}")
+    rng = np.random.default_rng(seed)
+    rng.shuffle(cells)
+    n_val = min(len(cells) - 1, max(1, int(round(len(cells) * val_fraction))))
+    val_cells = set(cells[:n_val])
+    return [s for s in samples if s.cell not in val_cells], [s for s in samples if s.cell in val_cells]
+
+
+# ----------------------------------------------------------------------------- loading
+def _as_gray(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3].astype(np.float32).mean(-1)
+    elif a.ndim == 3 and a.shape[0] in (1, 3):
+        a = a.astype(np.float32).mean(0)
+    if a.ndim != 2:
+        raise InputError(f"a chromosome crop must be a 2-D gray (or RGB) image, got shape {a.shape}")
+    a = a.astype(np.float32)
+    if a.max() > 255 or np.issubdtype(np.asarray(a).dtype, np.floating) and a.max() <= 1.0 and a.max() > 0:
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / max(hi - lo, 1e-6) * 255.0
+    return a
+
+
+def load_crop(sample: ChromosomeSample, _cache: dict | None = None) -> np.ndarray:
+    """The raw gray crop (uint8) of one sample."""
+    from PIL import Image
+
+    key = str(sample.path)
+    img = _cache.get(key) if _cache is not None else None
+    if img is None:
+        try:
+            with Image.open(sample.path) as im:
+                img = np.asarray(im.convert("L"))
+        except Exception as exc:
+            raise InputError(f"cannot read image: {exc}", sample.path) from None
+        if _cache is not None and sample.box is not None:
+            _cache[key] = img
+    if sample.box is not None:
+        y0, x0, y1, x1 = sample.box
+        H, W = img.shape
+        y0, x0, y1, x1 = max(0, y0), max(0, x0), min(H, y1), min(W, x1)
+        if y1 <= y0 or x1 <= x0:
+            raise InputError(f"box {sample.box} is empty or outside the image", sample.path)
+        img = img[y0:y1, x0:x1]
+    return img
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def _foreground(x: np.ndarray) -> np.ndarray:
+    """Largest bright component (Otsu threshold), holes filled."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    if float(x.max()) <= 0:
+        return np.ones(x.shape, bool)
+    try:
+        t = threshold_otsu(x)
+    except ValueError:
+        t = 0.0
+    m = x > max(t * 0.5, 1e-3)
+    lab, n = ndi.label(m)
+    if n == 0:
+        return np.ones(x.shape, bool)
+    if n > 1:
+        sizes = ndi.sum(m, lab, index=np.arange(1, n + 1))
+        m = lab == (int(np.argmax(sizes)) + 1)
+    return ndi.binary_fill_holes(m)
+
+
+def orient_crop(gray_crop: np.ndarray, mask: np.ndarray | None = None,
+                orient: bool = True) -> np.ndarray:
+    """Bright-on-dark float crop (0..1), background zeroed, long axis vertical, cut to the chromosome."""
+    from scipy import ndimage as ndi
+    from skimage.measure import regionprops
+    from skimage.transform import rotate
+
+    g = _as_gray(gray_crop)
+    if g.size == 0 or min(g.shape) < 2:
+        raise InputError(f"chromosome crop is empty or too small: shape {g.shape}")
+    if mask is not None:
+        mask = np.asarray(mask).astype(bool)
+        if mask.shape != g.shape:
+            raise InputError(f"mask shape {mask.shape} does not match crop shape {g.shape}")
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    bg = float(np.median(border))
+    if mask is not None and mask.any() and (~mask).any():
+        invert = float(g[mask].mean()) < float(np.median(g[~mask]))
+        bg = float(np.median(g[~mask]))
+    else:
+        invert = bg > 0.5 * (float(g.min()) + float(g.max()))
+    if invert:
+        g, bg = 255.0 - g, 255.0 - bg
+    x = np.clip(g - bg, 0, None)
+    if mask is None or not mask.any():
+        mask = _foreground(x)
+    keep = ndi.binary_dilation(mask, iterations=1)
+    x = x * keep
+    ref = float(np.percentile(x[mask], 99)) if mask.any() else float(x.max())
+    x = np.clip(x / max(ref, 1e-6), 0, 1).astype(np.float32)
+    if orient and mask.sum() >= 3:
+        props = regionprops(mask.astype(np.uint8))
+        if props:
+            angle = -np.degrees(props[0].orientation)
+            if abs(angle) > 1:
+                x = rotate(x, angle, resize=True, order=1, mode="constant", cval=0.0).astype(np.float32)
+    ys, xs = np.nonzero(x > 0.02)
+    if ys.size:
+        x = x[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    return x
+
+
+def prepare_crop(gray_crop: np.ndarray, mask: np.ndarray | None = None, size: Sequence[int] = (448, 456),
+                 pad_to: int | None = None, orient: bool = True) -> np.ndarray:
+    """The one preprocessing for training and inference: crop -> float32 (H, W) in 0..1.
+
+    ``gray_crop``: one chromosome (gray or RGB, dark-on-light G-band or
+    bright-on-dark Q-band/FISH; polarity is detected).  ``mask`` (optional)
+    marks the chromosome, else the largest Otsu component is used.  The long
+    axis is turned vertical, the crop is padded (centred) to the aspect ratio of
+    ``size`` and bilinear-resized.  ``pad_to`` (pixels, source scale) pads small
+    chromosomes to a common canvas height so that their length stays visible
+    to the network, as the seed pads crops to 224 px before resizing.
+    """
+    import torch
+
+    H, W = int(size[0]), int(size[1])
+    x = orient_crop(gray_crop, mask, orient)
+    h, w = x.shape
+    ch = max(float(h), w * H / W, float(pad_to or 0))
+    cw = ch * W / H
+    ch_i, cw_i = int(np.ceil(ch)), int(np.ceil(cw))
+    canvas = np.zeros((ch_i, cw_i), np.float32)
+    y0, x0 = (ch_i - h) // 2, (cw_i - w) // 2
+    canvas[y0:y0 + h, x0:x0 + w] = x[: ch_i - y0, : cw_i - x0]
+    t = torch.from_numpy(canvas)[None, None]
+    out = torch.nn.functional.interpolate(t, size=(H, W), mode="bilinear", align_corners=False,
+                                          antialias=(ch_i > H))
+    return out[0, 0].numpy().astype(np.float32)
+
+
+def estimate_pad_to(crops: Sequence[np.ndarray], quantile: float = 98.0, limit: int = 400) -> int:
+    """A canvas height (source pixels) that holds nearly every chromosome: a high quantile of lengths."""
+    crops = list(crops)
+    step = max(1, len(crops) // limit)
+    lengths = [orient_crop(c).shape[0] for c in crops[::step]]
+    return int(np.ceil(np.percentile(lengths, quantile))) if lengths else 0
