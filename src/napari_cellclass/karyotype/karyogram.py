@@ -67,8 +67,11 @@ def make_karyogram(
     flagged: Sequence[bool] | None = None,
     row_height: int = 110,
     title: str | None = None,
-) -> np.ndarray:
+    return_layout: bool = False,
+) -> np.ndarray | tuple[np.ndarray, dict[str, tuple[int, int, int, int]]]:
     """Karyogram as an (H, W, 3) uint8 RGB array.
+
+    With ``return_layout`` also returns {class name: (y0, x0, y1, x1)} of each pair's cell.
 
     ``classes[i]`` is the class index (0..23, -1 = unplaced) of label ``i + 1``;
     ``flagged`` objects get a red frame so a reviewer looks at them first.
@@ -110,6 +113,7 @@ def make_karyogram(
     H = title_h + len(rows) * (row_height + label_h + 8) + 2 * margin
     canvas = np.full((H, W, 3), BACKGROUND, np.uint8)
     texts: list[tuple[int, int, str]] = []
+    layout: dict[str, tuple[int, int, int, int]] = {}
     if title:
         texts.append((margin, margin // 2, title))
     y = margin + title_h
@@ -129,9 +133,11 @@ def make_karyogram(
                 cx += w + gap
             canvas[base + 2, x + 2:x + cell_w[name] - 2] = 60  # the pair's baseline
             texts.append((x + cell_w[name] // 2 - 4 * len(name), base + 4, name))
+            layout[name] = (y, x, base + label_h, x + cell_w[name])
             x += cell_w[name] + 10
         y += row_height + label_h + 8
-    return _draw_texts(canvas, texts)
+    out = _draw_texts(canvas, texts)
+    return (out, layout) if return_layout else out
 
 
 def _frame(canvas: np.ndarray, y0: int, x0: int, y1: int, x1: int) -> None:

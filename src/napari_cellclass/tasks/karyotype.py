@@ -113,7 +113,7 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any, device: str | Non
         labels = np.asarray(labels)
         if labels.shape != img.shape[:2]:
             raise InputError(f"labels shape {labels.shape} does not match the image {img.shape[:2]}")
-        labels = labels.astype(np.int32)
+        labels, known_probs, fixed = _relabel(labels.astype(np.int32), known_probs, fixed)
     check_cancel(cancel)
     n = int(labels.max()) if labels.size else 0
     present = set(np.unique(labels[labels > 0]).tolist())
@@ -134,6 +134,19 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any, device: str | Non
     result["seconds"] = round(time.monotonic() - t0, 2)
     yield Progress(1, 1, "pair", result["summary"])
     return result
+
+
+def _relabel(labels: np.ndarray, known: dict | None, fixed: dict | None):
+    """Make label ids 1..N (hand edits leave gaps); carry known probabilities and fixed classes along."""
+    ids = np.unique(labels[labels > 0])
+    if len(ids) == 0 or (ids[0] == 1 and ids[-1] == len(ids)):
+        return labels, known, fixed
+    lut = np.zeros(int(labels.max()) + 1, np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    old_to_new = {int(o): int(n) for o, n in zip(ids, lut[ids])}
+    known = {old_to_new[int(k)]: v for k, v in (known or {}).items() if int(k) in old_to_new}
+    fixed = {old_to_new[int(k)]: v for k, v in (fixed or {}).items() if int(k) in old_to_new}
+    return lut[labels], known, fixed
 
 
 # ----------------------------------------------------------------------------- CLI: predict

@@ -1,0 +1,109 @@
+"""Spread segmentation on generated spreads, box matching, karyogram layout and exports."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from napari_cellclass.errors import InputError
+from napari_cellclass.karyotype.karyogram import (
+    KARYOGRAM_ROWS, chromosome_table, make_karyogram, orient_vertical, save_png, write_csv,
+)
+from napari_cellclass.karyotype.metrics import box_iou, match_boxes
+from napari_cellclass.karyotype.segment import label_boxes, segment_spread
+from napari_cellclass.synth.chromosomes import make_spread
+
+
+def test_segmentation_finds_the_placed_chromosomes():
+    matched = total = 0
+    for seed in (1, 2, 3):
+        s = make_spread(seed, "46,XY", size=(512, 512))
+        labels = segment_spread(s["image"])
+        assert labels.dtype == np.int32 and labels.shape == s["image"].shape
+        matches = match_boxes(label_boxes(labels), s["boxes"], 0.5)
+        matched += len(matches)
+        total += len(s["boxes"])
+        # the interphase nucleus is not called a chromosome
+        nuc = s["nucleus"]
+        if nuc.any():
+            assert (labels[nuc] > 0).mean() < 0.05
+    assert matched / total >= 0.9
+
+
+def test_segmentation_splits_two_touching_chromosomes():
+    img = np.full((120, 200), 230, np.uint8)
+    yy, xx = np.mgrid[:120, :200]
+
+    def chromosome(cy, cx):
+        img[(yy - cy) ** 2 / 16 ** 2 + (xx - cx) ** 2 / 6 ** 2 <= 1] = 40
+
+    chromosome(25, 30)  # two touching end to end ...
+    chromosome(56, 33)
+    for cx in (80, 110, 140, 170):  # ... and singles that set the size scale
+        chromosome(30, cx)
+        chromosome(85, cx)
+    labels = segment_spread(img)
+    assert labels.max() == 10
+    assert labels[25, 30] != labels[56, 33] and labels[25, 30] > 0 and labels[56, 33] > 0
+
+
+def test_segment_rejects_bad_input():
+    with pytest.raises(InputError):
+        segment_spread(np.zeros((2, 3, 4, 5)))
+
+
+def test_box_iou_and_matching():
+    a = np.array([[0, 0, 10, 10], [20, 20, 30, 30]])
+    b = np.array([[0, 0, 10, 12], [50, 50, 60, 60]])
+    iou = box_iou(a, b)
+    assert iou[0, 0] == pytest.approx(100 / 120)
+    assert iou[1, 1] == 0
+    assert match_boxes(a, b) == [(0, 0)]
+
+
+def test_orient_vertical_turns_a_horizontal_bar():
+    crop = np.ones((20, 60), np.float32)
+    mask = np.zeros((20, 60), bool)
+    mask[8:12, 5:55] = True
+    crop[mask] = 0.2
+    c, m = orient_vertical(crop, mask)
+    assert m.shape[0] > 3 * m.shape[1]
+
+
+def test_karyogram_layout_rows_pairs_and_exports(tmp_path):
+    s = make_spread(4, "47,XX,+21", size=(512, 512))
+    classes = s["classes"]
+    flagged = [c == 20 for c in classes]
+    img, layout = make_karyogram(s["image"], s["labels"], classes, flagged=flagged, title="47,XX,+21",
+                                 return_layout=True)
+    assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
+    assert [r[-1] for r in KARYOGRAM_ROWS] == ["5", "X", "18", "Y"]
+    # rows go down the page, pairs left to right within a row
+    tops = [layout[r[0]][0] for r in KARYOGRAM_ROWS]
+    assert tops == sorted(tops) and len(set(tops)) == 4
+    for row in KARYOGRAM_ROWS:
+        lefts = [layout[nm][1] for nm in row]
+        assert lefts == sorted(lefts)
+        assert len({layout[nm][0] for nm in row}) == 1
+
+    def dark(name):
+        y0, x0, y1, x1 = layout[name]
+        return (img[y0:y1 - 16, x0:x1].min(axis=2) < 120).sum()
+
+    assert dark("Y") == 0  # 46,XX has no Y
+    assert dark("1") > 0 and dark("X") > 0
+    # three 21s make a wider cell than the two 22s; flagged ones get a red frame
+    assert layout["21"][3] - layout["21"][1] > layout["22"][3] - layout["22"][1]
+    y0, x0, y1, x1 = layout["21"]
+    cell = img[y0:y1, x0:x1].astype(int)
+    assert ((cell[..., 0] > 180) & (cell[..., 1] < 80)).any()
+    png = save_png(img, tmp_path / "k.png")
+    assert png.stat().st_size > 1000
+    rows = chromosome_table(s["labels"], classes, np.full(len(classes), 0.9), flagged)
+    write_csv(rows, tmp_path / "k.csv")
+    with open(tmp_path / "k.csv") as fh:
+        back = list(csv.DictReader(fh))
+    assert len(back) == 47 and back[0]["id"] == "1"
+    assert {"class", "confidence", "flagged", "y0", "x0", "y1", "x1", "area"} <= set(back[0])
+    assert sum(r["class"] == "21" for r in back) == 3

@@ -1,0 +1,113 @@
+"""karyotype task: the job, CLI predict outputs, evaluation on annotated spreads (synthetic and real)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_cellclass.engine.checkpoint import CheckpointMeta, save_checkpoint
+from napari_cellclass.engine.progress import CancelToken, run_sync
+from napari_cellclass.errors import Cancelled, InputError
+from napari_cellclass.models.registry import build_model
+from napari_cellclass.synth.chromosomes import CHROMOSOME_CLASSES, make_spread
+from napari_cellclass.tasks.base import TaskOptions
+from napari_cellclass.tasks.karyotype import evaluate, karyotype, predict
+
+SIZE = (32, 34)
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """An untrained, very small GRiCoL: enough to exercise the plumbing (not accuracy)."""
+    cfg = {"num_classes": 24, "in_channels": 1, "input_size": list(SIZE), "width": 0.0625, "layers": [1, 1, 1, 1],
+           "grid": 3, "overlap": True}
+    import torch
+
+    torch.manual_seed(0)
+    net = build_model("gricol", **cfg)
+    meta = CheckpointMeta(task="chromosome", arch="gricol", class_names=list(CHROMOSOME_CLASSES), in_channels=1,
+                          input_size=list(SIZE), arch_config=cfg,
+                          normalization={"preprocess": "prepare_crop", "pad_to": 60}, trained_on="untrained test")
+    save_checkpoint(path, net, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("karyo") / "model.safetensors")
+
+
+def write_voc(spread: dict, img_path: Path) -> None:
+    objs = "".join(
+        f"<object><name>{CHROMOSOME_CLASSES[c]}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        for c, (y0, x0, y1, x1) in zip(spread["classes"], spread["boxes"]))
+    h, w = spread["image"].shape
+    img_path.with_suffix(".xml").write_text(
+        f"<annotation><filename>{img_path.name}</filename><size><width>{w}</width><height>{h}</height>"
+        f"<depth>1</depth></size>{objs}</annotation>")
+
+
+def test_karyotype_job_and_label_reuse(ckpt):
+    s = make_spread(2, "46,XY", size=(448, 448))
+    res = run_sync(karyotype(s["image"], ckpt))
+    n = int(res["labels"].max())
+    assert n >= 40
+    assert res["probabilities"].shape == (n, 24)
+    assert np.allclose(res["probabilities"].sum(1), 1, atol=1e-4)
+    assert len(res["classes"]) == n and res["karyogram"].ndim == 3
+    assert res["summary"].startswith(f"{res['count']},")
+    assert len(res["table"]) == n
+    # user-edited labels: drop one object, keep the others' probabilities -> only nothing new is classified
+    labels = res["labels"].copy()
+    labels[labels == 3] = 0
+    known = {i + 1: res["probabilities"][i] for i in range(n) if i + 1 != 3}
+    again = run_sync(karyotype(s["image"], ckpt, labels=labels, known_probs=known, fixed={5: 20}))
+    assert again["classified"] == 0
+    assert int(again["labels"].max()) == n - 1  # relabelled 1..N-1
+    assert again["class_names"][3] == "21"  # old label 5 is now label 4, keeping the user's class
+
+
+def test_karyotype_cancel_and_bad_input(ckpt):
+    s = make_spread(3, "46,XX", size=(320, 320))
+    tok = CancelToken()
+    tok.cancel()
+    with pytest.raises(Cancelled):
+        run_sync(karyotype(s["image"], ckpt, cancel=tok))
+    with pytest.raises(InputError):
+        run_sync(karyotype(np.zeros((4, 5, 6, 7)), ckpt))
+    with pytest.raises(InputError):
+        run_sync(karyotype(s["image"], ckpt, segmenter="magic"))
+
+
+def test_predict_writes_outputs_and_evaluate_scores_segmentation(ckpt, tmp_path):
+    s = make_spread(5, "47,XY,+21", size=(448, 448))
+    img_path = tmp_path / "spreads" / "sp1.png"
+    img_path.parent.mkdir()
+    Image.fromarray(s["image"]).save(img_path)
+    write_voc(s, img_path)
+    out = tmp_path / "out"
+    res = run_sync(predict(ckpt, [img_path], TaskOptions(out=out)))
+    row = res["spreads"][0]
+    for key in ("karyogram", "csv", "labels", "summary"):
+        assert Path(row[key]).is_file()
+    summary = json.loads(Path(row["summary"]).read_text())
+    assert summary["summary"] == row["summary"] and len(summary["chromosomes"]) >= row["count"]
+    ev = run_sync(evaluate(Path("none"), img_path.parent, TaskOptions()))
+    assert ev["n_spreads"] == 1 and ev["n_true"] == 47
+    assert ev["recall"] >= 0.85 and ev["precision"] >= 0.85
+    ev2 = run_sync(evaluate(ckpt, img_path.parent, TaskOptions()))
+    assert 0 <= ev2["class_accuracy_paired"] <= 1 and "karyotype_string_accuracy" in ev2
+
+
+@pytest.mark.realdata
+def test_evaluate_segmentation_on_real_tseng_spreads(shared_data):
+    root = shared_data / "chromosomes" / "tseng2023_gband_spreads"
+    if not root.is_dir():
+        pytest.skip("Tseng G-band spreads not present")
+    ev = run_sync(evaluate(Path("none"), root, TaskOptions(extra={"limit": 3})))
+    assert ev["n_spreads"] == 3 and ev["n_true"] >= 130
+    # classical threshold + watershed on real G-band spreads with overlaps: clearly useful, not perfect
+    assert ev["recall"] >= 0.45 and ev["precision"] >= 0.45
