@@ -1,0 +1,286 @@
+"""White-blood-cell datasets: class-per-folder crops and smears with a box table.
+
+Two layouts are read:
+
+* **class-per-folder** (Kaggle "blood cells" layout and ``cellclass synth wbc``):
+  ``ROOT/<CLASS>/*.jpeg|jpg|png``, optionally under ``ROOT/TRAIN`` and
+  ``ROOT/TEST`` (then ``split="train"|"test"`` picks one).
+* **smears with a label table** (BCCD): ``ROOT/wbc_labels.csv`` with columns
+  ``image,category,xmin,ymin,xmax,ymax`` and the images in ``ROOT/JPEGImages``
+  (or next to the CSV).  Each row is one white cell, cropped square around its
+  box with some context.
+
+Every record carries a *group* (its source image) so train/validation splits
+never put crops of one image on both sides.  Crops are loaded once into memory
+at the training size; augmentation is the seed's only: flips, 90-degree
+rotations, transposes (no scaling, no colour changes: nucleus size and stain
+are the signal).
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+WBC_CLASSES: list[str] = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+OPTIONAL_CLASSES: list[str] = ["BASOPHIL"]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LABEL_TABLE = "wbc_labels.csv"
+CONTEXT = 1.15  # square crop side = CONTEXT * longer box side
+
+
+@dataclass(frozen=True)
+class WBCRecord:
+    """One white cell: its image, optional box (x0, y0, x1, y1), class name and source group."""
+
+    path: Path
+    label: str
+    group: str
+    box: tuple[float, float, float, float] | None = None
+
+
+def _kaggle_group(stem: str) -> str:
+    """Kaggle's augmented copies are named ``_<k>_<source id>``: group them by source."""
+    m = re.fullmatch(r"_?\d+_(\d+)", stem)
+    return m.group(1) if m else stem
+
+
+def scan_class_folders(root: Path) -> list[WBCRecord]:
+    records = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = d.name.upper()
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                records.append(WBCRecord(f, label, f"{label}/{_kaggle_group(f.stem)}"))
+    return records
+
+
+def read_label_table(csv_path: Path, image_dir: Path | None = None) -> list[WBCRecord]:
+    """Rows ``image,category,xmin,ymin,xmax,ymax`` -> records grouped by image."""
+    image_dir = image_dir or (csv_path.parent / "JPEGImages" if (csv_path.parent / "JPEGImages").is_dir() else csv_path.parent)
+    records = []
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        need = {"image", "category", "xmin", "ymin", "xmax", "ymax"}
+        if reader.fieldnames is None or not need <= {f.strip() for f in reader.fieldnames}:
+            raise InputError(f"label table needs the columns {', '.join(sorted(need))}; found {reader.fieldnames}", csv_path)
+        for i, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            cat = row["category"].upper()
+            if not cat or "," in cat:  # cells with two labels are ambiguous: skip
+                continue
+            try:
+                box = tuple(float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except ValueError:
+                raise InputError(f"line {i}: box coordinates are not numbers: {row}", csv_path) from None
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise InputError(f"line {i}: empty box {box}", csv_path)
+            path = image_dir / row["image"]
+            records.append(WBCRecord(path, cat, row["image"], box))
+    return records
+
+
+def find_records(root: str | Path, split: str | None = None) -> list[WBCRecord]:
+    """All white-cell records under ``root`` (either layout); ``split`` picks TRAIN/TEST when present."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError("dataset folder does not exist", root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return read_label_table(root)
+    if (root / LABEL_TABLE).is_file():
+        return read_label_table(root / LABEL_TABLE)
+    subs = {p.name.upper(): p for p in root.iterdir() if p.is_dir()}
+    if "TRAIN" in subs or "TEST" in subs:
+        wanted = [split.upper()] if split else [s for s in ("TRAIN", "TEST") if s in subs]
+        records = []
+        for s in wanted:
+            if s not in subs:
+                raise InputError(f"no {s} folder in the dataset", root)
+            records += [WBCRecord(r.path, r.label, f"{s}/{r.group}", r.box) for r in scan_class_folders(subs[s])]
+    else:
+        records = scan_class_folders(root)
+    if not records:
+        raise InputError(
+            "no white-cell images found: expected <CLASS>/*.jpeg folders (e.g. EOSINOPHIL/, NEUTROPHIL/) "
+            f"or a {LABEL_TABLE} table with JPEGImages/", root)
+    return records
+
+
+def choose_classes(records: Sequence[WBCRecord], include_basophil: bool = False,
+                   class_names: Sequence[str] | None = None) -> tuple[list[str], list[WBCRecord]]:
+    """Class list (the four WBC classes + BASOPHIL when asked) and the records that fit it."""
+    if class_names is None:
+        found = {r.label for r in records}
+        allowed = WBC_CLASSES + (OPTIONAL_CLASSES if include_basophil else [])
+        class_names = [c for c in allowed if c in found]
+        unknown = sorted(found - set(WBC_CLASSES) - set(OPTIONAL_CLASSES))
+        if unknown:
+            raise InputError(f"unknown white-cell class folder(s)/label(s): {', '.join(unknown)}; "
+                             f"expected {', '.join(WBC_CLASSES + OPTIONAL_CLASSES)}")
+    if len(class_names) < 2:
+        raise InputError(f"need at least two classes to train, found {list(class_names)}")
+    kept = [r for r in records if r.label in class_names]
+    return list(class_names), kept
+
+
+def split_by_group(records: Sequence[WBCRecord], val_fraction: float = 0.2, seed: int = 0
+                   ) -> tuple[list[WBCRecord], list[WBCRecord]]:
+    """Stratified split by source image: all crops of one image land on one side."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[str]] = {}
+    group_label: dict[str, str] = {}
+    for r in records:
+        if r.group not in group_label:
+            group_label[r.group] = r.label
+            by_label.setdefault(r.label, []).append(r.group)
+    val_groups: set[str] = set()
+    for label, groups in sorted(by_label.items()):
+        groups = sorted(groups)
+        rng.shuffle(groups)
+        k = int(round(len(groups) * val_fraction))
+        if len(groups) >= 2:
+            k = min(max(k, 1), len(groups) - 1)
+        else:
+            k = 0
+        val_groups.update(groups[:k])
+    train = [r for r in records if r.group not in val_groups]
+    val = [r for r in records if r.group in val_groups]
+    return train, val
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise InputError("image file does not exist", path) from None
+    except Exception as exc:
+        raise InputError(f"not a readable image: {exc}", path) from None
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Gray, RGB or RGBA (uint8 or float) -> (H, W, 3) uint8."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise InputError(f"expected a gray or RGB image (H, W[, 3]), got shape {img.shape}")
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        f = img.astype(np.float32)
+        lo, hi = float(f.min()), float(f.max())
+        if hi <= 1.0 and lo >= 0.0:
+            f = f * 255.0
+        elif hi > 255.0:
+            f = (f - lo) / max(hi - lo, 1e-6) * 255.0
+        img = np.clip(f, 0, 255).astype(np.uint8)
+    return img
+
+
+def crop_cell(image: np.ndarray, box_yx: Sequence[float] | None, size: int, context: float = CONTEXT) -> np.ndarray:
+    """Square crop around ``box_yx`` = (y0, x0, y1, x1) with context, edge-padded, resized to ``size``.
+
+    ``None`` uses the whole image (a crop already), resized without keeping the aspect.
+    """
+    from PIL import Image
+
+    img = as_rgb(image)
+    if box_yx is not None:
+        y0, x0, y1, x1 = (float(v) for v in box_yx)
+        side = max(y1 - y0, x1 - x0, 2.0) * context
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+        top, left = int(round(cy - side / 2)), int(round(cx - side / 2))
+        s = int(round(side))
+        h, w = img.shape[:2]
+        pad = max(0, -top, -left, top + s - h, left + s - w)
+        if pad:
+            img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+            top, left = top + pad, left + pad
+        img = img[top : top + s, left : left + s]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BILINEAR))
+
+
+def load_crops(records: Sequence[WBCRecord], size: int, cancel=None) -> np.ndarray:
+    """(N, size, size, 3) uint8 crops; each source image is read once."""
+    from ..engine.progress import check_cancel
+
+    out = np.empty((len(records), size, size, 3), np.uint8)
+    cache: dict[Path, np.ndarray] = {}
+    for i, r in enumerate(records):
+        if i % 32 == 0:
+            check_cancel(cancel)
+        if r.path not in cache:
+            cache = {r.path: read_rgb(r.path)}
+        box = None if r.box is None else (r.box[1], r.box[0], r.box[3], r.box[2])
+        out[i] = crop_cell(cache[r.path], box, size)
+    return out
+
+
+def to_tensor(crops: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW normalised with ImageNet statistics."""
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 flips/90-degree rotations/transposes of a (..., H, W) tensor."""
+    if k >= 4:
+        x = x.transpose(-1, -2)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+class CropBatches:
+    """Batches of (images, targets) over in-memory crops, reshuffled every epoch.
+
+    ``balance="sampler"`` draws with probability inversely proportional to the
+    class frequency (with replacement), so rare classes (monocytes in BCCD) are
+    seen as often as neutrophils; ``"none"`` shuffles plainly.
+    """
+
+    def __init__(self, crops: np.ndarray, targets: Sequence[int], batch_size: int, *, augment: bool = True,
+                 balance: str = "sampler", seed: int = 0, num_classes: int | None = None):
+        self.x = to_tensor(crops)
+        self.y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        self.batch_size, self.augment, self.balance = int(batch_size), augment, balance
+        self.gen = torch.Generator().manual_seed(int(seed))
+        counts = torch.bincount(self.y, minlength=num_classes or int(self.y.max()) + 1).float()
+        self.sample_weights = (1.0 / counts.clamp_min(1))[self.y]
+
+    def __len__(self) -> int:
+        return max(1, (len(self.y) + self.batch_size - 1) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        if self.balance == "sampler":
+            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=self.gen)
+        else:
+            order = torch.randperm(n, generator=self.gen)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if len(idx) < 2 and n >= 2:  # batch norm needs two samples
+                continue
+            xb = self.x[idx]
+            if self.augment:
+                ks = torch.randint(0, 8, (len(idx),), generator=self.gen).tolist()
+                xb = torch.stack([dihedral(img, k) for img, k in zip(xb, ks)])
+            yield xb, self.y[idx]
+
+
+def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency loss weights (mean 1), the alternative to the balanced sampler."""
+    counts = torch.bincount(torch.as_tensor(np.asarray(targets), dtype=torch.long), minlength=num_classes).float()
+    w = 1.0 / counts.clamp_min(1)
+    return w / w.mean()
