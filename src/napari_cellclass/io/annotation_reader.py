@@ -1,0 +1,113 @@
+"""napari reader for Pascal VOC XML and COCO JSON annotation files.
+
+A VOC file opens as one shapes layer of rectangles; a COCO file as one shapes
+layer per image (named after the image) plus, when it carries polygons or RLE,
+a labels layer of the instances.  Coordinates become napari's (row, col).  The
+``label`` feature (and every other per-object attribute) drives text and edge
+colour.  Files that are XML/JSON but not VOC/COCO get ``None`` so other readers
+can take them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .annotations import AnnotatedImage, is_coco, is_voc, polygon_to_mask, read_coco, read_voc
+
+PALETTE = ["#ff4040", "#40c0ff", "#ffd000", "#40ff80", "#ff60ff", "#ff9020", "#a080ff", "#80ffff"]
+
+
+def class_colors(classes: list[str]) -> dict[str, str]:
+    """One stable colour per class name (palette order)."""
+    return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(classes)}
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if p.suffix.lower() == ".xml" and is_voc(p):
+        return read_annotations
+    if p.suffix.lower() == ".json" and is_coco(p):
+        return read_annotations
+    return None
+
+
+def _features(ann: AnnotatedImage) -> dict[str, list]:
+    feats: dict[str, list] = {"label": list(ann.labels)}
+    keys = list(dict.fromkeys(k for a in ann.attributes for k in a))
+    for k in keys:
+        if k == "label":
+            continue
+        vals = [a.get(k) for a in ann.attributes]
+        if all(isinstance(v, (int, float, bool)) or v is None for v in vals):
+            feats[k] = [np.nan if v is None else float(v) for v in vals]
+        else:
+            feats[k] = ["" if v is None else str(v) for v in vals]
+    return feats
+
+
+def shapes_layer(ann: AnnotatedImage, name: str, classes: list[str] | None = None) -> tuple:
+    """Layer-data tuple: rectangles as 4 corners in (row, col), features and colours by class."""
+    rects = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]) for x0, y0, x1, y1 in ann.boxes]
+    classes = sorted(classes or ann.classes)
+    colors = class_colors(classes)
+    kwargs = {
+        "name": name,
+        "shape_type": "rectangle",
+        "features": _features(ann),
+        # explicit per-object colours (same class -> same colour in every layer we make)
+        "edge_color": [colors.get(lab, PALETTE[0]) for lab in ann.labels],
+        "face_color": "transparent",
+        "edge_width": 2,
+        "text": {"string": "{label}", "size": 9, "color": "white", "anchor": "upper_left"},
+    }
+    if not rects:  # napari wants no colour-by-feature on an empty layer
+        kwargs["edge_color"] = PALETTE[0]
+        kwargs.pop("text")
+    return (rects, kwargs, "shapes")
+
+
+def instance_labels(ann: AnnotatedImage) -> np.ndarray | None:
+    """Labels image of the objects that have a polygon or mask (object k -> k + 1), or None."""
+    if not (ann.height and ann.width):
+        return None
+    if not any(m is not None for m in ann.masks) and not any(p is not None for p in ann.polygons):
+        return None
+    lab = np.zeros((ann.height, ann.width), dtype=np.int32)
+    for k in range(len(ann)):
+        m = ann.masks[k]
+        if m is None and ann.polygons[k] is not None:
+            m = polygon_to_mask(ann.polygons[k], ann.height, ann.width)
+        if m is not None:
+            lab[m] = k + 1
+    return lab
+
+
+def read_annotations(path: str | list[str]) -> list[tuple]:
+    """The napari reader function (errors are InputError with the file named)."""
+    if isinstance(path, list):
+        path = path[0]
+    p = Path(path)
+    if p.suffix.lower() == ".xml":
+        anns = [read_voc(p)]
+    else:
+        anns = read_coco(p)
+    classes = list(dict.fromkeys(lab for a in anns for lab in a.labels))
+    layers = []
+    for a in anns:
+        stem = a.image_path.stem if a.image_path is not None else p.stem
+        if len(anns) > 1 and len(a) == 0:
+            continue
+        layers.append(shapes_layer(a, f"{stem} boxes", classes))
+        lab = instance_labels(a)
+        if lab is not None:
+            layers.append((lab, {"name": f"{stem} instances"}, "labels"))
+    if not layers:  # a COCO file with no objects at all: still show an empty layer
+        layers.append(shapes_layer(anns[0] if anns else AnnotatedImage(None, None, None, np.zeros((0, 4)), [], [], []),
+                                   f"{p.stem} boxes"))
+    return layers
