@@ -107,3 +107,15 @@ def test_karyogram_layout_rows_pairs_and_exports(tmp_path):
     assert len(back) == 47 and back[0]["id"] == "1"
     assert {"class", "confidence", "flagged", "y0", "x0", "y1", "x1", "area"} <= set(back[0])
     assert sum(r["class"] == "21" for r in back) == 3
+
+
+def test_segmentation_cuts_a_t_junction_along_the_skeleton():
+    img = np.full((120, 200), 230, np.uint8)
+    img[10:60, 20:28] = 40  # vertical chromosome ...
+    img[30:38, 28:70] = 40  # ... with another butting into its side (a T)
+    for sl in [np.s_[60:110, 100:108], np.s_[20:28, 120:170], np.s_[40:48, 120:190], np.s_[70:110, 140:148],
+               np.s_[70:110, 170:178]]:
+        img[sl] = 40  # singles for the size scale
+    labels = segment_spread(img)
+    assert labels.max() == 7
+    assert labels[15, 24] == labels[50, 24] != labels[34, 60]

@@ -32,6 +32,7 @@ class SegmentOptions:
     split_h: float = 0.35  # h-maxima depth as a fraction of the chromosome half-width
     split_min_area: float = 1.6  # only clusters larger than this many median objects are split ...
     split_max_solidity: float = 0.80  # ... or less solid than this
+    skeleton_split: bool = True  # also cut crossings / T-junctions along the skeleton
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -97,6 +98,8 @@ def segment_spread(image: np.ndarray, opts: SegmentOptions | None = None) -> np.
     lab, n = ndi.label(mask)
     if opts.split and n:
         lab = _split_clusters(lab, dist * mask, med, half_width, opts)
+        if opts.skeleton_split:
+            lab = _split_crossings(lab, dist * (lab > 0), med, half_width, opts)
     sizes = np.bincount(lab.ravel())
     lab[(sizes < max(4, opts.min_area_frac * med))[lab]] = 0
     out, _, _ = segmentation.relabel_sequential(lab)
@@ -131,6 +134,100 @@ def _split_clusters(lab, dist, med, half_width, opts) -> np.ndarray:
                 sub[part] = next_label
                 next_label += 1
     return out
+
+
+def _split_crossings(lab, dist, med, half_width, opts) -> np.ndarray:
+    """Cut clusters at skeleton junctions; arms that continue each other straight stay one chromosome."""
+    out = lab.copy()
+    next_label = int(lab.max()) + 1
+    for p in measure.regionprops(lab):
+        if p.area < opts.split_min_area * med and p.solidity > opts.split_max_solidity:
+            continue
+        sl = p.slice
+        region = lab[sl] == p.label
+        groups = _arm_groups(np.pad(region, 1), half_width)
+        if groups is None:
+            continue
+        groups = groups[1:-1, 1:-1]
+        ws = segmentation.watershed(-dist[sl], groups, mask=region)
+        sub = out[sl]
+        for j, g in enumerate(np.unique(ws[ws > 0])):
+            part = ws == g
+            sub[part] = p.label if j == 0 else next_label
+            if j:
+                next_label += 1
+    return out
+
+
+def _arm_groups(region: np.ndarray, half_width: float) -> np.ndarray | None:
+    """Marker image of skeleton arms, merged into chromosomes through junctions; None if no cut."""
+    skel = morphology.skeletonize(region)
+    nb = ndi.convolve(skel.astype(np.int32), np.ones((3, 3), np.int32), mode="constant") - 1
+    branch = skel & (nb >= 3)
+    if not branch.any():
+        return None
+    r = max(2, int(round(1.3 * half_width)))
+    zones, nz = ndi.label(ndi.binary_dilation(branch, structure=morphology.disk(r)))
+    arms, na = ndi.label(skel & (zones == 0), structure=np.ones((3, 3)))
+    if na < 2:
+        return None
+    sizes = np.bincount(arms.ravel(), minlength=na + 1)
+    ends = skel & (nb == 1)
+    touch = ndi.binary_dilation(zones > 0, iterations=2)
+    # arm -> junction zones it touches
+    arm_zones: dict[int, set[int]] = {a: set() for a in range(1, na + 1)}
+    near = ndi.grey_dilation(zones, size=5)
+    for a, z in zip(arms[touch & (arms > 0)], near[touch & (arms > 0)]):
+        if z:
+            arm_zones[int(a)].add(int(z))
+    free_end = np.bincount(arms[ends], minlength=na + 1) > 0
+    keep = [a for a in range(1, na + 1)
+            if not (free_end[a] and sizes[a] < 1.5 * half_width and arm_zones[a])]  # spurs go
+    if len(keep) < 2:
+        return None
+    parent = {a: a for a in keep}
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    centres = ndi.center_of_mass(np.ones_like(zones), zones, range(1, nz + 1))
+    for z in range(1, nz + 1):
+        members = [a for a in keep if z in arm_zones[a]]
+        if len(members) < 2:
+            continue
+        if len(members) == 2:
+            parent[find(members[0])] = find(members[1])
+            continue
+        cy, cx = centres[z - 1]
+        vecs = {}
+        for a in members:
+            ys, xs = np.nonzero((arms == a) & (np.hypot(*np.mgrid[:arms.shape[0], :arms.shape[1]] - np.array(
+                [cy, cx])[:, None, None]) < r + 3 * half_width))
+            if len(ys) == 0:
+                continue
+            v = np.array([ys.mean() - cy, xs.mean() - cx])
+            vecs[a] = v / (np.linalg.norm(v) + 1e-9)
+        pairs = sorted(((float(vecs[a] @ vecs[b]), a, b) for i, a in enumerate(vecs) for b in list(vecs)[i + 1:]))
+        used: set[int] = set()
+        for cos, a, b in pairs:
+            if cos > -0.6:
+                break
+            if a in used or b in used:
+                continue
+            used |= {a, b}
+            parent[find(a)] = find(b)
+    roots = sorted({find(a) for a in keep})
+    if len(roots) < 2:
+        return None
+    markers = np.zeros(region.shape, np.int32)
+    for k, root in enumerate(roots, start=1):
+        for a in keep:
+            if find(a) == root:
+                markers[arms == a] = k
+    return markers
 
 
 def label_boxes(labels: np.ndarray) -> np.ndarray:
