@@ -54,6 +54,15 @@ def _write_subset(records, image_dir: Path, folder: Path) -> Path:
     return folder
 
 
+def _epoch_log(name: str):
+    def show(p) -> None:
+        if p.stage == "epoch":
+            m = " ".join(f"{k}={v:.3g}" for k, v in p.metrics.items())
+            print(f"  [{name}] {p.message}: {m}", flush=True)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -96,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                pretrained=args.pretrained,
                                extra={"loss": v["loss"], "width": args.width, "val_fraction": 0.2})
             t0 = time.monotonic()
-            tr = run_sync(wbc.train(train_dir, opts))
+            tr = run_sync(wbc.train(train_dir, opts), _epoch_log(name))
             ev = run_sync(wbc.evaluate(Path(tr["checkpoint"]), test_dir, TaskOptions(device="cpu")))
             row = {"variant": name, "arch": v["arch"], "loss": v["loss"], "test_accuracy": round(ev["accuracy"], 3),
                    "test_macro_f1": round(ev["macro_f1"], 3), "val_macro_f1": round(tr["best_metrics"].get("macro_f1", 0), 3),

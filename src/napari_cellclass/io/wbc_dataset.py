@@ -229,7 +229,7 @@ def load_crops(records: Sequence[WBCRecord], size: int, cancel=None) -> np.ndarr
 
 def to_tensor(crops: np.ndarray) -> torch.Tensor:
     """uint8 NHWC -> float NCHW normalised with ImageNet statistics."""
-    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(np.require(crops, requirements=["C", "W"])).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
