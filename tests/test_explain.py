@@ -170,3 +170,58 @@ def test_embedding_job_writes_plot(trained, tmp_path):
     assert res["n"] == len(xt) and (tmp_path / "out" / "embedding.png").stat().st_size > 1000
     assert res["neighbour_agreement"] > 0.7
     assert (tmp_path / "out" / "embedding.csv").read_text().count("\n") == len(xt) + 1
+
+
+@pytest.mark.viewer
+def test_explain_widget_adds_map_over_image_and_cell(make_napari_viewer, qtbot, trained, tmp_path):
+    from napari_cellclass.widgets.explain import ExplainWidget
+
+    model, xt, yt, boxes = trained
+    meta = CheckpointMeta(task="toy", arch="tiny_cnn", arch_config={"in_channels": 1, "num_classes": 2, "width": 8},
+                          class_names=["empty", "square"], in_channels=1, input_size=[SIZE, SIZE])
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", model, meta)
+    i = int(np.flatnonzero(yt.numpy() == 1)[0])
+    viewer = make_napari_viewer()
+    viewer.add_image(xt[i, 0].numpy(), name="field", translate=(10, 20))
+    w = ExplainWidget(viewer)
+    w.model_edit.setText(str(ckpt))
+    w._load_classes()
+    assert [w.class_box.itemText(k) for k in range(w.class_box.count())][1:] == ["empty", "square"]
+    w.class_box.setCurrentText("square")
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    assert w.last_error is None, w.last_error
+    layer = viewer.layers["gradcam: square"]
+    assert layer.data.shape == (SIZE, SIZE) and tuple(layer.translate) == (10, 20)
+    peak = np.unravel_index(np.argmax(layer.data), layer.data.shape)
+    assert _inside(peak, boxes[i])
+
+    # one cell: a shapes layer around the square -> map over the crop, offset into the image
+    r, c = boxes[i]
+    viewer.add_shapes([np.array([[r, c], [r + SQ, c + SQ]])], shape_type="rectangle", name="cells")
+    w.cells_box.setCurrentText("cells")
+    w.method_box.setCurrentText("guided_backprop")
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    assert w.last_error is None, w.last_error
+    cell_layer = viewer.layers["guided_backprop: square"]
+    r0, c0 = w.last_result["offset"]
+    assert r0 <= r and c0 <= c and tuple(cell_layer.translate) == (10 + r0, 20 + c0)
+
+    # embedding of a class-per-folder dataset into the widget's plot and a PNG
+    from skimage.io import imsave
+
+    for k in range(len(xt)):
+        d = tmp_path / "data" / ("square" if yt[k] else "empty")
+        d.mkdir(parents=True, exist_ok=True)
+        imsave(d / f"{k}.png", (xt[k, 0].clamp(0, 1).numpy() * 255).astype(np.uint8), check_contrast=False)
+    w.data_edit.setText(str(tmp_path / "data"))
+    w.embed_method.setCurrentText("pca")
+    w.start_embedding()
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    assert w.last_error is None, w.last_error
+    assert w.last_embedding["n"] == len(xt) and len(w.ax.collections) == 2
+    assert (tmp_path / "embedding" / "embedding.png").exists()
+
+    w.model_edit.setText(str(tmp_path / "nope.safetensors"))
+    assert w.start() is None and "does not exist" in w.last_error

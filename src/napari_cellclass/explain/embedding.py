@@ -140,7 +140,6 @@ def plot_embedding(
     import matplotlib
 
     if ax is None:
-        matplotlib.use("Agg", force=False) if out is not None else None
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(5, 4.5), dpi=100)
