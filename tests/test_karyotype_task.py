@@ -111,3 +111,25 @@ def test_evaluate_segmentation_on_real_tseng_spreads(shared_data):
     assert ev["n_spreads"] == 3 and ev["n_true"] >= 130
     # classical threshold + watershed on real G-band spreads with overlaps: clearly useful, not perfect
     assert ev["recall"] >= 0.45 and ev["precision"] >= 0.45
+
+
+def test_detector_segmenter_uses_detection_boxes(monkeypatch):
+    import napari_cellclass.tasks.detect as det
+    from napari_cellclass.tasks.karyotype import segment
+
+    s = make_spread(6, "46,XX", size=(384, 384))
+
+    def fake_detect(image, model_path, device=None, cancel=None, **kw):
+        assert image.ndim == 3 and image.shape[2] == 3
+        yield from ()
+        return {"boxes": s["boxes"].astype(float), "scores": np.linspace(1, 0.5, len(s["boxes"]))}
+
+    monkeypatch.setattr(det, "detect", fake_detect)
+    labels = run_sync(segment(s["image"], "detector", Path("det.safetensors")))
+    assert int(labels.max()) == 46
+    from napari_cellclass.karyotype.metrics import match_boxes
+    from napari_cellclass.karyotype.segment import label_boxes
+
+    assert len(match_boxes(label_boxes(labels), s["boxes"], 0.5)) >= 44
+    with pytest.raises(InputError):
+        run_sync(segment(s["image"], "detector", None))

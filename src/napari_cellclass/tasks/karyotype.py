@@ -52,14 +52,19 @@ def _detector_labels(image, detector_model, device, cancel) -> Job[np.ndarray]:
     gray = to_gray(image)
     rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=-1)
     res = yield from detect(rgb, Path(detector_model), device=device, cancel=cancel)
-    labels = res.get("labels") if isinstance(res, dict) else None
+    labels = res.get("instance_labels")  # Mask R-CNN: one mask per chromosome
     if labels is None:  # boxes only: fill each box with the thresholded stain inside it
         fg = segment_spread(image, SegmentOptions(split=False)) > 0
         labels = np.zeros(gray.shape, np.int32)
-        for k, (x0, y0, x1, y1) in enumerate(np.asarray(res["boxes"]).reshape(-1, 4).astype(int), start=1):
+        order = np.argsort(-np.asarray(res.get("scores", np.ones(len(res["boxes"])))))
+        boxes = np.asarray(res["boxes"]).reshape(-1, 4).round().astype(int)  # y0, x0, y1, x1
+        for k, b in enumerate(order, start=1):
+            y0, x0, y1, x1 = boxes[b]
             region = labels[y0:y1, x0:x1]
             region[(region == 0) & fg[y0:y1, x0:x1]] = k
-    return np.asarray(labels, np.int32)
+    from skimage.segmentation import relabel_sequential
+
+    return relabel_sequential(np.asarray(labels, np.int32))[0].astype(np.int32)
 
 
 # ----------------------------------------------------------------------------- classification
@@ -356,7 +361,7 @@ def demo(out: Path, opts) -> Job[dict[str, Any]]:
     if model is None:
         from . import chromosome
 
-        data = chromosome.synth(out / "data", 6, opts.seed)
+        data = chromosome.synth(out / "data", 4, opts.seed)
         yield Progress(0, None, "demo", "training a tiny chromosome classifier on synthetic crops")
         t_opts = TaskOptions(epochs=4, batch_size=32, lr=2e-3, device=opts.device, arch="gricol",
                              out=out / "model", seed=opts.seed, quick=True, cancel=opts.cancel,
