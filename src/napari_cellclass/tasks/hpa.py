@@ -350,15 +350,22 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     norm = _normalizer(meta)
     how = str(opts.get("field", "resize"))
     rows = []
-    for k, s in enumerate(sets):
+    bs = opts.batch_size or 16
+    for start in range(0, len(sets), bs):  # a chunk of sets at a time: memory stays bounded
         check_cancel(opts.cancel)
-        arrays, _ = read_set(s, warn=False)
-        fld = stack_channels(arrays, s.set_id)
-        views = _views(fld, size, how)
-        probs = yield from predict_batches(net, views, policy=policy, preprocess=norm, batch_size=opts.batch_size or 16,
+        chunk = sets[start:start + bs]
+        views, owner = [], []
+        for k, s in enumerate(chunk):
+            arrays, _ = read_set(s, warn=False)
+            v = _views(stack_channels(arrays, s.set_id), size, how)
+            views += v
+            owner += [k] * len(v)
+        probs = yield from predict_batches(net, views, policy=policy, preprocess=norm, batch_size=bs,
                                            postprocess=lambda o: list(torch.sigmoid(o).numpy()), cancel=opts.cancel)
-        rows.append({"id": s.set_id, **_row(np.mean(np.stack(probs), 0), meta)})
-        yield Progress(k + 1, len(sets), "predict", s.set_id)
+        probs, owner = np.stack(probs), np.asarray(owner)
+        for k, s in enumerate(chunk):
+            rows.append({"id": s.set_id, **_row(probs[owner == k].mean(0), meta)})
+        yield Progress(start + len(chunk), len(sets), "predict", chunk[-1].set_id)
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     with atomic_path(csv_path) as tmp:
         with open(tmp, "w", newline="") as fh:
