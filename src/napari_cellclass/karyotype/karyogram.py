@@ -109,17 +109,18 @@ def make_karyogram(
             cell_w[name] = max(44, sum(c.shape[1] for c, _ in lst) + gap * (len(lst) + 1))
     row_w = [sum(cell_w[nm] for nm in row) + 10 * (len(row) - 1) for row in rows]
     title_h = 22 if title else 0
+    heights = [max([c.shape[0] for nm in row for c, _ in scaled.get(nm, [])] + [24]) + 6 for row in rows]
     W = max(row_w) + 2 * margin
-    H = title_h + len(rows) * (row_height + label_h + 8) + 2 * margin
+    H = title_h + sum(h + label_h + 8 for h in heights) + 2 * margin
     canvas = np.full((H, W, 3), BACKGROUND, np.uint8)
     texts: list[tuple[int, int, str]] = []
     layout: dict[str, tuple[int, int, int, int]] = {}
     if title:
         texts.append((margin, margin // 2, title))
     y = margin + title_h
-    for row, rw in zip(rows, row_w):
+    for row, rw, rh in zip(rows, row_w, heights):
         x = margin + (W - 2 * margin - rw) // 2
-        base = y + row_height
+        base = y + rh
         for name in row:
             cx = x + gap
             for c, f in scaled.get(name, []):
@@ -135,7 +136,7 @@ def make_karyogram(
             texts.append((x + cell_w[name] // 2 - 4 * len(name), base + 4, name))
             layout[name] = (y, x, base + label_h, x + cell_w[name])
             x += cell_w[name] + 10
-        y += row_height + label_h + 8
+        y += rh + label_h + 8
     out = _draw_texts(canvas, texts)
     return (out, layout) if return_layout else out
 
