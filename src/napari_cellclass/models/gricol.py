@@ -198,14 +198,33 @@ class GRiCoL(nn.Module):
         t = torch.stack([x[:, :, y0:y1, x0:x1] for y0, x0, y1, x1 in self.boxes], dim=1)
         return t.flatten(0, 1)
 
+    def global_input(self, x: torch.Tensor) -> torch.Tensor:
+        """R_I: the strided conv's output, centre-cropped/padded to the tile size.
+
+        Tiles and R_I then go through the backbone as one batch, so BatchNorm
+        sees one mixture of inputs in training and in evaluation alike (two
+        separate passes would leave running statistics that fit neither).
+        """
+        g = self.global_conv(x)
+        th, tw = self.tile_size
+        dh, dw = g.shape[-2] - th, g.shape[-1] - tw
+        if dh > 0 or dw > 0:
+            top, left = max(dh, 0) // 2, max(dw, 0) // 2
+            g = g[..., top:top + min(th, g.shape[-2]), left:left + min(tw, g.shape[-1])]
+        if g.shape[-2] < th or g.shape[-1] < tw:
+            ph, pw = th - g.shape[-2], tw - g.shape[-1]
+            g = nn.functional.pad(g, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return g
+
     def global_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.global_conv(x))
+        return self.backbone(self.global_input(x))
 
     def forward_all(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
-        y = self.backbone(self.tiles(x)).view(B, self.n_tiles, -1)
-        y_i = self.global_features(x)
-        outs = [None] * (self.n_tiles + 1)
+        feats = self.backbone(torch.cat([self.tiles(x), self.global_input(x)], 0))
+        y = feats[: B * self.n_tiles].view(B, self.n_tiles, -1)
+        y_i = feats[B * self.n_tiles:]
+        outs: list[torch.Tensor | None] = [None] * (self.n_tiles + 1)
         if self.reconstruction:
             vs = []
             v_prev = torch.zeros_like(y[:, 0])
