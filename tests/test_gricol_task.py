@@ -1,0 +1,103 @@
+"""The chromosome task end to end on generated data: train, evaluate, predict, classify_crops, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cellclass.engine.checkpoint import read_meta
+from napari_cellclass.engine.progress import CancelToken, run_sync
+from napari_cellclass.errors import Cancelled, InputError
+from napari_cellclass.synth.chromosomes import make_chromosome
+from napari_cellclass.tasks import chromosome as task
+from napari_cellclass.tasks.base import TaskOptions
+
+TINY = {"input_size": [48, 52], "width": 0.125, "layers": [1, 1, 1, 1]}
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return task.synth(tmp_path_factory.mktemp("chr") / "data", 4, 0)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    opts = TaskOptions(epochs=2, batch_size=32, out=out, quick=True, extra=dict(TINY, val_fraction=0.25))
+    epochs = []
+    res = run_sync(task.train(dataset, opts), lambda p: epochs.append(p) if p.stage == "epoch" else None)
+    torch.set_num_threads(threads)
+    return res, epochs
+
+
+def test_train_writes_checkpoint(trained):
+    res, epochs = trained
+    assert len(epochs) == 2 and "accuracy" in epochs[-1].metrics and "loss" in epochs[-1].metrics
+    meta = read_meta(res["checkpoint"])
+    assert meta.task == "chromosome" and meta.arch == "gricol" and meta.in_channels == 1
+    assert meta.input_size == [48, 52] and len(meta.class_names) == 24
+    assert meta.normalization["pad_to"] == res["pad_to"] > 0
+    json.dumps(meta.arch_config)
+    assert res["n_train"] + res["n_val"] == 4 * 46
+
+
+def test_evaluate_and_predict(trained, dataset, tmp_path, one_thread):
+    ckpt = trained[0]["checkpoint"]
+    ev = run_sync(task.evaluate(ckpt, dataset, TaskOptions(out=tmp_path)))
+    cm = np.array(ev["confusion_matrix"])
+    assert cm.shape == (24, 24) and cm.sum() == ev["n"] == 184
+    assert ev["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert (tmp_path / "chromosome_eval.json").exists()
+    res = run_sync(task.predict(ckpt, [dataset / "1"], TaskOptions(out=tmp_path / "pred")))
+    assert res["n"] == 8 and (tmp_path / "pred" / "predictions.csv").exists()
+
+
+def test_classify_crops(trained, one_thread):
+    ckpt = trained[0]["checkpoint"]
+    crops = [make_chromosome(c, seed=9, rotate=True) for c in (0, 5, 22)]
+    probs = run_sync(task.classify_crops([c[0] for c in crops], ckpt))
+    assert probs.shape == (3, 24) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    with_masks = run_sync(task.classify_crops(crops, ckpt, full_model=True))
+    assert with_masks.shape == (3, 24) and np.allclose(with_masks.sum(1), 1, atol=1e-4)
+    assert run_sync(task.classify_crops([], ckpt)).shape == (0, 24)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        run_sync(task.classify_crops([c[0] for c in crops], ckpt, cancel=token))
+
+
+def test_classify_crops_with_module(one_thread):
+    net = task.build_model("gril", num_classes=24, input_size=[48, 52], width=0.125, layers=[1, 1, 1, 1])
+    net.eval()
+    probs = run_sync(task.classify_crops([make_chromosome(3, seed=1)[0]], net))
+    assert probs.shape == (1, 24)
+
+
+def test_arch_names():
+    assert task.arch_name("resnet50") == "resnet50_chromosome"
+    assert task.arch_name(None) == "gricol" and task.arch_name("GRiL") == "gril"
+    with pytest.raises(InputError):
+        task.arch_name("vgg")
+
+
+def test_cli_train_resnet50(dataset, tmp_path, one_thread):
+    from napari_cellclass.cli import run
+
+    rc = run(["train", "chromosome", str(dataset), "--arch", "resnet50", "--quick", "--epochs", "1",
+              "--out", str(tmp_path), "--quiet", "--set", "input_size=40,40", "--set", "width=0.0625"])
+    assert rc == 0
+    meta = read_meta(tmp_path / "model.safetensors")
+    assert meta.arch == "resnet50_chromosome" and meta.input_size == [40, 40]
