@@ -153,7 +153,7 @@ def plot_embedding(
         sel = labels == k
         if sel.any():
             ax.scatter(coords[sel, 0], coords[sel, 1], s=12, color=cmap(k % cmap.N), label=name)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=7, markerscale=1.5, loc="best")

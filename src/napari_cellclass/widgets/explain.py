@@ -311,7 +311,7 @@ class ExplainWidget(QWidget):
         translate = np.asarray(src.translate[-2:], dtype=float) + np.array([r0, c0]) * scale
         name = f"{result['method']}: {result['class']}"
         self.viewer.add_image(
-            result["heatmap"], name=name, colormap="inferno", blending="additive", opacity=0.6,
+            result["heatmap"], name=name, colormap="inferno", blending="translucent", opacity=0.5,
             contrast_limits=(0.0, 1.0), scale=scale, translate=translate,
             metadata={"cellclass_explanation": {k: v for k, v in result.items() if k != "heatmap"}},
         )
