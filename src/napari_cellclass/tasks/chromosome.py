@@ -392,7 +392,7 @@ def demo(out: Path, opts) -> Job[dict[str, Any]]:
     data = synth(out / "data", 10, opts.seed)
     yield Progress(0, None, "demo", f"synthetic chromosomes of 10 cells in {data}")
     extra = {"trained_on": "synthetic (napari-cellclass demo)", "val_fraction": 0.2}
-    t_opts = TaskOptions(epochs=6, batch_size=32, lr=2e-3, device=opts.device, arch="gricol", out=out / "model",
+    t_opts = TaskOptions(epochs=10, batch_size=32, lr=3e-3, device=opts.device, arch="gricol", out=out / "model",
                          seed=opts.seed, quick=True, cancel=opts.cancel, extra=extra)
     summary = yield from train(data, t_opts)
     ev_opts = TaskOptions(device=opts.device, seed=opts.seed, cancel=opts.cancel,
