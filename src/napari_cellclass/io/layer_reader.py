@@ -32,6 +32,8 @@ ReaderFunc = Callable[[Any], list[LayerData]]
 
 #: Arrays above this many bytes stay on disk (napari reads the visible chunks lazily).
 EAGER_LIMIT_BYTES = 1 << 30
+#: ... and so do arrays split into more chunks than this (a huge declared shape reads lazily).
+MAX_EAGER_CHUNKS = 4096
 _SHAPE_TYPES = {"rectangle": (2, 4), "ellipse": (2, 4), "line": (2, 2), "polygon": (3, None), "path": (2, None)}
 _MAX_HEADER = 1 << 20
 
@@ -143,7 +145,8 @@ def _read_label_image(p: Path, attrs: dict[str, Any], default_name: str) -> Laye
             raise InputError(f"dataset {d!r} has {len(a.shape)} dimensions but {len(axes)} axes are declared", p)
     full = arrays[0]
     nbytes = int(np.prod(full.shape, dtype=np.float64) * np.dtype(full.dtype).itemsize)
-    if len(arrays) == 1 and nbytes <= EAGER_LIMIT_BYTES:
+    nchunks = math.prod(math.ceil(s / max(1, c)) for s, c in zip(full.shape, getattr(full, "chunks", full.shape)))
+    if len(arrays) == 1 and nbytes <= EAGER_LIMIT_BYTES and nchunks <= MAX_EAGER_CHUNKS:
         try:
             data: Any = np.asarray(full[...])
         except Exception as exc:
