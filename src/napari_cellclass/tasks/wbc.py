@@ -7,6 +7,7 @@ with ``--set include_basophil=true``), trained with cross-entropy plus
 
 Task options (``--set key=value``): ``loss=ce|center|triplet`` (default triplet),
 ``lam`` (0.5), ``margin`` (0.5), ``centers=running|learned``, ``mode=seed|per_class``,
+``normalize`` (true: L2-normalised features in the metric term),
 ``balance=sampler|weights|none`` (class imbalance: balanced sampler, inverse-
 frequency loss weights, or nothing), ``val_fraction`` (0.2, split by source
 image), ``width``/``layers`` (network size), ``include_basophil``, ``split``
@@ -186,6 +187,7 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
         loss_kind, len(class_names), feat_dim=model.embedding_dim if hasattr(model, "embedding_dim") else 512,
         lam=float(opts.get("lam", 0.5)), margin=float(opts.get("margin", 0.5)),
         centers=str(opts.get("centers", "running")), mode=str(opts.get("mode", "seed")), class_weights=weights,
+        normalize=bool(opts.get("normalize", True)),
     ).to(policy.device)
     optimizer = recipe.make_optimizer(list(model.parameters()) + list(criterion.parameters()))
     batches = D.CropBatches(x_train, y_train, recipe.batch_size, augment=recipe.augment,
