@@ -161,6 +161,8 @@ def _default_config(arch: str, opts: TaskOptions, n_classes: int, image_size: in
             cfg["masks"] = True
         if opts.get("width"):
             cfg["width"] = int(opts.get("width"))
+        if opts.get("anchor_sizes"):
+            cfg["anchor_sizes"] = [int(v) for v in opts.get("anchor_sizes")]
     return cfg
 
 
@@ -197,7 +199,8 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
         transfer = detection_models.load_coco_transfer(model, arch)
     masks = detection_models.has_masks(model)
     recipe = Recipe.from_options(opts, optimizer="momentum" if not opts.quick else "adam", lr=0.01 if not opts.quick else 2e-3,
-                                 weight_decay=1e-4, epochs=10 if not opts.quick else 8,
+                                 weight_decay=1e-4, epochs=10 if not opts.quick else 8, schedule="constant" if opts.quick else "cosine",
+                                 warmup_epochs=0.0 if opts.quick else 1.0,
                                  batch_size=4 if not opts.quick else 2, grad_clip=10.0)
     batches = _Batches(train_ds, recipe.batch_size, masks=masks, augment=recipe.augment, seed=opts.seed)
     optimizer = recipe.make_optimizer([p for p in model.parameters() if p.requires_grad])
