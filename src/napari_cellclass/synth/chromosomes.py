@@ -28,6 +28,9 @@ _CENTROMERE = [0.48, 0.39, 0.47, 0.29, 0.29, 0.39, 0.39, 0.34, 0.35, 0.33, 0.40,
                0.19, 0.43, 0.33, 0.26, 0.46, 0.45, 0.30, 0.29, 0.40, 0.30]
 
 BACKGROUND = 232.0
+# pixels per percent of relative length: chromosome 1 is ~59 px long; crops and spreads share it so
+# that a classifier trained on write_dataset crops sees spread chromosomes at the same scale
+DEFAULT_SCALE = 7.0
 
 
 def class_index(name: str | int) -> int:
@@ -150,13 +153,13 @@ def _to_gray(dark: np.ndarray, rng: np.random.Generator, background: float = BAC
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def make_chromosome(cls_index: int, seed: int = 0, *, scale: float = 10.0, bend: float = 1.2,
+def make_chromosome(cls_index: int, seed: int = 0, *, scale: float = DEFAULT_SCALE, bend: float = 1.2,
                     rotate: bool = False, pad: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """One banded chromosome of class ``cls_index`` (0 = "1", ..., 22 = "X", 23 = "Y").
 
     Returns ``(image, mask)``: a gray uint8 crop (dark chromosome on a light
     background) and its boolean mask.  ``scale`` is pixels per percent of
-    relative length (chromosome 1 is ~``8.4 * scale`` px long); ``bend`` the
+    relative length (chromosome 1 is ~``8.4 * scale`` px long; the same default as spreads); ``bend`` the
     typical bending (radians over the length); ``rotate`` gives a random
     orientation (else roughly vertical, p arm on top).
     """
@@ -208,7 +211,7 @@ def _nucleus(rng: np.random.Generator, radius: float) -> np.ndarray:
 
 
 def make_spread(seed: int = 0, karyotype: str | Sequence[int] = "46,XY", size: tuple[int, int] = (768, 768),
-                nucleus: bool = True, scale: float = 7.0, bend: float = 1.2,
+                nucleus: bool = True, scale: float = DEFAULT_SCALE, bend: float = 1.2,
                 max_tries: int = 400) -> dict[str, Any]:
     """A synthetic metaphase spread.
 
@@ -279,7 +282,7 @@ def make_spread(seed: int = 0, karyotype: str | Sequence[int] = "46,XY", size: t
                 boxes=np.asarray(boxes, dtype=np.int64).reshape(-1, 4), karyotype=text, nucleus=nuc_mask)
 
 
-def write_dataset(out: str | Path, n_cells: int = 4, seed: int = 0, *, scale: float = 10.0,
+def write_dataset(out: str | Path, n_cells: int = 4, seed: int = 0, *, scale: float = DEFAULT_SCALE,
                   rotate: bool = True) -> Path:
     """Class-per-folder crops (``out/1`` .. ``out/22``, ``out/X``, ``out/Y``).
 
