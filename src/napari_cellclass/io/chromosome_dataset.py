@@ -180,8 +180,9 @@ def _as_gray(a: np.ndarray) -> np.ndarray:
         a = a.astype(np.float32).mean(0)
     if a.ndim != 2:
         raise InputError(f"a chromosome crop must be a 2-D gray (or RGB) image, got shape {a.shape}")
+    is_float = np.issubdtype(a.dtype, np.floating)
     a = a.astype(np.float32)
-    if a.max() > 255 or np.issubdtype(np.asarray(a).dtype, np.floating) and a.max() <= 1.0 and a.max() > 0:
+    if a.size and (a.max() > 255 or (is_float and 0 < a.max() <= 1.0)):
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) / max(hi - lo, 1e-6) * 255.0
     return a
