@@ -17,13 +17,28 @@ from napari_cellclass.tasks.base import TaskOptions
 from napari_cellclass.synth.hpa import HPA_CLASSES, render_field, write_dataset
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two threads per process thrash
+    (measured: 6 tiny training steps 18 s with 2 threads under load, 0.35 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_resnet50_rgby_shape_and_names():
     from torchvision.models import resnet50
 
-    net = build_model("resnet50_rgby")
+    with torch.device("meta"):  # shapes and names only: no memory, no init cost
+        net = build_model("resnet50_rgby")
+        ref = resnet50()
     assert net.conv1.in_channels == 4
     assert net.fc.out_features == 28 and len(HPA_CLASSES) == 28
-    assert set(net.state_dict()) == set(resnet50().state_dict())  # torchvision names: ImageNet weights fit
+    ours, theirs = net.state_dict(), ref.state_dict()
+    assert set(ours) == set(theirs)  # torchvision names: ImageNet weights fit
+    assert all(ours[k].shape == theirs[k].shape for k in ours if k not in ("conv1.weight", "fc.weight", "fc.bias"))
+    assert ours["conv1.weight"].shape == (64, 4, 7, 7)
     tiny = build_model("resnet50_rgby", depth=10, width=8)
     assert tiny(torch.zeros(2, 4, 64, 64)).shape == (2, 28)
     json.dumps({"depth": 10, "width": 8})  # builder kwargs are JSON-able
