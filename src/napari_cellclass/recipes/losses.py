@@ -134,7 +134,9 @@ class CenterLoss(nn.Module):
         features = features.flatten(1)
         targets = targets.long()
         if self.centers.numel() == 0 or self.centers.shape[1] != features.shape[1]:
-            self.centers = torch.zeros(self.num_classes, features.shape[1], device=features.device, dtype=features.dtype)
+            self.centers = torch.zeros(self.num_classes, features.shape[1], device=features.device)  # float32
+        if self.centers.device != features.device:
+            self.centers = self.centers.to(features.device)
         centers = self.centers.to(features.dtype)
         diff = features - centers[targets]
         loss = 0.5 * (diff**2).sum(dim=1).mean()
@@ -144,7 +146,7 @@ class CenterLoss(nn.Module):
                 delta = torch.zeros_like(self.centers, dtype=torch.float32)
                 delta.index_add_(0, targets, d)
                 counts = torch.bincount(targets, minlength=self.num_classes).float().clamp_min(1)[:, None]
-                self.centers += (self.alpha * delta / (1 + counts)).to(self.centers.dtype)
+                self.centers += self.alpha * delta / (1 + counts)
         return loss
 
 
