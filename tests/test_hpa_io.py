@@ -134,6 +134,10 @@ def test_real_hpa_sets(shared_data):
         small = read_channel(hpa / "derived_kaggle_format_512" / f"800_A6_1_{colour}.png")
         down = D.resize(big[None].astype(np.float32), 512)[0].numpy()
         assert np.corrcoef(down.ravel(), small.ravel().astype(np.float32))[0, 1] > 0.9, colour
+    from napari_cellclass.segmentation import segment_cells
+
+    field = np.stack([read_channel(hpa / "exampleimages" / f"89_B5_1_{c}.jpg") for c in COLOURS])
+    assert 5 <= segment_cells(field).max() <= 30  # ~10 cells in this 1728 px field
     labels = D.read_labels(hpa / "labels_HPAv18.csv")
     assert {it.set_id: it.labels for it in labels} == {"800_A6_1": [25], "89_B5_1": [6]}
 
