@@ -80,8 +80,11 @@ def segment_spread(image: np.ndarray, opts: SegmentOptions | None = None) -> np.
         return lab.astype(np.int32)
     props = measure.regionprops(lab)
     areas = np.array([p.area for p in props], float)
-    # chromosome scale from mid-sized objects (not specks, not nuclei)
-    med = float(np.median(areas[areas >= np.percentile(areas, 30)]))
+    # chromosome scale: the size of the object a random stained pixel belongs to (area-weighted
+    # median), so hundreds of specks of debris do not make "typical" mean "speck"; round solid
+    # blobs (interphase nuclei, specks) are left out of it, chromosomes are elongated
+    elongated = np.array([p.eccentricity > 0.75 or p.solidity < 0.85 for p in props])
+    med = _weighted_median_area(areas[elongated] if elongated.sum() >= 3 else areas)
     dist = ndi.distance_transform_edt(mask)
     widths = [2 * dist[lab == p.label].max() for p in props if 0.5 * med <= p.area <= 2 * med]
     half_width = float(np.median(widths)) / 2 if widths else 4.0
@@ -104,6 +107,12 @@ def segment_spread(image: np.ndarray, opts: SegmentOptions | None = None) -> np.
     lab[(sizes < max(4, opts.min_area_frac * med))[lab]] = 0
     out, _, _ = segmentation.relabel_sequential(lab)
     return out.astype(np.int32)
+
+
+def _weighted_median_area(areas: np.ndarray) -> float:
+    a = np.sort(areas)
+    cum = np.cumsum(a)
+    return float(a[np.searchsorted(cum, cum[-1] / 2)])
 
 
 def _split_clusters(lab, dist, med, half_width, opts) -> np.ndarray:
