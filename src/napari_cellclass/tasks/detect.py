@@ -29,7 +29,7 @@ from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, load_chec
 from ..engine.device import resolve_device
 from ..engine.progress import CancelToken, Job, Progress, check_cancel, run_sync
 from ..engine.training import fit, load_resume_state
-from ..errors import CellClassError, InputError
+from ..errors import InputError
 from ..io.detection_dataset import DetectionDataset, from_layers, load_dataset, read_image, to_rgb_uint8
 from ..models import detection as detection_models  # registers the archs (incl. fasterrcnn_tiny)
 from ..models.registry import build_model
@@ -153,7 +153,9 @@ def split_by_image(n: int, fraction: float, seed: int) -> tuple[list[int], list[
 
 
 def _default_config(arch: str, opts: TaskOptions, n_classes: int, image_size: int | None) -> dict[str, Any]:
-    size = int(opts.size or opts.get("min_size") or (128 if arch == QUICK_ARCH else (image_size or 800)))
+    # default: native resolution (pixel scale 1), capped so a CPU can cope
+    native = min(image_size, 512 if arch == QUICK_ARCH else 800) if image_size else (128 if arch == QUICK_ARCH else 800)
+    size = int(opts.size or opts.get("min_size") or native)
     cfg: dict[str, Any] = {"num_classes": n_classes + 1, "min_size": size,
                            "max_size": int(opts.get("max_size") or max(size, round(size * 1333 / 800)))}
     if arch == QUICK_ARCH:
