@@ -180,3 +180,18 @@ def test_voc_real_bccd(shared_data):
     assert len(files) > 250
     assert set(counts) == {"RBC", "WBC", "Platelets"}
     assert counts["RBC"] > counts["WBC"] > 0
+
+
+def test_roundtrip_through_plugin_writers(tmp_path):
+    """Files written by io/writers.py (VOC and COCO) read back with the same boxes, labels and scores."""
+    writers = pytest.importorskip("napari_cellclass.io.writers")
+    import pandas as pd
+
+    rects = [np.array([[10, 20], [10, 40], [30, 40], [30, 20]]), np.array([[50, 5], [50, 25], [60, 25], [60, 5]])]
+    attrs = {"features": pd.DataFrame({"label": ["A", "B"], "score": [0.9, 0.5]}),
+             "shape_type": ["rectangle", "rectangle"], "name": "x", "metadata": {}}
+    writers.write_shapes_voc(str(tmp_path / "rt.xml"), rects, attrs)
+    writers.write_shapes_coco(str(tmp_path / "rt.json"), rects, attrs)
+    for a in (read_voc(tmp_path / "rt.xml"), read_coco(tmp_path / "rt.json")[0]):
+        np.testing.assert_allclose(a.boxes, [[20, 10, 40, 30], [5, 50, 25, 60]])  # x0, y0, x1, y1
+        assert a.labels == ["A", "B"] and [x["score"] for x in a.attributes] == [0.9, 0.5]
