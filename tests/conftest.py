@@ -9,8 +9,11 @@ import pytest
 os.environ.setdefault("CELLCLASS_ALLOW_DOWNLOAD", "0")  # tests never download
 
 import torch  # noqa: E402
+import torchvision.models  # noqa: E402,F401  (before any viewer loads Mesa's LLVM: see _compat)
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# tiny test models gain nothing from more threads, and oversubscription on a busy
+# 2-core machine makes them dozens of times slower
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CELLCLASS_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -7,7 +7,10 @@ package stays cheap (napari imports plugins at start-up).
 """
 from __future__ import annotations
 
+from ._compat import avoid_triton_llvm_clash
 from ._version import __version__
+
+avoid_triton_llvm_clash()
 
 __all__ = ["__version__", "classify", "detect", "karyotype", "train", "evaluate"]
 

@@ -199,8 +199,8 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .engine.progress import CancelToken  # noqa: F401  (imported for side-effect-free check)
-
+    if hasattr(signal, "SIGPIPE"):  # `cellclass ... | head` ends quietly, as CLI tools should
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         return run(argv)
     except NotImplementedTaskError as exc:
@@ -221,5 +221,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())

@@ -27,6 +27,8 @@ ARCH_MODULES: dict[str, str] = {
     "fasterrcnn_resnet50_fpn_v2": "napari_cellclass.models.detection",
     "maskrcnn_resnet50_fpn_v2": "napari_cellclass.models.detection",
     "fasterrcnn_mobilenet_v3_large_fpn": "napari_cellclass.models.detection",
+    "fasterrcnn_tiny": "napari_cellclass.models.detection",
+    "recipe_model": "napari_cellclass.recipes.config",
 }
 
 
