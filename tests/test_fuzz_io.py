@@ -99,8 +99,6 @@ KNOWN = {
     "spread_reader.read: raw DecompressionBombError":
         "spread_reader.read_gray catches (OSError, UnidentifiedImageError) only; PIL's "
         "DecompressionBombError (huge declared size) escapes - catch Exception there",
-    "hpa_dataset.read_labels(non-UTF-8): raw UnicodeDecodeError":
-        "hpa_dataset.read_labels opens the CSV without handling UnicodeDecodeError",
     "chromosome_dataset.scan_dataset: message does not name the file":
         "chromosome_dataset: 'unknown chromosome name' InputError is raised without the XML path",
 }

@@ -43,20 +43,25 @@ def image_folder(data: Path) -> Path:
 
 def read_labels(csv_path: Path) -> list[HPAItem]:
     """Rows of ``Id,Target`` (space-separated class ids 0..27)."""
+    try:
+        text = Path(csv_path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError("label table is not UTF-8 text", csv_path) from None
+    except OSError as exc:
+        raise InputError(f"label table cannot be read: {exc.strerror or exc}", csv_path) from None
     items = []
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "Id" not in reader.fieldnames or "Target" not in reader.fieldnames:
-            raise InputError(f"expected columns Id,Target; found {reader.fieldnames}", csv_path)
-        for line, row in enumerate(reader, start=2):
-            try:
-                labels = sorted({int(t) for t in str(row["Target"]).split()})
-            except ValueError:
-                raise InputError(f"line {line}: Target {row['Target']!r} is not space-separated class ids", csv_path) from None
-            bad = [t for t in labels if not 0 <= t < NUM_CLASSES]
-            if bad:
-                raise InputError(f"line {line}: class id(s) {bad} outside 0..{NUM_CLASSES - 1}", csv_path)
-            items.append(HPAItem(str(row["Id"]).strip(), labels))
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or "Id" not in reader.fieldnames or "Target" not in reader.fieldnames:
+        raise InputError(f"expected columns Id,Target; found {reader.fieldnames}", csv_path)
+    for line, row in enumerate(reader, start=2):
+        try:
+            labels = sorted({int(t) for t in str(row["Target"]).split()})
+        except ValueError:
+            raise InputError(f"line {line}: Target {row['Target']!r} is not space-separated class ids", csv_path) from None
+        bad = [t for t in labels if not 0 <= t < NUM_CLASSES]
+        if bad:
+            raise InputError(f"line {line}: class id(s) {bad} outside 0..{NUM_CLASSES - 1}", csv_path)
+        items.append(HPAItem(str(row["Id"]).strip(), labels))
     if not items:
         raise InputError("label table has no rows", csv_path)
     return items
