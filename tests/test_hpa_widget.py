@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import imageio.v3 as iio
-import torchvision.models  # noqa: F401  (before any viewer: see classify_hpa.avoid_triton_llvm_clash)
+import torchvision.models  # noqa: F401  (before any viewer: see napari_cellclass._compat)
 import numpy as np
 import pytest
 

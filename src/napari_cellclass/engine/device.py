@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._compat import avoid_triton_llvm_clash
 from ..errors import CellClassError
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
@@ -69,6 +70,7 @@ def resolve_device(preference: str | None = None, *, amp: bool | None = None) ->
     environment variable ``CELLCLASS_DEVICE`` is used when it is None.  Asking for
     a device that is not there is an error, not a silent fallback.
     """
+    avoid_triton_llvm_clash()  # every job starts here, possibly inside a running viewer
     pref = (preference or os.environ.get(ENV_VAR) or "auto").strip().lower()
     if pref == "auto":
         if torch.cuda.is_available():

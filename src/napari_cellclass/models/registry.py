@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .._compat import avoid_triton_llvm_clash
 from ..errors import CheckpointError
 
 _BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {}
@@ -50,6 +51,7 @@ def get_builder(name: str) -> Callable[..., torch.nn.Module]:
 
 
 def build_model(name: str, **config) -> torch.nn.Module:
+    avoid_triton_llvm_clash()
     try:
         return get_builder(name)(**config)
     except TypeError as exc:

@@ -6,7 +6,6 @@ result into a sortable table, a bar plot and layer features/metadata.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +21,6 @@ from ..errors import CellClassError
 from ..io.hpa_reader import CHANNELS
 
 AUTO_CELLS = "(segment automatically)"
-
-
-def avoid_triton_llvm_clash() -> None:
-    """Keep torch from importing triton when Mesa's libLLVM is already loaded.
-
-    With software OpenGL (Mesa llvmpipe, e.g. under Xvfb or on VMs) the viewer loads
-    libLLVM; importing torchvision afterwards pulls in triton, whose own LLVM then
-    crashes the process.  triton only serves torch.compile on GPUs, which this
-    plugin does not use, so it is hidden in that one situation.
-    """
-    if "triton" in sys.modules:
-        return
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return
-    if "libLLVM" in maps:
-        sys.modules["triton"] = None  # type: ignore[assignment]
-
-
-avoid_triton_llvm_clash()
 
 
 class _Failed:

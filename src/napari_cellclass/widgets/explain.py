@@ -18,7 +18,8 @@ from qtpy.QtWidgets import (
 
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
-from .train import _drive, _Failure, avoid_triton_clash
+from .._compat import avoid_triton_llvm_clash
+from .train import _drive, _Failure
 
 PREDICTED = "(predicted class)"
 WHOLE = "(whole image)"
@@ -218,7 +219,7 @@ class ExplainWidget(QWidget):
     def _run(self, job, on_done) -> Any:
         from napari.qt.threading import create_worker
 
-        avoid_triton_clash()
+        avoid_triton_llvm_clash()
         self.worker = create_worker(_drive, job, _start_thread=False)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(on_done)

@@ -20,30 +20,13 @@ from qtpy.QtWidgets import (
     QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
+from .._compat import avoid_triton_llvm_clash
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 
 TASK_NAMES = ["wbc", "chromosome", "hpa", "detect"]
 FOLDER, LAYERS = "folder", "image + annotation layers"
 SKIP_METRICS = {"epoch", "lr", "loss"}
-
-
-def avoid_triton_clash() -> None:
-    """Keep torch from importing Triton inside a running viewer when there is no CUDA GPU.
-
-    Creating the first optimizer makes torch import ``torch._dynamo``, which imports
-    Triton if installed; Triton's bundled LLVM crashes the process (segfault) when
-    Mesa's llvmpipe (software OpenGL, e.g. under Xvfb or over remote desktop) is
-    already loaded by the viewer. Triton is only used for compiled GPU kernels,
-    so on a machine without CUDA we mark it unavailable (``has_triton`` -> False).
-    """
-    import sys
-
-    import torch
-
-    if "triton" in sys.modules or torch.cuda.is_available():
-        return
-    sys.modules["triton"] = None  # type: ignore[assignment]  # makes `import triton` raise ImportError
 
 
 def parse_settings(text: str) -> dict[str, Any]:
@@ -294,7 +277,7 @@ class TrainWidget(QWidget):
 
         if self.running:
             return self.worker
-        avoid_triton_clash()
+        avoid_triton_llvm_clash()
         self.last_error = None
         self.last_result = None
         self.history = []
