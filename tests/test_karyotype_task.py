@@ -91,9 +91,9 @@ def test_predict_writes_outputs_and_evaluate_scores_segmentation(ckpt, tmp_path)
     out = tmp_path / "out"
     res = run_sync(predict(ckpt, [img_path], TaskOptions(out=out)))
     row = res["spreads"][0]
-    for key in ("karyogram", "csv", "labels", "summary"):
+    for key in ("karyogram_png", "csv", "labels_tif", "summary_json"):
         assert Path(row[key]).is_file()
-    summary = json.loads(Path(row["summary"]).read_text())
+    summary = json.loads(Path(row["summary_json"]).read_text())
     assert summary["summary"] == row["summary"] and len(summary["chromosomes"]) >= row["count"]
     ev = run_sync(evaluate(Path("none"), img_path.parent, TaskOptions()))
     assert ev["n_spreads"] == 1 and ev["n_true"] == 47

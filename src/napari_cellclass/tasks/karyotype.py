@@ -185,16 +185,16 @@ def write_outputs(result: dict[str, Any], out: Path, stem: str) -> dict[str, str
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "karyogram": out / f"{stem}_karyogram.png",
+        "karyogram_png": out / f"{stem}_karyogram.png",
         "csv": out / f"{stem}_chromosomes.csv",
-        "labels": out / f"{stem}_labels.tif",
-        "summary": out / f"{stem}_summary.json",
+        "labels_tif": out / f"{stem}_labels.tif",
+        "summary_json": out / f"{stem}_summary.json",
     }
-    save_png(result["karyogram"], paths["karyogram"])
+    save_png(result["karyogram"], paths["karyogram_png"])
     write_csv(result["table"], paths["csv"])
-    with atomic_path(paths["labels"]) as tmp:
+    with atomic_path(paths["labels_tif"]) as tmp:
         tifffile.imwrite(tmp, np.asarray(result["labels"], np.int32), compression="zlib")
-    with atomic_path(paths["summary"]) as tmp:
+    with atomic_path(paths["summary_json"]) as tmp:
         tmp.write_text(json.dumps(summary_json(result), indent=2) + "\n")
     return {k: str(v) for k, v in paths.items()}
 
@@ -383,6 +383,6 @@ def demo(out: Path, opts) -> Job[dict[str, Any]]:
         "truth": "47,XY,+21", "summary": res["summary"], "count": int(res["count"]),
         "segmentation_recall": round(len(matches) / len(spread["classes"]), 3),
         "class_accuracy": round(correct / max(len(matches), 1), 3),
-        "model": str(model), "karyogram_png": paths["karyogram"], "csv": paths["csv"],
+        "model": str(model), "karyogram_png": paths["karyogram_png"], "csv": paths["csv"],
         "seconds": round(time.monotonic() - t0, 1),
     }
