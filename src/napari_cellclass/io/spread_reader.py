@@ -56,6 +56,8 @@ def read_gray(path: str | Path) -> np.ndarray:
             arr = np.asarray(im)
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"cannot read image ({exc})", path) from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image declares implausibly large dimensions ({exc})", path) from None
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         gray = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         arr = np.clip(np.round(gray), 0, 255 if arr.dtype == np.uint8 else 65535).astype(arr.dtype)
