@@ -96,8 +96,6 @@ def run_reader(label: str, get_reader: Callable, path: Path, root: Path) -> None
 # (see docs/io.md "Known gaps").  Only these exact problems turn a test into an xfail; any
 # other raw exception still fails it.
 KNOWN = {
-    "chromosome_dataset.scan_dataset: message does not name the file":
-        "chromosome_dataset: 'unknown chromosome name' InputError is raised without the XML path",
 }
 
 

@@ -125,7 +125,11 @@ def _scan_spreads(root: Path) -> list[ChromosomeSample]:
         if img is None:
             raise InputError("no image found for this annotation file", xml)
         for name, box in objs:
-            out.append(ChromosomeSample(img, voc_class(name), xml.stem, box))
+            try:
+                cls = voc_class(name)
+            except InputError as exc:
+                raise InputError(f"object {name!r}: {exc.problem}", xml) from None
+            out.append(ChromosomeSample(img, cls, xml.stem, box))
     return out
 
 
