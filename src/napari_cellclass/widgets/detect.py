@@ -6,7 +6,6 @@ run methods runs the job in the calling thread (tests, scripts).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,24 +20,6 @@ from ..engine.progress import CancelToken, Progress, run_sync
 from ..errors import CellClassError
 from ..io.annotation_reader import PALETTE
 from ..tasks.base import TaskOptions
-
-
-def _hide_triton_under_mesa() -> None:
-    """With Mesa's libLLVM already loaded (software OpenGL: Xvfb, VMs), importing
-    torchvision pulls in triton, whose own LLVM crashes the process; triton only
-    serves torch.compile on GPUs, unused here, so it is hidden in that one case.
-    (Same guard as widgets/classify_hpa.py; a shared home would be better.)"""
-    if "triton" in sys.modules:
-        return
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return
-    if "libLLVM" in maps:
-        sys.modules["triton"] = None  # type: ignore[assignment]
-
-
-_hide_triton_under_mesa()
 
 
 def class_colour_map(classes: list[str]) -> dict[str, str]:
