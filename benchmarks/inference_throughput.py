@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="alternating rounds; medians are printed")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,41 +85,57 @@ def main() -> None:
                              batch_size=args.batch))
     model = model.float().to(memory_format=torch.contiguous_format).to(dev)
 
-    # plain loop: one image at a time, fp32, what most plugins do
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    with PeakRSS() as mem_plain:
-        sync()
-        t0 = time.perf_counter()
-        plain = []
+
+    def plain_run():
+        """One image at a time, fp32, NCHW: what most plugins do."""
+        out = []
         with torch.inference_mode():
             for img in images:
-                plain.append(model(preprocess(img)[None].to(dev)).float().cpu()[0])
-        sync()
-        t_plain = time.perf_counter() - t0
-    gpu_plain = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
+                out.append(model(preprocess(img)[None].to(dev)).float().cpu()[0])
+        return out
 
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    with PeakRSS() as mem_engine:
-        sync()
-        t0 = time.perf_counter()
-        out = run_sync(predict_batches(model, images, policy=policy, preprocess=preprocess,
-                                       batch_size=args.batch))
-        sync()
-        t_engine = time.perf_counter() - t0
-    gpu_engine = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
+    def engine_run():
+        return run_sync(predict_batches(model, images, policy=policy, preprocess=preprocess,
+                                        batch_size=args.batch))
+
+    def timed(fn):
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with PeakRSS() as mem:
+            sync()
+            t0 = time.perf_counter()
+            res = fn()
+            sync()
+            dt = time.perf_counter() - t0
+        gpu = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
+        return res, dt, mem.mib, gpu
+
+    rounds = {"plain": [], "engine": []}
+    for _ in range(args.repeat):  # alternate so drift in machine speed hits both alike
+        plain, *m_plain = timed(plain_run)
+        model = model.to(memory_format=torch.contiguous_format)
+        rounds["plain"].append(m_plain)
+        out, *m_engine = timed(engine_run)
+        model = model.to(memory_format=torch.contiguous_format)
+        rounds["engine"].append(m_engine)
+    t_plain = float(np.median([r[0] for r in rounds["plain"]]))
+    t_engine = float(np.median([r[0] for r in rounds["engine"]]))
+    mem_plain = max(r[1] for r in rounds["plain"])
+    mem_engine = max(r[1] for r in rounds["engine"])
+    gpu_plain, gpu_engine = rounds["plain"][-1][2], rounds["engine"][-1][2]
+    ratios = [p[0] / e[0] for p, e in zip(rounds["plain"], rounds["engine"])]
 
     agree = np.mean([int(a.argmax() == b.argmax()) for a, b in zip(plain, out)])
     ips_plain, ips_engine = args.n / t_plain, args.n / t_engine
     print(f"device: {policy.describe()}; torch threads: {torch.get_num_threads()}")
     print(f"model: {args.model} (random weights), {args.n} images {args.size}x{args.size}, batch {args.batch}")
     print(f"{'path':<24}{'images/s':>10}{'peak RSS +MiB':>15}{'peak GPU MiB':>14}")
-    for name, ips, mem, gpu in (("plain per-image loop", ips_plain, mem_plain.mib, gpu_plain),
-                                ("engine predict_batches", ips_engine, mem_engine.mib, gpu_engine)):
+    for name, ips, mem, gpu in (("plain per-image loop", ips_plain, mem_plain, gpu_plain),
+                                ("engine predict_batches", ips_engine, mem_engine, gpu_engine)):
         gtxt = f"{gpu:14.0f}" if gpu is not None else f"{'-':>14}"
         print(f"{name:<24}{ips:10.2f}{mem:15.0f}{gtxt}")
-    print(f"speed ratio engine/plain: {ips_engine / ips_plain:.2f}x; top-1 agreement {agree:.3f}")
+    print(f"speed ratio engine/plain (median of {args.repeat} paired rounds): {np.median(ratios):.2f}x "
+          f"[min {min(ratios):.2f}, max {max(ratios):.2f}]; top-1 agreement {agree:.3f}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def predict_batches(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    model = policy.prepare_model(model)
+    model = policy.prepare_model(model, inference=True)
     model.eval()
     results: list[Any] = []
     n = len(items)
@@ -45,7 +45,7 @@ def predict_batches(
         x = torch.stack([preprocess(it) for it in chunk])
         if policy.device.type == "cuda":
             x = x.pin_memory()
-        x = policy.prepare_input(x)
+        x = policy.prepare_input(x, inference=True)
         with torch.inference_mode(), policy.autocast():
             out = forward(model, x) if forward is not None else model(x)
         out = _to_cpu_float(out)
