@@ -386,3 +386,42 @@ def demo(out: Path, opts) -> Job[dict[str, Any]]:
         "model": str(model), "karyogram_png": paths["karyogram_png"], "csv": paths["csv"],
         "seconds": round(time.monotonic() - t0, 1),
     }
+
+
+SYNTH_KARYOTYPES = ("46,XY", "46,XX", "47,XX,+21", "45,X", "47,XY,+18", "46,XY", "46,XX")
+
+
+def synth(out: Path, n: int, seed: int) -> Path:
+    """``cellclass synth karyotype``: spreads (``images/``) with VOC boxes (``annotations/``).
+
+    Karyotypes cycle through normal and abnormal ones so that ``cellclass evaluate
+    karyotype`` has counts other than 46 to find; object names are the class names
+    (``1``..``22``, ``X``, ``Y``) that the chromosome readers accept.
+    """
+    import pandas as pd
+
+    from ..io.writers import write_png_atomic, write_shapes_voc
+    from ..synth.chromosomes import CHROMOSOME_CLASSES, make_spread
+
+    out = Path(out)
+    if n < 1:
+        raise InputError("--n must be at least 1")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        karyo = SYNTH_KARYOTYPES[i % len(SYNTH_KARYOTYPES)]
+        sp = make_spread(seed=seed * 10_000 + i, karyotype=karyo)
+        stem = f"spread_{i:03d}"
+        img_path = write_png_atomic(out / "images" / f"{stem}.png", sp["image"])
+        rects = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in sp["boxes"]]
+        names = [CHROMOSOME_CLASSES[c] for c in sp["classes"]]
+        write_shapes_voc(str(out / "annotations" / f"{stem}.xml"), rects, {
+            "name": stem, "shape_type": ["rectangle"] * len(rects),
+            "features": pd.DataFrame({"label": names}),
+            "metadata": {"image_path": str(img_path), "image_shape": list(sp["image"].shape) + [1],
+                         "karyotype": karyo},
+        })
+    (out / "karyotypes.csv").write_text(
+        "image,karyotype\n" + "".join(f"spread_{i:03d}.png,{SYNTH_KARYOTYPES[i % len(SYNTH_KARYOTYPES)]}\n"
+                                      for i in range(n)))
+    return out
