@@ -87,8 +87,12 @@ class TextProgress:
         self._last = 0.0
         self._last_stage = None
         self._t0 = time.monotonic()
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def __call__(self, p: Progress) -> None:
+        if not self._tty:
+            self._plain(p)
+            return
         now = time.monotonic()
         final = p.total is not None and p.step >= p.total
         if not final and p.stage == self._last_stage and now - self._last < self.min_interval:
@@ -96,6 +100,12 @@ class TextProgress:
         if p.stage != self._last_stage:
             self._t0 = now
         self._last, self._last_stage = now, p.stage
+        self.stream.write(f"\r{self._line(p, now)}"[:160].ljust(100))
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def _line(self, p: Progress, now: float) -> str:
         frac = p.fraction
         if frac is not None:
             filled = int(round(frac * self.width))
@@ -106,8 +116,16 @@ class TextProgress:
         else:
             head = f"[{p.step}]"
         metrics = " ".join(f"{k}={v:.4g}" for k, v in p.metrics.items())
-        line = f"\r{p.stage:>10} {head} {p.message} {metrics}"
-        self.stream.write(line[:160].ljust(100))
-        if final:
-            self.stream.write("\n")
+        return f"{p.stage:>10} {head} {p.message} {metrics}"
+
+    def _plain(self, p: Progress) -> None:
+        """Logs and CI (no terminal): one line per stage change, epoch and end, no bar redraws."""
+        now = time.monotonic()
+        final = p.total is not None and p.step >= p.total
+        if p.stage != self._last_stage:
+            self._t0 = now
+        elif not (final or p.stage == "epoch"):
+            return
+        self._last_stage = p.stage
+        self.stream.write(self._line(p, now).strip() + "\n")
         self.stream.flush()
