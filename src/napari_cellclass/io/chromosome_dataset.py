@@ -18,7 +18,6 @@ moments), padded to the network's aspect ratio and bilinear-resized.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -60,23 +59,13 @@ def voc_class(name: str) -> int:
 
 
 def _read_voc(xml_path: Path) -> tuple[str | None, list[tuple[str, tuple[int, int, int, int]]]]:
-    """(image filename, [(name, (y0, x0, y1, x1))]) from a Pascal VOC file."""
-    try:
-        root = ET.parse(xml_path).getroot()
-    except ET.ParseError as exc:
-        raise InputError(f"not a readable Pascal VOC file: {exc}", xml_path) from None
-    fname = root.findtext("filename")
-    objs = []
-    for obj in root.iter("object"):
-        name = obj.findtext("name") or ""
-        bb = obj.find("bndbox")
-        if bb is None:
-            raise InputError(f"object {name!r} has no <bndbox>", xml_path)
-        try:
-            x0, y0, x1, y1 = (int(round(float(bb.findtext(k)))) for k in ("xmin", "ymin", "xmax", "ymax"))
-        except (TypeError, ValueError):
-            raise InputError(f"object {name!r} has a malformed <bndbox>", xml_path) from None
-        objs.append((name, (y0, x0, y1, x1)))
+    """(image filename, [(name, (y0, x0, y1, x1))]) via the plugin's one VOC parser."""
+    from .annotations import read_voc
+
+    ann = read_voc(xml_path)
+    fname = Path(ann.image_path).name if ann.image_path is not None else None
+    objs = [(name, (int(round(y0)), int(round(x0)), int(round(y1)), int(round(x1))))
+            for name, (x0, y0, x1, y1) in zip(ann.labels, np.asarray(ann.boxes, float))]
     return fname, objs
 
 
