@@ -11,7 +11,7 @@ from napari_cellclass.engine.checkpoint import CheckpointMeta, build_from_checkp
 from napari_cellclass.engine.device import resolve_device
 from napari_cellclass.engine.inference import predict_batches
 from napari_cellclass.engine.progress import CancelToken, Progress, run_sync
-from napari_cellclass.engine.training import fit, load_resume_state
+from napari_cellclass.engine.training import fit, load_resume_state, restore_resume_state
 from napari_cellclass.errors import Cancelled
 from napari_cellclass.models.registry import build_model
 
@@ -110,7 +110,13 @@ def test_resume_continues_history(tmp_path):
     r1 = run_sync(_setup(tmp_path, epochs=2, resume_path=resume)[0])
     state = load_resume_state(resume)
     assert state["epoch"] == 2 and len(state["history"]) == 2
-    job, _ = _setup(tmp_path, epochs=3, resume_path=resume, start_epoch=state["epoch"], history=state["history"])
+    model = build_model("tiny_cnn", **CFG)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    assert restore_resume_state(resume, model, opt, enabled=False) == (0, [])
+    start, history = restore_resume_state(resume, model, opt)
+    assert (start, history) == (2, state["history"])
+    assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
+    job, _ = _setup(tmp_path, epochs=3, resume_path=resume, start_epoch=start, history=history)
     r2 = run_sync(job)
     assert r2.epochs_run == 3 and len(r1.history) == 2
 

@@ -203,6 +203,22 @@ def save_resume_state(
         torch.save(state, tmp)
 
 
+def restore_resume_state(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, enabled: bool = True
+) -> tuple[int, list[dict[str, float]]]:
+    """Load model and optimizer state from a resume file, if asked and present.
+
+    Returns ``(start_epoch, history)`` to pass to :func:`fit`; ``(0, [])`` when
+    resuming is off or there is nothing to resume from.
+    """
+    if not enabled or not Path(path).is_file():
+        return 0, []
+    state = load_resume_state(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), list(state["history"])
+
+
 def load_resume_state(path: str | Path) -> dict[str, Any]:
     """Read a resume file without executing code (``weights_only=True``)."""
     from ..errors import CheckpointError

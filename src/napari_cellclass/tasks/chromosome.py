@@ -21,7 +21,7 @@ from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint
 from ..engine.device import resolve_device
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
-from ..engine.training import fit, load_resume_state
+from ..engine.training import fit, restore_resume_state
 from ..errors import InputError
 from ..io.chromosome_dataset import (
     ChromosomeSample,
@@ -220,12 +220,7 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
     optimizer = recipe.make_optimizer(model.parameters())
     scheduler, per_batch = recipe.make_scheduler(optimizer, len(batches), recipe.epochs)
     resume_path = out / "resume.pt"
-    start_epoch, history = 0, []
-    if opts.resume and resume_path.exists():
-        state = load_resume_state(resume_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
 
     def make_meta(best: dict[str, float], hist: list[dict[str, float]]) -> CheckpointMeta:
         return CheckpointMeta(

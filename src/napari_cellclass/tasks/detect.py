@@ -28,7 +28,7 @@ import torch
 from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, load_checkpoint
 from ..engine.device import resolve_device
 from ..engine.progress import CancelToken, Job, Progress, check_cancel, run_sync
-from ..engine.training import fit, load_resume_state
+from ..engine.training import fit, restore_resume_state
 from ..errors import InputError
 from ..io.detection_dataset import DetectionDataset, from_layers, load_dataset, read_image, to_rgb_uint8
 from ..models import detection as detection_models  # registers the archs (incl. fasterrcnn_tiny)
@@ -221,12 +221,7 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
             m.train()
             return {"mAP50": r["mAP50"], "mAP": r["mAP"]}
 
-    start_epoch, history = 0, []
-    if opts.resume and resume_path.is_file():
-        st = load_resume_state(resume_path)
-        model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        start_epoch, history = int(st["epoch"]), list(st["history"])
+    start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
 
     def make_meta(best: dict[str, float], hist: list[dict[str, float]]) -> CheckpointMeta:
         return CheckpointMeta(

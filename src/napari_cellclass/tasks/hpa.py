@@ -43,7 +43,7 @@ def _budget(opts: TaskOptions) -> dict[str, Any]:
 
 def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     """Train on a Kaggle-layout folder; best checkpoint (macro F1 on validation) in ``opts.out``."""
-    from ..engine.training import fit, load_resume_state
+    from ..engine.training import fit, restore_resume_state
     from ..recipes import Recipe
 
     t0 = time.monotonic()
@@ -110,12 +110,7 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
         )
 
     resume_path = out / "resume.pt"
-    start_epoch, history = 0, None
-    if opts.resume and resume_path.exists():
-        state = load_resume_state(resume_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
     result = yield from fit(
         model, loader, loss_fn=loss_fn, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
         evaluate=evaluate, monitor="val_macro_f1", mode="max", scheduler=scheduler, scheduler_per_batch=per_batch,

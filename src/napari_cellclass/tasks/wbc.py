@@ -33,7 +33,7 @@ from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint
 from ..engine.device import resolve_device
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
-from ..engine.training import fit, load_resume_state
+from ..engine.training import fit, restore_resume_state
 from ..errors import InputError
 from ..io import wbc_dataset as D
 from .base import TaskOptions
@@ -232,12 +232,7 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
 
     ckpt_path = out / "model.safetensors"
     resume_path = out / "resume.pt"
-    start_epoch, history = 0, []
-    if opts.resume and resume_path.exists():
-        state = load_resume_state(resume_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
     has_val = x_val_t is not None
     result = yield from fit(
         model, batches, loss_fn=loss_fn, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
