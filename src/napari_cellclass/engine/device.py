@@ -15,7 +15,7 @@ import torch
 from .._compat import avoid_triton_llvm_clash
 from ..errors import CellClassError
 
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 ENV_VAR = "CELLCLASS_DEVICE"
 
 

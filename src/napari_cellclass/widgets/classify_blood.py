@@ -30,6 +30,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._errors import error_message
+from ..engine.device import DEVICE_CHOICES
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 from ..synth.blood import CLASS_COLOURS, boxes_to_rectangles
@@ -59,7 +61,7 @@ class ClassifyBloodWidget(QWidget):
         model_row.addWidget(self.model_edit)
         model_row.addWidget(browse)
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_combo.addItems(list(DEVICE_CHOICES))
         self.run_button = QPushButton("Classify cells")
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
@@ -219,11 +221,9 @@ class ClassifyBloodWidget(QWidget):
     def _error(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
 
-        self.status.setText(f"error: {exc}")
-        if isinstance(exc, CellClassError):
-            show_error(str(exc))
-        else:
-            show_error(f"classification failed: {exc!r}")
+        msg = error_message(exc, "classification failed")
+        self.status.setText(f"error: {msg}")
+        show_error(msg)
 
     # ------------------------------------------------------------------ results
     def _done(self, res: dict[str, Any]) -> None:

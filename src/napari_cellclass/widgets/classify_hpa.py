@@ -6,7 +6,6 @@ result into a sortable table, a bar plot and layer features/metadata.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,8 @@ from qtpy.QtWidgets import (
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
+from ._errors import error_message
+from ..engine.device import DEVICE_CHOICES
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 from ..io.hpa_reader import CHANNELS
@@ -67,7 +68,7 @@ class ClassifyHPAWidget(QWidget):
         row.addWidget(browse)
         form.addRow("model", row)
         self.device_box = QComboBox()
-        self.device_box.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_box.addItems(list(DEVICE_CHOICES))
         form.addRow("device", self.device_box)
         self.mode_box = QComboBox()
         self.mode_box.addItems(["whole image", "per cell"])
@@ -239,7 +240,7 @@ class ClassifyHPAWidget(QWidget):
     def _on_error(self, exc: Exception) -> None:
         from napari.utils.notifications import show_error
 
-        msg = str(exc) if isinstance(exc, CellClassError) else f"unexpected error: {exc!r}"
+        msg = error_message(exc, "unexpected error")
         self.last_error = msg
         self.status.setText(msg)
         show_error(msg)

@@ -15,7 +15,8 @@ from qtpy.QtWidgets import (
     QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
-from ..engine.device import resolve_device
+from ._errors import error_message
+from ..engine.device import DEVICE_CHOICES, resolve_device
 from ..engine.progress import CancelToken, Progress, run_sync
 from ..errors import CellClassError
 from ..io.annotation_reader import PALETTE
@@ -52,7 +53,7 @@ class DetectWidget(QWidget):
         self.tile_spin = QSpinBox(); self.tile_spin.setRange(0, 8192); self.tile_spin.setSpecialValueText("auto")
         self.tile_spin.setSingleStep(128)
         self.epochs_spin = QSpinBox(); self.epochs_spin.setRange(1, 1000); self.epochs_spin.setValue(10)
-        self.device_combo = QComboBox(); self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_combo = QComboBox(); self.device_combo.addItems(list(DEVICE_CHOICES))
         self.device_label = QLabel()
         self._show_device()
         self.device_combo.currentTextChanged.connect(self._show_device)
@@ -154,7 +155,7 @@ class DetectWidget(QWidget):
         worker.returned.connect(on_done)
 
         def failed(exc: Exception) -> None:
-            msg = str(exc) if isinstance(exc, CellClassError) else f"{type(exc).__name__}: {exc}"
+            msg = error_message(exc)
             show_error(msg)
             self.status.setText(msg)
 

@@ -16,6 +16,8 @@ from qtpy.QtWidgets import (
     QSpinBox, QVBoxLayout, QWidget,
 )
 
+from ._errors import error_message
+from ..engine.device import DEVICE_CHOICES
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 from .._compat import avoid_triton_llvm_clash
@@ -116,7 +118,7 @@ class ExplainWidget(QWidget):
         self.cell_spin.setRange(0, 100000)
         form.addRow("cell number", self.cell_spin)
         self.device_box = QComboBox()
-        self.device_box.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_box.addItems(list(DEVICE_CHOICES))
         form.addRow("device", self.device_box)
 
         buttons = QHBoxLayout()
@@ -345,7 +347,7 @@ class ExplainWidget(QWidget):
             self.last_error = "cancelled"
             self.status.setText("cancelled")
             return
-        msg = str(exc) if isinstance(exc, CellClassError) else f"{type(exc).__name__}: {exc}"
+        msg = error_message(exc)
         self.last_error = msg
         self.status.setText(f"error: {msg}")
         show_error(msg)

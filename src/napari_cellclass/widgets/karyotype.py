@@ -19,6 +19,8 @@ from qtpy.QtWidgets import (
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
+from ._errors import error_message
+from ..engine.device import DEVICE_CHOICES
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 from ..karyotype.assign import CLASS_NAMES
@@ -61,7 +63,7 @@ class KaryotypeWidget(QWidget):
         self.model_edit.setPlaceholderText("chromosome checkpoint (.safetensors)")
         form.addRow("model", self._with_browse(self.model_edit))
         self.device_box = QComboBox()
-        self.device_box.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_box.addItems(list(DEVICE_CHOICES))
         form.addRow("device", self.device_box)
         self.segmenter_box = QComboBox()
         self.segmenter_box.addItems(["threshold", "detector"])
@@ -218,7 +220,7 @@ class KaryotypeWidget(QWidget):
         self.status.setText(f"{p.stage}: {p.message}")
 
     def _on_error(self, exc: BaseException) -> None:
-        self._fail(str(exc) if isinstance(exc, CellClassError) else f"karyotyping failed: {exc!r}")
+        self._fail(error_message(exc, "karyotyping failed"))
 
     def _on_finished(self) -> None:
         self.run_button.setEnabled(True)

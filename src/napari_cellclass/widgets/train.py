@@ -20,6 +20,8 @@ from qtpy.QtWidgets import (
     QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
+from ._errors import error_message
+from ..engine.device import DEVICE_CHOICES
 from .._compat import avoid_triton_llvm_clash
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
@@ -104,7 +106,7 @@ class TrainWidget(QWidget):
         self.settings_edit.setPlaceholderText("e.g. loss=focal schedule=cosine early_stopping=5")
         form.addRow("settings", self.settings_edit)
         self.device_box = QComboBox()
-        self.device_box.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_box.addItems(list(DEVICE_CHOICES))
         form.addRow("device", self.device_box)
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(0, 10000)
@@ -380,7 +382,7 @@ class TrainWidget(QWidget):
             self.last_error = "cancelled"
             self.status.setText("cancelled; the best checkpoint so far is kept (tick Resume to continue)")
             return
-        msg = str(exc) if isinstance(exc, CellClassError) else f"{type(exc).__name__}: {exc}"
+        msg = error_message(exc)
         self.last_error = msg
         self.status.setText(f"error: {msg}")
         show_error(msg)
