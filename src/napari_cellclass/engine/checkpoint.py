@@ -161,6 +161,8 @@ def load_checkpoint(
         state = load_file(str(path), device=str(map_location))
     except Exception as exc:
         raise CheckpointError(f"weights could not be read (truncated or corrupt file): {exc}", path) from None
+    # built-in models may be stored in half precision to halve their size; compute runs in float32
+    state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state.items()}
     return Checkpoint(meta=meta, state_dict=state, path=path)
 
 
