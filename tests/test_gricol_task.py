@@ -48,7 +48,8 @@ def test_train_writes_checkpoint(trained):
     meta = read_meta(res["checkpoint"])
     assert meta.task == "chromosome" and meta.arch == "gricol" and meta.in_channels == 1
     assert meta.input_size == [48, 52] and len(meta.class_names) == 24
-    assert meta.normalization["pad_to"] == res["pad_to"] > 0
+    assert meta.normalization["canvas"] == "relative"
+    assert meta.normalization["pad_rel"] == res["pad_rel"] > 1  # the canvas holds chromosomes longer than the median
     json.dumps(meta.arch_config)
     assert res["n_train"] + res["n_val"] == 4 * 46
 
@@ -101,3 +102,25 @@ def test_cli_train_resnet50(dataset, tmp_path, one_thread):
     assert rc == 0
     meta = read_meta(tmp_path / "model.safetensors")
     assert meta.arch == "resnet50_chromosome" and meta.input_size == [40, 40]
+
+
+def test_relative_canvas_ignores_magnification():
+    """A cell imaged at twice the magnification prepares to the same network input."""
+    from skimage.transform import rescale
+
+    from napari_cellclass.io.chromosome_dataset import prepare_crop
+
+    crops = [make_chromosome(k, seed=k)[0] for k in (0, 5, 11, 17, 20)]
+    big = [rescale(c.astype(np.float32), 2.0, order=1, preserve_range=True) for c in crops]
+    lengths, refs = task.cell_references(crops, ["a"] * len(crops))
+    lengths2, refs2 = task.cell_references(big, ["b"] * len(big))
+    assert np.allclose(lengths2 / refs2, lengths / refs, atol=0.08)
+    pad_rel = 1.6
+    for c, b, r, r2 in zip(crops, big, refs, refs2):
+        x = prepare_crop(c, None, (48, 52), pad_rel * r)
+        y = prepare_crop(b, None, (48, 52), pad_rel * r2)
+        assert np.abs(x - y).mean() < 0.05
+    # an absolute canvas does not: the magnified chromosome fills more of it
+    x = prepare_crop(crops[-1], None, (48, 52), pad_rel * refs[0])  # a small chromosome (21)
+    y = prepare_crop(big[-1], None, (48, 52), pad_rel * refs[0])
+    assert (y > 0.1).sum() > 1.5 * (x > 0.1).sum()

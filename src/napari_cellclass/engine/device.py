@@ -43,7 +43,7 @@ class DevicePolicy:
         return f"{name}{tail} - {self.reason}"
 
     def autocast(self):
-        """Context for the forward pass: autocast on CUDA, nothing elsewhere."""
+        """Context for the forward pass: autocast where ``amp`` is on (CUDA; bf16 CPUs when asked)."""
         if self.amp:
             return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
         return nullcontext()
@@ -59,6 +59,19 @@ class DevicePolicy:
         if (self.channels_last or (inference and self.inference_channels_last)) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX), read from the CPU flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def _mps_available() -> bool:
@@ -98,9 +111,12 @@ def resolve_device(preference: str | None = None, *, amp: bool | None = None) ->
     else:
         raise CellClassError(f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     on_cuda = dev.type == "cuda"
-    use_amp = on_cuda if amp is None else (amp and on_cuda)
+    cpu_bf16 = dev.type == "cpu" and cpu_supports_bf16()
+    use_amp = on_cuda if amp is None else bool(amp and (on_cuda or cpu_bf16))
     amp_dtype = None
-    if use_amp:
+    if use_amp and on_cuda:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif use_amp:  # asked for on a CPU with native bf16 (AVX512-BF16 / AMX)
+        amp_dtype = torch.bfloat16
     return DevicePolicy(device=dev, amp=use_amp, amp_dtype=amp_dtype, channels_last=on_cuda, reason=reason,
                         inference_channels_last=dev.type in ("cuda", "cpu"))

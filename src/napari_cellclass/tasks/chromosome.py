@@ -27,6 +27,7 @@ from ..io.chromosome_dataset import (
     ChromosomeSample,
     estimate_pad_to,
     load_crop,
+    orient_crop,
     prepare_crop,
     scan_dataset,
     split_by_cell,
@@ -96,12 +97,14 @@ class CropBatches:
     """Shuffled, flipped mini-batches of prepared crops; prepared once when they fit in memory."""
 
     def __init__(self, crops: Sequence[np.ndarray], labels: Sequence[int], size: Sequence[int],
-                 pad_to: int | None, batch_size: int, shuffle: bool = True, augment: bool = True,
+                 pad_to: int | Sequence[float] | None, batch_size: int, shuffle: bool = True,
+                 augment: bool = True,
                  seed: int = 0, cancel: CancelToken | None = None):
         self.crops = list(crops)
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.size = (int(size[0]), int(size[1]))
-        self.pad_to = pad_to
+        # one canvas for all crops (absolute scale) or one per crop (relative to its cell)
+        self.pad_to = list(pad_to) if isinstance(pad_to, (list, tuple, np.ndarray)) else [pad_to] * len(self.crops)
         self.batch_size = int(batch_size)
         self.shuffle, self.augment = shuffle, augment
         self.seed = seed
@@ -112,12 +115,13 @@ class CropBatches:
             for i, c in enumerate(self.crops):
                 if i % 64 == 0:
                     check_cancel(cancel)
-                out[i, 0] = torch.from_numpy(self._prep(c))
+                out[i, 0] = torch.from_numpy(self._prep(i))
             self.cache = out
 
-    def _prep(self, crop) -> np.ndarray:
+    def _prep(self, i: int) -> np.ndarray:
+        crop = self.crops[i]
         img, mask = crop if isinstance(crop, tuple) else (crop, None)
-        return prepare_crop(img, mask, self.size, self.pad_to)
+        return prepare_crop(img, mask, self.size, self.pad_to[i])
 
     def __len__(self) -> int:
         return (len(self.crops) + self.batch_size - 1) // self.batch_size
@@ -125,7 +129,7 @@ class CropBatches:
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         if self.cache is not None:
             return self.cache[idx]
-        return torch.stack([torch.from_numpy(self._prep(self.crops[int(i)]))[None] for i in idx])
+        return torch.stack([torch.from_numpy(self._prep(int(i)))[None] for i in idx])
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
@@ -136,12 +140,77 @@ class CropBatches:
             idx = order[start:start + self.batch_size]
             x = self.get(idx)
             if self.augment:
-                flip_v = torch.rand(len(idx), generator=g) < 0.5
-                flip_h = torch.rand(len(idx), generator=g) < 0.5
-                x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
-                x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
-                x = x * (0.85 + 0.3 * torch.rand(len(idx), 1, 1, 1, generator=g))
+                x = augment_batch(x, g, strength=self.augment if isinstance(self.augment, float) else 1.0)
             yield x, self.labels[idx]
+
+
+def augment_batch(x: torch.Tensor, g: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """Light geometric and photometric jitter of prepared crops (B, 1, H, W) in 0..1.
+
+    Flips, a small rotation (the crops are already upright, so only about +-10 deg),
+    scale and shift jitter (other labs image at other magnifications), then contrast,
+    gamma and blur jitter (other labs stain and focus differently).  ``strength`` 0
+    leaves the batch untouched but for flips.
+    """
+    import math
+
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    rnd = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+    flip_v, flip_h = rnd(b) < 0.5, rnd(b) < 0.5
+    x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
+    x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
+    if strength <= 0:
+        return x
+    ang = (rnd(b) * 2 - 1) * math.radians(10) * strength
+    scale = 1 + (rnd(b) * 2 - 1) * 0.12 * strength
+    shift = (rnd(b, 2) * 2 - 1) * 0.05 * strength
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    gamma = torch.exp((rnd(b, 1, 1, 1) * 2 - 1) * 0.35 * strength)
+    x = x.clamp(0, 1) ** gamma * (0.8 + 0.4 * rnd(b, 1, 1, 1))
+    blur = rnd(b) < 0.3 * strength
+    if blur.any():
+        k = torch.tensor([0.25, 0.5, 0.25])
+        k2 = (k[:, None] * k[None, :])[None, None]
+        x = torch.where(blur[:, None, None, None], F.conv2d(x, k2, padding=1), x)
+    return x.clamp(0, 1.2)
+
+
+def crop_lengths(crops: Sequence) -> np.ndarray:
+    """Long-axis length (pixels) of each crop's chromosome, measured as :func:`prepare_crop` sees it."""
+    out = []
+    for c in crops:
+        img, mask = c if isinstance(c, tuple) else (c, None)
+        out.append(orient_crop(img, mask).shape[0])
+    return np.asarray(out, np.float64)
+
+
+def reference_length(lengths: Sequence[float]) -> float:
+    """The scale of one cell or spread: the median chromosome length in it."""
+    lengths = np.asarray(lengths, np.float64)
+    if lengths.size == 0:
+        raise InputError("no chromosomes to measure the spread's scale from")
+    return float(np.median(lengths))
+
+
+def cell_references(crops: Sequence, cells: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(lengths, refs)``: each crop's chromosome length and its cell's median length.
+
+    Spreads are imaged at different magnifications (Tseng's are 500-1360 px wide),
+    so an absolute canvas makes chromosome 1 of a small spread look like a 21 of a
+    large one.  Lengths relative to the cell's median keep the size cue the
+    classifier needs and make it independent of the microscope's resolution.
+    """
+    lengths = crop_lengths(crops)
+    cells = np.asarray(list(cells))
+    refs = np.empty_like(lengths)
+    for c in np.unique(cells):
+        refs[cells == c] = reference_length(lengths[cells == c])
+    return lengths, refs
 
 
 def load_samples(samples: Sequence[ChromosomeSample], cancel: CancelToken | None = None) -> list[np.ndarray]:
@@ -180,7 +249,8 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
 
     t0 = time.monotonic()
     arch = arch_name(opts.arch)
-    policy = resolve_device(opts.device)
+    amp = opts.get("amp")
+    policy = resolve_device(opts.device, amp=None if amp is None else bool(amp))
     out = Path(opts.out) if opts.out else Path("runs") / f"{TASK}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(opts.seed)
@@ -193,12 +263,26 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
     val_c = load_samples(val_s, opts.cancel)
     cfg = arch_config(arch, opts)
     size = cfg["input_size"]
+    canvas = str(opts.get("canvas", "relative"))
+    if canvas not in ("relative", "absolute"):
+        raise InputError(f"canvas must be 'relative' or 'absolute', got {canvas!r}")
     pad_to = opts.get("pad_to")
-    pad_to = int(pad_to) if pad_to is not None else estimate_pad_to(train_c)
-    yield Progress(0, None, "prepare", f"preparing crops at {size[0]}x{size[1]} (canvas {pad_to} px)")
-    batches = CropBatches(train_c, [s.label for s in train_s], size, pad_to, recipe.batch_size,
+    pad_rel = None
+    if canvas == "relative":
+        yield Progress(0, None, "prepare", "measuring chromosome lengths per cell")
+        lengths, refs = cell_references(train_c, [s.cell for s in train_s])
+        pad_rel = float(np.percentile(lengths / refs, 98))  # a canvas that holds nearly every chromosome
+        train_pad = list(pad_rel * refs)
+        val_pad = list(pad_rel * cell_references(val_c, [s.cell for s in val_s])[1])
+        note = f"canvas {pad_rel:.2f} x the cell's median chromosome length"
+    else:
+        pad_to = int(pad_to) if pad_to is not None else estimate_pad_to(train_c)
+        train_pad, val_pad = pad_to, pad_to
+        note = f"canvas {pad_to} px"
+    yield Progress(0, None, "prepare", f"preparing crops at {size[0]}x{size[1]} ({note})")
+    batches = CropBatches(train_c, [s.label for s in train_s], size, train_pad, recipe.batch_size,
                           augment=recipe.augment, seed=opts.seed, cancel=opts.cancel)
-    val_b = CropBatches(val_c, [s.label for s in val_s], size, pad_to, max(recipe.batch_size, 32),
+    val_b = CropBatches(val_c, [s.label for s in val_s], size, val_pad, max(recipe.batch_size, 32),
                         shuffle=False, augment=False, cancel=opts.cancel)
     model = build_model(arch, **cfg)
     loss_obj = GRiCoLLoss(beta=float(opts.get("beta", 0.1)), lam=float(opts.get("lam", opts.get("lambda", 150))),
@@ -226,7 +310,8 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
         return CheckpointMeta(
             task=TASK, arch=arch, class_names=list(CHROMOSOME_CLASSES), in_channels=1, input_size=list(size),
             arch_config=cfg,
-            normalization={"preprocess": "prepare_crop", "pad_to": pad_to, "range": [0.0, 1.0],
+            normalization={"preprocess": "prepare_crop", "canvas": canvas, "pad_to": pad_to,
+                           "pad_rel": pad_rel, "range": [0.0, 1.0],
                            "polarity": "auto (bright chromosome on dark)"},
             training={"recipe": recipe.to_dict(), "beta": loss_obj.beta, "lambda": loss_obj.lam,
                       "data": str(data), "train_cells": len({s.cell for s in train_s}),
@@ -245,7 +330,7 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
     return {"checkpoint": str(result.checkpoint), "arch": arch, "arch_config": cfg,
             "best_metrics": result.best_metrics, "history": result.history, "device": policy.describe(),
             "seconds": round(time.monotonic() - t0, 1), "n_train": len(train_s), "n_val": len(val_s),
-            "pad_to": pad_to}
+            "pad_to": pad_to, "pad_rel": pad_rel}
 
 
 # ----------------------------------------------------------------------------- inference
@@ -255,15 +340,33 @@ def _load(model: Path | torch.nn.Module, device: str | None) -> tuple[torch.nn.M
             "size": list(getattr(model, "input_size", FULL_SIZE)), "pad_to": None}
         return model, pre
     net, meta = build_from_checkpoint(Path(model), task=TASK, in_channels=1)
-    pre = {"size": list(meta.input_size), "pad_to": meta.normalization.get("pad_to")}
+    pre = {"size": list(meta.input_size), "pad_to": meta.normalization.get("pad_to"),
+           "pad_rel": meta.normalization.get("pad_rel")}
     net.chromosome_preprocess = pre
     return net, pre
 
 
+def _plain_probs(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(m(x).float(), -1)
+
+
+def _flip_tta(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    views = torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-2, -1)])
+    return torch.softmax(m(views).float(), -1).view(4, x.shape[0], -1).mean(0)
+
+
 def classify_crops(crops: list, model: Path | torch.nn.Module, device: str | None = None,
                    cancel: CancelToken | None = None, full_model: bool = False,
-                   batch_size: int = 32) -> Job[np.ndarray]:
+                   batch_size: int = 32, tta: bool = True,
+                   ref_length: float | Sequence[float] | None = None) -> Job[np.ndarray]:
     """Class probabilities (N, 24) for raw gray chromosome crops.
+
+    ``tta`` averages the probabilities of the crop and its three flips (the
+    network was trained on flipped crops, so each flip is an equally valid view).
+    ``ref_length``: for models trained with a relative canvas, the median
+    chromosome length of the spread or cell the crops come from, one number or
+    one per crop (default: the median of ``crops``, right when they are one
+    whole spread or cell).
 
     ``crops``: 2-D arrays, or ``(image, mask)`` pairs (the mask marks the
     chromosome when neighbours intrude into the box).  ``model``: a checkpoint
@@ -272,20 +375,29 @@ def classify_crops(crops: list, model: Path | torch.nn.Module, device: str | Non
     """
     net, pre = _load(model, device)
     policy = resolve_device(device)
+    crops = list(crops)
     if not len(crops):
         return np.zeros((0, len(CHROMOSOME_CLASSES)), np.float32)
     had_full = getattr(net, "full_inference", None)
     if had_full is not None:
         net.full_inference = bool(full_model)
 
-    def preprocess(item) -> torch.Tensor:
+    pads = [pre.get("pad_to")] * len(crops)
+    if pre.get("pad_rel"):
+        if ref_length is None:
+            ref_length = reference_length(crop_lengths(crops))
+        refs = np.broadcast_to(np.asarray(ref_length, np.float64), (len(crops),))
+        pads = list(float(pre["pad_rel"]) * refs)
+
+    def preprocess(i: int) -> torch.Tensor:
+        item = crops[i]
         img, mask = item if isinstance(item, tuple) else (item, None)
-        return torch.from_numpy(prepare_crop(img, mask, pre["size"], pre["pad_to"]))[None]
+        return torch.from_numpy(prepare_crop(img, mask, pre["size"], pads[i]))[None]
 
     try:
         rows = yield from predict_batches(
-            net, list(crops), policy=policy, preprocess=preprocess, batch_size=batch_size,
-            forward=lambda m, x: torch.softmax(m(x).float(), -1), cancel=cancel, stage="classify")
+            net, list(range(len(crops))), policy=policy, preprocess=preprocess, batch_size=batch_size,
+            forward=_flip_tta if tta else _plain_probs, cancel=cancel, stage="classify")
     finally:
         if had_full is not None:
             net.full_inference = had_full
@@ -303,9 +415,11 @@ def evaluate(model: Path, data: Path, opts) -> Job[dict[str, Any]]:
     if opts.get("split") == "val":
         _, samples = split_by_cell(samples, float(opts.get("val_fraction", 0.2)), opts.seed)
     crops = load_samples(samples, opts.cancel)
+    refs = cell_references(crops, [s.cell for s in samples])[1]  # each cell at its own scale
     probs = yield from classify_crops(crops, Path(model), opts.device, opts.cancel,
                                       full_model=bool(opts.get("full_model", False)),
-                                      batch_size=opts.batch_size or 32)
+                                      batch_size=opts.batch_size or 32, tta=bool(opts.get("tta", True)),
+                                      ref_length=refs)
     y_true = np.array([s.label for s in samples])
     y_pred = probs.argmax(1)
     res = _metrics_from(y_true, y_pred)
@@ -354,7 +468,7 @@ def predict(model: Path, inputs: list[Path], opts) -> Job[dict[str, Any]]:
             raise InputError(f"cannot read image: {exc}", f) from None
     probs = yield from classify_crops(crops, Path(model), opts.device, opts.cancel,
                                       full_model=bool(opts.get("full_model", False)),
-                                      batch_size=opts.batch_size or 32)
+                                      batch_size=opts.batch_size or 32, tta=bool(opts.get("tta", True)))
     out = Path(opts.out or "cellclass-out")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
