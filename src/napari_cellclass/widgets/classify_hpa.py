@@ -11,15 +11,17 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
+    QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from ._errors import error_message
+from ._model_chooser import ModelChooser
 from ..engine.device import DEVICE_CHOICES
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 from ..io.hpa_reader import CHANNELS
+from ..zoo.provenance import synthetic_warning
 
 AUTO_CELLS = "(segment automatically)"
 
@@ -59,14 +61,8 @@ class ClassifyHPAWidget(QWidget):
             box = QComboBox()
             self.channel_boxes[c] = box
             form.addRow(f"{c} layer", box)
-        row = QHBoxLayout()
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("checkpoint (.safetensors)")
-        browse = QPushButton("Browse...")
-        browse.clicked.connect(self._browse)
-        row.addWidget(self.model_edit)
-        row.addWidget(browse)
-        form.addRow("model", row)
+        self.model_edit = ModelChooser("hpa")  # built-ins first (none for HPA yet: it says so), Browse...
+        form.addRow("model", self.model_edit)
         self.device_box = QComboBox()
         self.device_box.addItems(list(DEVICE_CHOICES))
         form.addRow("device", self.device_box)
@@ -161,11 +157,6 @@ class ClassifyHPAWidget(QWidget):
                                  f"choose a layer for: {', '.join(missing)}")
         return [np.asarray(self.viewer.layers[self.channel_boxes[c].currentText()].data) for c in CHANNELS]
 
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "HPA checkpoint", "", "Checkpoints (*.safetensors)")
-        if path:
-            self.model_edit.setText(path)
-
     # ------------------------------------------------------------------ running
     def _job(self):
         # import the heavy modules here, in the GUI thread: first imports of torchvision's
@@ -176,8 +167,8 @@ class ClassifyHPAWidget(QWidget):
         from ..tasks.hpa import classify
 
         image = self.channel_data()
-        model = self.model_edit.text().strip()
-        if not model:
+        model = self.model_edit.value  # a built-in name or a path -> verified checkpoint path
+        if model is None:
             raise CellClassError("choose a checkpoint file (.safetensors) for the HPA model")
         mode = "cells" if self.mode_box.currentText() == "per cell" else "whole"
         cells = None
@@ -270,8 +261,8 @@ class ClassifyHPAWidget(QWidget):
             summary = f"{len(rows)} cells; " + ", ".join(f"{n} ({counts[n]})" for n in names if counts[n])
         self._fill_table(names, probs, thr, predicted)
         self._plot(names, probs, thr)
-        note = "" if "synthetic" not in str(result.get("trained_on", "")) else " (model trained on synthetic data only)"
-        self.status.setText(f"{summary}{note}")
+        warning = synthetic_warning(result.get("trained_on"))
+        self.status.setText(f"{summary}. {warning}" if warning else summary)
         self.device_label.setText("device: " + result["device"])
 
     def _add_cells_layer(self, result: dict[str, Any]) -> None:

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .provenance import is_synthetic, synthetic_warning
+from .provenance import SYNTHETIC_WARNING, is_synthetic, synthetic_warning
 
 __all__ = [
     "list_models", "card", "default_model", "resolve_model", "is_builtin", "zoo_dir", "cache_dir",
-    "model_task", "primary_metric", "load_model", "is_synthetic", "synthetic_warning",
+    "model_task", "primary_metric", "load_model", "is_synthetic", "synthetic_warning", "SYNTHETIC_WARNING",
     "MAX_FILE_BYTES", "MAX_TOTAL_BYTES",
 ]
 
