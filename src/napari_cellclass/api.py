@@ -17,15 +17,24 @@ def _data(x: Any) -> Any:
     return getattr(x, "data", x)
 
 
+def _model(model: str | Path, task: str | None) -> Path:
+    """A built-in model name or a checkpoint path -> a verified local checkpoint path."""
+    from . import zoo
+
+    return zoo.resolve_model(model, task=task)
+
+
 def classify(image: Any, model: str | Path, *, task: str | None = None, cells: Any = None,
              device: str | None = None, **kwargs) -> dict[str, Any]:
     """Classify a whole image or each cell of it.
 
+    ``model`` is a built-in model name (see ``napari_cellclass.zoo.list_models()``) or a checkpoint path;
     ``task`` defaults to the task named in the checkpoint ("hpa" or "wbc").
     ``cells`` is a labels array, a list of (y0, x0, y1, x1) boxes, or a shapes layer.
     """
     from .engine.checkpoint import read_meta
 
+    model = _model(model, task)
     task = task or read_meta(model).task
     fn = task_function(task, "classify")
     if isinstance(image, (list, tuple)):
@@ -37,12 +46,14 @@ def classify(image: Any, model: str | Path, *, task: str | None = None, cells: A
 
 def detect(image: Any, model: str | Path, *, device: str | None = None, **kwargs) -> dict[str, Any]:
     """Detect objects; returns boxes (y0, x0, y1, x1), labels, scores and optional masks."""
-    return run_sync(task_function("detect", "detect")(_data(image), Path(model), device=device, **kwargs))
+    return run_sync(task_function("detect", "detect")(_data(image), _model(model, "detect"), device=device,
+                                                      **kwargs))
 
 
 def karyotype(image: Any, model: str | Path, *, device: str | None = None, **kwargs) -> dict[str, Any]:
     """Segment, classify and pair the chromosomes of a metaphase spread."""
-    return run_sync(task_function("karyotype", "karyotype")(_data(image), Path(model), device=device, **kwargs))
+    return run_sync(task_function("karyotype", "karyotype")(_data(image), _model(model, "karyotype"),
+                                                            device=device, **kwargs))
 
 
 def train(task: str, data: str | Path, **options) -> dict[str, Any]:
@@ -58,4 +69,5 @@ def evaluate(task: str, model: str | Path, data: str | Path, **options) -> dict[
     """Evaluate a checkpoint on a dataset folder; returns JSON-able metrics."""
     known = set(TaskOptions.__dataclass_fields__)
     opts = TaskOptions(**{k: v for k, v in options.items() if k in known})
-    return run_sync(task_function(task, "evaluate")(Path(model), Path(data), opts))
+    seg_only = task == "karyotype" and (model is None or str(model).lower() in ("none", "-"))
+    return run_sync(task_function(task, "evaluate")(model if seg_only else _model(model, task), Path(data), opts))

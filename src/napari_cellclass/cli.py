@@ -90,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show the device policy and a checkpoint's metadata")
     p.add_argument("model", type=Path, nargs="?")
     _common(p)
+
+    # built-in models: MODEL arguments above also accept their names (see `cellclass models`)
+    p = sub.add_parser("models", help="list the built-in models; `models info NAME` prints one card")
+    p.add_argument("action", nargs="?", default="list", help="list (default) or info")
+    p.add_argument("name", nargs="?", help="built-in model name (for info)")
+    p.add_argument("--task", default=None, help="only models for this task")
+    p.add_argument("--json", action="store_true", help="print the model cards as a JSON list")
+
+    p = sub.add_parser("export", help="export a model to another format (bioimageio model package)")
+    p.add_argument("format", choices=["bioimageio"])
+    p.add_argument("model", help="built-in model name or checkpoint")
+    p.add_argument("out", type=Path, help="package to write (.zip)")
+    p.add_argument("--test-input", type=Path, default=None, help="image for the package's test tensors")
+
+    p = sub.add_parser("import", help="turn a bioimage.io model package back into a checkpoint")
+    p.add_argument("format", choices=["bioimageio"])
+    p.add_argument("package", type=Path, help="bioimage.io package (.zip) or its rdf.yaml")
+    p.add_argument("out", type=Path, help="checkpoint to write (.safetensors)")
     return parser
 
 
@@ -154,6 +172,9 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     from .tasks.base import task_function
 
+    if args.command in ("models", "export", "import"):
+        return _zoo_command(args)
+    _resolve_models(args)
     opts = _options(args)
     quiet = getattr(args, "quiet", False)
     if args.command == "demo":
@@ -196,6 +217,70 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     parser.error(f"unknown command {args.command}")
     return EXIT_USER_ERROR
+
+
+def _resolve_models(args: argparse.Namespace) -> None:
+    """Built-in names -> verified local checkpoints, before any task sees them (paths pass through)."""
+    from . import zoo
+    from .tasks.base import TASKS, task_function
+
+    if args.command in ("evaluate", "predict") and args.task in TASKS:
+        task_function(args.task, args.command)  # "not implemented" comes before any complaint about the model
+        if not (args.task == "karyotype" and str(args.model).lower() in ("none", "-")):  # segmentation only
+            args.model = zoo.resolve_model(args.model, task=args.task)
+    elif args.command == "karyotype":
+        args.model = zoo.resolve_model(args.model, task="karyotype")
+    elif args.command == "info" and args.model is not None:
+        args.model = zoo.resolve_model(args.model)
+    for i, item in enumerate(getattr(args, "extra", []) or []):  # --set detector_model=NAME
+        key, _, value = item.partition("=")
+        if key.strip().replace("-", "_") == "detector_model" and value.strip():
+            args.extra[i] = f"{key}={zoo.resolve_model(value.strip())}"
+
+
+def _zoo_command(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    if args.command == "export":
+        from .zoo.bioimageio import export_package
+
+        out = export_package(args.model, args.out, test_input=args.test_input)
+        print(f"wrote bioimage.io model package {out}")
+        return 0
+    if args.command == "import":
+        from .zoo.bioimageio import import_package
+
+        out = import_package(args.package, args.out)
+        print(f"wrote checkpoint {out}")
+        return 0
+    if args.action not in ("list", "info"):
+        raise CellClassError(f"unknown models action {args.action!r}: use `cellclass models` or "
+                             f"`cellclass models info NAME`")
+    if args.action == "info":
+        if not args.name:
+            raise CellClassError("`cellclass models info NAME` needs a model name (see `cellclass models`)")
+        _print_json(zoo.card(args.name))
+        return 0
+    if args.name:
+        raise CellClassError(f"unexpected argument {args.name!r}; did you mean `cellclass models info {args.name}`?")
+    cards = zoo.list_models(args.task)
+    if args.json:
+        _print_json(cards)
+        return 0
+    if not cards:
+        print("no built-in models" + (f" for task {args.task!r}" if args.task else "") + " in this version")
+        return 0
+    rows = [("name", "task", "classes", "metric", "size")]
+    for c in cards:
+        metric, value = zoo.primary_metric(c)
+        rows.append((c["name"], c["task"], str(len(c["classes"])),
+                     f"{metric} {value:.3f}" if metric else "-",
+                     f"{c['size_bytes'] / 2**20:.1f} MB" + (" (url)" if c.get("url") else "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    print("\nUse a name wherever a model file is accepted; `cellclass models info NAME` shows its card.")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
