@@ -49,7 +49,8 @@ def test_list_is_best_first_per_task_and_default(two_wbc):
     assert [c["name"] for c in zoo.list_models("wbc")] == ["wbc-good", "wbc-weak"]  # by macro F1, not accuracy
     assert zoo.default_model("wbc") == "wbc-good"
     assert zoo.default_model("hpa") is None
-    assert [c["name"] for c in zoo.list_models("karyotype")] == ["chromo-a"]  # karyotype runs chromosome models
+    assert zoo.list_models("karyotype") == []  # cards are listed by their own task only
+    assert zoo.accepted_tasks("karyotype") == ("chromosome", "karyotype")  # but karyotyping accepts chromosome
     assert [c["name"] for c in zoo.list_models()] == ["wbc-good", "wbc-weak", "chromo-a"]
     zoo.list_models("wbc")[0]["task"] = "changed"  # copies: callers cannot corrupt the registry
     assert zoo.card("wbc-good")["task"] == "wbc"
@@ -69,12 +70,12 @@ def test_resolve_name_and_path(two_wbc, tmp_path):
 def test_resolve_errors_name_the_problem(two_wbc, tmp_path):
     with pytest.raises(InputError, match="neither a checkpoint file nor a built-in.*wbc-good, wbc-weak"):
         zoo.resolve_model("wbc-nope", task="wbc")
-    with pytest.raises(InputError, match="'wbc-good' is a 'wbc' model.*'chromosome'.*chromo-a"):
+    with pytest.raises(InputError, match="'wbc-good' is a 'wbc' model.*'chromosome' or 'karyotype'.*chromo-a"):
         zoo.resolve_model("wbc-good", task="karyotype")
     with pytest.raises(InputError, match="no built-in hpa models"):
         zoo.resolve_model("hpa-model", task="hpa")
     own = tiny_checkpoint(tmp_path / "own.safetensors")
-    with pytest.raises(InputError, match="is a 'wbc' model, but 'hpa' needs"):
+    with pytest.raises(InputError, match="is a 'wbc' model, but 'hpa' needs a 'hpa' model"):
         zoo.resolve_model(own, task="hpa")
     with pytest.raises(InputError, match="got a folder"):
         zoo.resolve_model(tmp_path, task="wbc")

@@ -84,3 +84,29 @@ def test_hpa_widget_model_field_is_a_chooser(make_napari_viewer, zoo_folder):
     assert "Kaggle" in w.model_edit.summary.text()
     w.run()  # no model chosen: a clear message, no traceback
     assert "choose a checkpoint" in (w.last_error or "")
+
+
+def test_karyotype_widget_defaults_to_the_builtin_and_warns_when_synthetic(make_napari_viewer, tmp_path,
+                                                                            monkeypatch):
+    from napari_cellclass.synth.chromosomes import make_spread
+    from napari_cellclass.widgets.karyotype import KaryotypeWidget
+    from test_karyotype_task import tiny_checkpoint as tiny_gricol
+
+    from zoo_utils import add
+
+    folder = make_zoo(tmp_path, monkeypatch)
+    add(tiny_gricol(tmp_path / "g.safetensors"), "chromo-synth", folder, data_source="synthetic spreads")
+    import json
+
+    card = json.loads((folder / "chromo-synth.json").read_text())
+    assert card["trained_on"]["synthetic"] is True
+    viewer = make_napari_viewer()
+    viewer.add_image(make_spread(2, "46,XY", size=(384, 384))["image"], name="spread")
+    w = KaryotypeWidget(viewer)
+    assert w.model_edit.text() == "chromo-synth"  # the best (only) built-in is the default
+    assert w.detector_edit.text() == ""  # optional, and no built-in detector
+    assert "trained only on generated" in w.model_edit.summary.text()
+    w.device_box.setCurrentText("cpu")
+    res = w.run(sync=True)
+    assert w.last_error is None and res is not None
+    assert "trained only on generated" in w.status.text()

@@ -50,14 +50,17 @@ class ModelChooser(QWidget):
 
     ``task`` is a task name (``"wbc"``, ``"hpa"``, ``"detect"``, ``"chromosome"``,
     ``"karyotype"``), several names, or None for any classifier.  ``optional``
-    adds an empty first entry (value None), for fields a job can do without.
+    adds an empty first entry (value None), for fields a job can do without;
+    ``check_task=False`` accepts checkpoints of any task (the job's loader checks them).
     """
 
     changed = Signal()
 
     def __init__(self, task: str | Iterable[str] | None, parent: QWidget | None = None, *,
-                 optional: bool = False, placeholder: str = "built-in model or checkpoint (.safetensors)"):
+                 optional: bool = False, check_task: bool = True,
+                 placeholder: str = "built-in model or checkpoint (.safetensors)"):
         super().__init__(parent)
+        self.check_task = check_task  # False: list the task's built-ins but accept any browsed checkpoint
         if task is None:
             self.tasks: tuple[str, ...] | None = None
         elif isinstance(task, str):
@@ -152,7 +155,7 @@ class ModelChooser(QWidget):
         text = self.text()
         if not text:
             return None
-        task = self.tasks[0] if self.tasks is not None and len(self.tasks) == 1 else None
+        task = self.tasks[0] if self.check_task and self.tasks is not None and len(self.tasks) == 1 else None
         return zoo.resolve_model(text, task=task)
 
     # ------------------------------------------------------------------ UI
@@ -188,7 +191,8 @@ class ModelChooser(QWidget):
         except CellClassError as exc:
             return f"not a usable checkpoint: {exc.problem}"
         line = (f"{meta.task} {meta.arch}, {len(meta.class_names)} classes; trained on {meta.trained_on}")
-        if self.tasks is not None and zoo.model_task(self.tasks[0]) != meta.task and len(self.tasks) == 1:
-            line += f" (a {meta.task!r} model: this field needs {zoo.model_task(self.tasks[0])!r})"
+        want = zoo.accepted_tasks(self.tasks[0]) if self.tasks is not None and len(self.tasks) == 1 else None
+        if self.check_task and want is not None and meta.task not in want:
+            line += f" (a {meta.task!r} model: this field needs {' or '.join(repr(t) for t in want)})"
         warn = zoo.synthetic_warning(meta.trained_on)
         return f"{line}. {warn}" if warn else line

@@ -17,6 +17,8 @@ from qtpy.QtWidgets import (
 )
 
 from ._errors import error_message
+from ._model_chooser import ModelChooser
+from .. import zoo
 from ..engine.device import DEVICE_CHOICES
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
@@ -76,7 +78,8 @@ def explain_job(checkpoint: Path, image: np.ndarray, box: tuple[int, int, int, i
     yield Progress(3, 3, "explain", "done")
     probs = {n: float(p) for n, p in zip(meta.class_names, e.probabilities)}
     return {"heatmap": heat, "offset": (r0, c0), "class": meta.class_names[e.class_index], "score": e.score,
-            "probabilities": probs, "method": e.method, "layer": e.layer, "device": policy.describe()}
+            "probabilities": probs, "method": e.method, "layer": e.layer, "device": policy.describe(),
+            "trained_on": meta.trained_on}
 
 
 class ExplainWidget(QWidget):
@@ -96,15 +99,9 @@ class ExplainWidget(QWidget):
         form = QFormLayout()
         self.image_box = QComboBox()
         form.addRow("image layer", self.image_box)
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("checkpoint (.safetensors)")
-        self.model_edit.editingFinished.connect(self._load_classes)
-        browse = QPushButton("Browse...")
-        browse.clicked.connect(self._browse_model)
-        row = QHBoxLayout()
-        row.addWidget(self.model_edit)
-        row.addWidget(browse)
-        form.addRow("model", row)
+        self.model_edit = ModelChooser(None)  # built-in classifiers first, Browse... for any checkpoint
+        self.model_edit.changed.connect(self._load_classes)
+        form.addRow("model", self.model_edit)
         self.class_box = QComboBox()
         self.class_box.addItem(PREDICTED)
         form.addRow("class", self.class_box)
@@ -177,12 +174,6 @@ class ExplainWidget(QWidget):
         self._refresh_layers()
 
     # ------------------------------------------------------------------ form
-    def _browse_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "checkpoint", "", "Checkpoints (*.safetensors)")
-        if path:
-            self.model_edit.setText(path)
-            self._load_classes()
-
     def _browse_dir(self, edit: QLineEdit) -> None:
         path = QFileDialog.getExistingDirectory(self, "folder")
         if path:
@@ -197,13 +188,21 @@ class ExplainWidget(QWidget):
         if not text:
             return
         try:
-            meta = read_meta(Path(text))
+            if self.model_edit.is_builtin:  # the card says it all; no hashing or download while choosing
+                card = zoo.card(text)
+                task, arch, classes = card["task"], card["arch"], card["classes"]
+                trained_on = card["trained_on"]["source"] if not card["trained_on"].get("synthetic") else "synthetic"
+            else:
+                meta = read_meta(Path(text))
+                task, arch, classes, trained_on = meta.task, meta.arch, meta.class_names, meta.trained_on
         except CellClassError as exc:
             self.status.setText(f"error: {exc}")
             return
-        self.class_names = list(meta.class_names)
+        self.class_names = list(classes)
         self.class_box.addItems(self.class_names)
-        self.status.setText(f"{meta.task} model ({meta.arch}), {len(meta.class_names)} classes, trained on {meta.trained_on}")
+        warning = zoo.synthetic_warning(trained_on)
+        self.status.setText(f"{task} model ({arch}), {len(classes)} classes, trained on {trained_on}"
+                            + (f". {warning}" if warning else ""))
 
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image, Shapes
@@ -243,9 +242,9 @@ class ExplainWidget(QWidget):
             img_name = self.image_box.currentText()
             if img_name not in [layer.name for layer in self.viewer.layers]:
                 raise CellClassError("choose an image layer")
-            ckpt = Path(self.model_edit.text().strip())
-            if not ckpt.is_file():
-                raise CellClassError(f"checkpoint {str(ckpt)!r} does not exist")
+            ckpt = self.model_edit.value  # built-in name or path -> verified checkpoint
+            if ckpt is None:
+                raise CellClassError("choose a model: a built-in or a checkpoint file")
             layer = self.viewer.layers[img_name]
             image = np.asarray(layer.data)
             rgb = bool(getattr(layer, "rgb", False))
@@ -279,13 +278,15 @@ class ExplainWidget(QWidget):
             return self.worker
         self.last_error = None
         try:
-            ckpt = Path(self.model_edit.text().strip())
-            if not ckpt.is_file():
-                raise CellClassError(f"checkpoint {str(ckpt)!r} does not exist")
+            ckpt = self.model_edit.value  # built-in name or path -> verified checkpoint
+            if ckpt is None:
+                raise CellClassError("choose a model: a built-in or a checkpoint file")
             data = Path(self.data_edit.text().strip())
             if not data.is_dir():
                 raise CellClassError(f"dataset folder {str(data)!r} does not exist")
-            out = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else ckpt.parent / "embedding"
+            default_out = (Path.home() / "cellclass-embeddings" / self.model_edit.text()  # never into the package
+                           if self.model_edit.is_builtin else ckpt.parent / "embedding")
+            out = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else default_out
             job = embedding_job(ckpt, data, out, method=self.embed_method.currentText())
         except Exception as exc:
             self._fail(exc)
@@ -322,6 +323,8 @@ class ExplainWidget(QWidget):
         self.status.setText(
             f"{result['method']} for {result['class']} (layer {result['layer'] or 'input'}, {result['device']}); "
             + ", ".join(f"{k} {v:.2f}" for k, v in top)
+            + (f". {zoo.synthetic_warning(result.get('trained_on'))}" if zoo.is_synthetic(result.get("trained_on"))
+               else "")
         )
         self.progress.setValue(1000)
 

@@ -15,15 +15,17 @@ import pandas as pd
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
+    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from ._errors import error_message
+from ._model_chooser import ModelChooser
 from ..engine.device import DEVICE_CHOICES
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 from ..karyotype.assign import CLASS_NAMES
+from ..zoo.provenance import synthetic_warning
 
 LABELS_NAME = "chromosomes"
 SHAPES_NAME = "chromosome classes"
@@ -34,6 +36,15 @@ def _show_error(msg: str) -> None:
     from napari.utils.notifications import show_error
 
     show_error(msg)
+
+
+def _trained_on(model: Path) -> str:
+    from ..engine.checkpoint import read_meta
+
+    try:
+        return read_meta(model).trained_on
+    except CellClassError:
+        return "unknown"  # the job itself reports an unreadable checkpoint
 
 
 class KaryotypeWidget(QWidget):
@@ -51,6 +62,7 @@ class KaryotypeWidget(QWidget):
         self._snapshot: np.ndarray | None = None  # labels the current result was computed on
         self._image: np.ndarray | None = None
         self._updating = False
+        self._trained_on: str | None = None  # of the classifier behind the shown result (for the warning)
         self._edit_timer = QTimer(self)
         self._edit_timer.setSingleShot(True)
         self._edit_timer.setInterval(600)
@@ -59,18 +71,18 @@ class KaryotypeWidget(QWidget):
         form = QFormLayout()
         self.image_box = QComboBox()
         form.addRow("spread", self.image_box)
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("chromosome checkpoint (.safetensors)")
-        form.addRow("model", self._with_browse(self.model_edit))
+        self.model_edit = ModelChooser("chromosome")  # built-in chromosome classifiers first, Browse...
+        form.addRow("model", self.model_edit)
         self.device_box = QComboBox()
         self.device_box.addItems(list(DEVICE_CHOICES))
         form.addRow("device", self.device_box)
         self.segmenter_box = QComboBox()
         self.segmenter_box.addItems(["threshold", "detector"])
         form.addRow("segmenter", self.segmenter_box)
-        self.detector_edit = QLineEdit()
-        self.detector_edit.setPlaceholderText("detector checkpoint (only for 'detector')")
-        form.addRow("detector", self._with_browse(self.detector_edit))
+        # built-in chromosome detectors (task 'karyotype'); any detector checkpoint can be browsed
+        self.detector_edit = ModelChooser("karyotype", optional=True, check_task=False,
+                                          placeholder="detector (only for the 'detector' segmenter)")
+        form.addRow("detector", self.detector_edit)
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Karyotype")
@@ -114,23 +126,6 @@ class KaryotypeWidget(QWidget):
         self._refresh_layers()
 
     # ------------------------------------------------------------------ helpers
-    def _with_browse(self, edit: QLineEdit) -> QWidget:
-        box = QWidget()
-        row = QHBoxLayout(box)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(edit)
-        b = QPushButton("...")
-        b.setMaximumWidth(30)
-
-        def browse():
-            path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.safetensors *.pt)")
-            if path:
-                edit.setText(path)
-
-        b.clicked.connect(browse)
-        row.addWidget(b)
-        return box
-
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Image
 
@@ -157,9 +152,14 @@ class KaryotypeWidget(QWidget):
         name = self.image_box.currentText()
         if not name or name not in self.viewer.layers:
             return self._fail("choose a spread image layer first")
-        model = self.model_edit.text().strip()
-        if not model:
+        try:  # built-in names or paths -> verified checkpoints
+            model = self.model_edit.value
+            detector = self.detector_edit.value
+        except CellClassError as exc:
+            return self._fail(str(exc))
+        if model is None:
             return self._fail("choose a chromosome classifier checkpoint (task 'chromosome')")
+        self._trained_on = _trained_on(model)
         device = self.device_box.currentText()
         device = None if device == "auto" else device
         try:
@@ -173,7 +173,6 @@ class KaryotypeWidget(QWidget):
         if labels is None:
             self._known, self._fixed = {}, {}
         self._image = image
-        detector = self.detector_edit.text().strip() or None
         self.cancel_token = CancelToken()
         job = karyotype(image, Path(model), device=device, labels=labels,
                         segmenter=self.segmenter_box.currentText(),
@@ -232,7 +231,9 @@ class KaryotypeWidget(QWidget):
         n = len(res["classes"])
         self._known = {i + 1: res["probabilities"][i] for i in range(n)}
         self._fixed = {k + 1: v for k, v in res.get("fixed", {}).items()}
-        self.status.setText(f"done in {res.get('seconds', 0)} s; classified {res.get('classified', n)} objects")
+        warning = synthetic_warning(self._trained_on)
+        self.status.setText(f"done in {res.get('seconds', 0)} s; classified {res.get('classified', n)} objects"
+                            + (f". {warning}" if warning else ""))
         self._show(res)
 
     # ------------------------------------------------------------------ results -> layers

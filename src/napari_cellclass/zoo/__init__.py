@@ -24,7 +24,7 @@ from .provenance import SYNTHETIC_WARNING, is_synthetic, synthetic_warning
 
 __all__ = [
     "list_models", "card", "default_model", "resolve_model", "is_builtin", "zoo_dir", "cache_dir",
-    "model_task", "primary_metric", "load_model", "is_synthetic", "synthetic_warning", "SYNTHETIC_WARNING",
+    "accepted_tasks", "primary_metric", "load_model", "is_synthetic", "synthetic_warning", "SYNTHETIC_WARNING",
     "MAX_FILE_BYTES", "MAX_TOTAL_BYTES",
 ]
 
@@ -37,8 +37,8 @@ MAX_TOTAL_BYTES = 30 * 1024 * 1024  # all shipped weights together
 CARD_FORMAT = "napari-cellclass-model-card"
 REQUIRED_FIELDS = ("name", "task", "arch", "classes", "sha256")
 
-# tasks whose model is another task's checkpoint: karyotyping runs a chromosome classifier
-TASK_ALIASES = {"karyotype": "chromosome"}
+# checkpoint tasks a job accepts: karyotyping runs a chromosome classifier and its own detector
+ACCEPTED_TASKS = {"karyotype": ("chromosome", "karyotype")}
 TASK_ORDER = ["wbc", "detect", "chromosome", "hpa"]
 # the validation metric that ranks models of a task (first one present in the card's metrics)
 PRIMARY_METRICS = {
@@ -66,9 +66,9 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("napari-cellclass")) / "models"
 
 
-def model_task(task: str | None) -> str | None:
-    """The checkpoint task a job needs (``karyotype`` runs a ``chromosome`` model)."""
-    return None if task is None else TASK_ALIASES.get(task, task)
+def accepted_tasks(task: str | None) -> tuple[str, ...] | None:
+    """Checkpoint tasks usable for job ``task`` (``karyotype`` also takes ``chromosome`` classifiers)."""
+    return None if task is None else ACCEPTED_TASKS.get(task, (task,))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -119,9 +119,8 @@ def _rank(c: dict[str, Any]) -> tuple:
 
 
 def list_models(task: str | None = None) -> list[dict[str, Any]]:
-    """Model cards (copies), best first within each task; only ``task``'s when given."""
-    want = model_task(task)
-    cards = [copy.deepcopy(c) for c in _cards().values() if want is None or c.get("task") == want]
+    """Model cards (copies), best first within each task; only those whose card task is ``task`` when given."""
+    cards = [copy.deepcopy(c) for c in _cards().values() if task is None or c.get("task") == task]
     return sorted(cards, key=_rank)
 
 
@@ -148,7 +147,8 @@ def is_builtin(spec: Any) -> bool:
 
 
 def _available(cards, task: str | None = None) -> str:
-    names = [c["name"] for c in sorted(cards, key=_rank) if task is None or c.get("task") == task]
+    want = accepted_tasks(task)
+    names = [c["name"] for c in sorted(cards, key=_rank) if want is None or c.get("task") in want]
     if not names:
         return f"there are no built-in {task + ' ' if task else ''}models (see `cellclass models`)"
     return "built-in models" + (f" for {task!r}" if task else "") + ": " + ", ".join(names)
@@ -165,19 +165,21 @@ def resolve_model(spec: str | Path, task: str | None = None) -> Path:
     if spec is None or not str(spec).strip():
         raise InputError("no model given: name a built-in model (see `cellclass models`) or a checkpoint file")
     text = str(spec).strip()
-    want = model_task(task)
+    want = accepted_tasks(task)
     path = Path(text).expanduser()
     if path.exists():
         return _check_path(path, want, task)
     cards = _cards()
     if text not in cards:
-        hint = _available(cards.values(), want)
+        hint = _available(cards.values(), task)
+        if text.endswith(SUFFIX) or "/" in text or os.sep in text:
+            raise InputError(f"checkpoint file does not exist (nor is it a built-in model name; {hint})", path)
         raise InputError(f"{text!r} is neither a checkpoint file nor a built-in model; {hint}")
     c = cards[text]
-    if want is not None and c["task"] != want:
+    if want is not None and c["task"] not in want:
         raise InputError(
-            f"built-in model {text!r} is a {c['task']!r} model, but {task!r} needs a {want!r} model; "
-            + _available(cards.values(), want)
+            f"built-in model {text!r} is a {c['task']!r} model, but {task!r} needs {_needs(want)}; "
+            + _available(cards.values(), task)
         )
     from ._fetch import fetch, verify
 
@@ -188,16 +190,19 @@ def resolve_model(spec: str | Path, task: str | None = None) -> Path:
     return fetch(c, cache_dir())
 
 
-def _check_path(path: Path, want: str | None, task: str | None) -> Path:
+def _needs(want: tuple[str, ...]) -> str:
+    return "a " + " or ".join(repr(t) for t in want) + " model"
+
+
+def _check_path(path: Path, want: tuple[str, ...] | None, task: str | None) -> Path:
     if path.is_dir():
         raise InputError("expected a checkpoint file (.safetensors), got a folder", path)
     if want is not None:
         from ..engine.checkpoint import read_meta
 
         meta = read_meta(path)
-        if meta.task != want:
-            raise InputError(f"this checkpoint is a {meta.task!r} model, but {task!r} needs a {want!r} model",
-                             path)
+        if meta.task not in want:
+            raise InputError(f"this checkpoint is a {meta.task!r} model, but {task!r} needs {_needs(want)}", path)
     return path
 
 
@@ -205,4 +210,4 @@ def load_model(spec: str | Path, task: str | None = None, map_location: str = "c
     """(network in eval mode, CheckpointMeta) for a built-in name or a path, via the one loader."""
     from ..engine.checkpoint import build_from_checkpoint
 
-    return build_from_checkpoint(resolve_model(spec, task), task=model_task(task), map_location=map_location)
+    return build_from_checkpoint(resolve_model(spec, task), map_location=map_location)
