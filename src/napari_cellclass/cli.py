@@ -40,6 +40,8 @@ def _train_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model and budget (smoke test)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train data-parallel on N local processes (launches torchrun; one per GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +179,15 @@ def run(argv: list[str] | None = None) -> int:
     _resolve_models(args)
     opts = _options(args)
     quiet = getattr(args, "quiet", False)
+    from .engine import distributed
+
+    if getattr(args, "nproc", None) is not None and args.nproc < 1:
+        raise CellClassError(f"--nproc must be at least 1, got {args.nproc}")
+    if (getattr(args, "nproc", None) or 1) > 1 and not distributed.launched():  # re-run this under torchrun
+        return distributed.launch(distributed.strip_nproc(sys.argv[1:] if argv is None else argv)[0], args.nproc)
+    if distributed.launched() and args.command in ("train", "predict", "karyotype"):
+        distributed.setup(args.device)  # one process group; rank 0 alone prints and writes
+        quiet = quiet or not distributed.is_main()
     if args.command == "demo":
         from .demo import run_demo
 
@@ -188,8 +199,13 @@ def run(argv: list[str] | None = None) -> int:
         print(f"wrote synthetic {args.task} data to {path}")
         return 0
     if args.command == "train":
+        if distributed.active() and opts.out is None:  # every rank must write to the same run folder
+            import time
+
+            opts.out = Path(distributed.broadcast_object(f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"))
         result = _drive(task_function(args.task, "train")(args.data, opts), quiet)
-        _print_json(result)
+        if distributed.is_main():
+            _print_json(result)
         return 0
     if args.command == "evaluate":
         result = _drive(task_function(args.task, "evaluate")(args.model, args.data, opts), quiet)

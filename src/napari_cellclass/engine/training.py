@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from . import distributed
 from .atomic import atomic_path
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .device import DevicePolicy
@@ -88,6 +89,10 @@ def fit(
     if mode not in ("min", "max"):
         raise ValueError("mode must be 'min' or 'max'")
     model = policy.prepare_model(model)
+    # torchrun: this rank's share of every batch, gradients summed over ranks, rank 0 writes (engine/distributed.py)
+    train_batches = distributed.shard_batches(train_batches)
+    sync_params = distributed.trainable_params(model, optimizer) if distributed.active() else None
+    main = distributed.is_main()
     scaler = None
     if policy.amp and policy.amp_dtype == torch.float16:
         scaler = torch.amp.GradScaler("cuda")
@@ -108,7 +113,7 @@ def fit(
     epoch = start_epoch
     for epoch in range(start_epoch, epochs):
         model.train()
-        running, count = 0.0, 0
+        running, count, weighted = 0.0, 0, 0.0
         for batch in train_batches:
             check_cancel(cancel)
             batch = move_to(batch, policy)
@@ -121,6 +126,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
+                if sync_params is not None:
+                    distributed.sync_gradients(sync_params, train_batches.weight)
                 if grad_clip:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -128,12 +135,15 @@ def fit(
                 scaler.update()
             else:
                 loss.backward()
+                if sync_params is not None:
+                    distributed.sync_gradients(sync_params, train_batches.weight)
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
             if scheduler is not None and scheduler_per_batch:
                 scheduler.step()
             running += float(loss.detach())
+            weighted += float(loss.detach()) * getattr(train_batches, "weight", 1.0)
             count += 1
             step += 1
             yield Progress(
@@ -146,23 +156,27 @@ def fit(
         check_cancel(cancel)
         if scheduler is not None and not scheduler_per_batch:
             scheduler.step()
+        if sync_params is not None:  # the full-batch mean loss, and one set of batch-norm statistics
+            running = distributed.sum_floats([weighted])[0]
+            distributed.average_buffers(model)
         metrics: dict[str, float] = {"epoch": epoch + 1, "loss": running / max(count, 1)}
         metrics["lr"] = float(optimizer.param_groups[0]["lr"])
-        if evaluate is not None:
+        if evaluate is not None and main:
             model.eval()
             with torch.inference_mode(), policy.autocast():
                 metrics.update({k: float(v) for k, v in evaluate(model, epoch).items()})
+        metrics = distributed.broadcast_object(metrics)  # rank 0 validated; every rank decides alike
         check_cancel(cancel)
         history.append(metrics)
         value = metrics.get(monitor, float("nan"))
         improved = _better(value, best_value, mode) or best_epoch is None
         if improved:
             best_value, best_metrics, best_epoch, stale = value, dict(metrics), epoch + 1, 0
-            if checkpoint_path is not None and make_meta is not None:
+            if checkpoint_path is not None and make_meta is not None and main:
                 saved = save_checkpoint(checkpoint_path, model, make_meta(best_metrics, history))
         else:
             stale += 1
-        if resume_path is not None:
+        if resume_path is not None and main:
             save_resume_state(resume_path, model, optimizer, epoch + 1, history)
         yield Progress(
             step=step,
@@ -174,6 +188,9 @@ def fit(
         if early_stopping_patience is not None and stale >= early_stopping_patience:
             stopped_early = True
             break
+    distributed.barrier()  # rank 0's files are complete before any rank returns
+    if not main and checkpoint_path is not None and make_meta is not None and best_epoch is not None:
+        saved = Path(checkpoint_path)  # written by rank 0
     return FitResult(
         epochs_run=len(history),
         best_epoch=best_epoch,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine import distributed
 from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, load_checkpoint
 from ..engine.device import resolve_device
 from ..engine.progress import CancelToken, Job, Progress, check_cancel, run_sync
@@ -254,7 +255,7 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
         yield p
         if p.stage == "epoch":
             epochs_seen.append(dict(p.metrics))
-            if budget and time.monotonic() - t0 > float(budget):
+            if budget and distributed.any_rank(time.monotonic() - t0 > float(budget)):  # torchrun: all ranks stop alike
                 job.close()  # the best checkpoint so far is already on disk
                 break
     hist = result.history if result is not None else history + epochs_seen
