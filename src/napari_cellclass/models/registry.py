@@ -29,7 +29,9 @@ ARCH_MODULES: dict[str, str] = {
     "maskrcnn_resnet50_fpn_v2": "napari_cellclass.models.detection",
     "fasterrcnn_mobilenet_v3_large_fpn": "napari_cellclass.models.detection",
     "fasterrcnn_tiny": "napari_cellclass.models.detection",
+    "centernet": "napari_cellclass.models.centernet",
     "recipe_model": "napari_cellclass.recipes.config",
+    "chromdet_unet": "napari_cellclass.models.chromdet",
 }
 
 

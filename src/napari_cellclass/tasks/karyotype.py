@@ -36,10 +36,34 @@ def segment(image: np.ndarray, segmenter: str = "threshold", detector_model: Pat
     yield Progress(0, 1, "segment", f"segmenting ({segmenter})")
     if segmenter == "threshold":
         labels = segment_spread(image, options)
+    elif _is_chromdet(detector_model):
+        from ..karyotype.detector import detect_chromosomes
+
+        labels = (yield from detect_chromosomes(image, detector_model, device=device, cancel=cancel))["labels"]
     else:
         labels = yield from _detector_labels(image, detector_model, device, cancel)
     yield Progress(1, 1, "segment", f"{int(labels.max())} objects")
     return labels
+
+
+def _is_chromdet(detector_model) -> bool:
+    """True for the karyotype task's own chromosome detector (``cellclass train karyotype``)."""
+    import torch
+
+    if isinstance(detector_model, torch.nn.Module):
+        return hasattr(detector_model, "multiple")
+    if detector_model is None:
+        return False
+    from ..engine.checkpoint import read_meta
+
+    return read_meta(detector_model).arch == "chromdet_unet"
+
+
+def train(data: Path, opts) -> Job[dict[str, Any]]:
+    """Train the chromosome detector on VOC-annotated spreads (``cellclass train karyotype SPREADS``)."""
+    from ..karyotype.detector import train as train_detector
+
+    return (yield from train_detector(Path(data), opts))
 
 
 def _detector_labels(image, detector_model, device, cancel) -> Job[np.ndarray]:
@@ -113,7 +137,12 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any, device: str | Non
     img = np.asarray(image)
     to_gray(img)  # validates the shape early, with a clear message
     if labels is None:
+        from ..io.limits import check_informative
+
+        check_informative(img, "the spread image", min_side=32)  # blank or 1x1: an error, not 46 "losses"
         labels = yield from segment(img, segmenter, detector_model, device, cancel, segment_options)
+        if not np.asarray(labels).any():
+            raise InputError("no chromosomes were found in this image; is it a metaphase spread?")
     else:
         labels = np.asarray(labels)
         if labels.shape != img.shape[:2]:

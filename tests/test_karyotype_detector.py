@@ -1,0 +1,85 @@
+"""The learned chromosome detector: targets, decoding, mask assignment, training and the segmenter door."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cellclass.engine.checkpoint import read_meta
+from napari_cellclass.engine.progress import run_sync
+from napari_cellclass.errors import InputError
+from napari_cellclass.karyotype import detector as D
+from napari_cellclass.karyotype.metrics import match_boxes
+from napari_cellclass.tasks import karyotype as kt
+from napari_cellclass.tasks.base import TaskOptions
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def test_targets_decode_round_trip():
+    """Perfect network outputs (the training targets themselves) decode to the annotated boxes."""
+    x = np.zeros((120, 160), np.float32)
+    boxes = np.array([[10, 10, 50, 24], [60, 30, 110, 44], [20, 100, 40, 150]], float)
+    for y0, x0, y1, x1 in boxes.astype(int):
+        x[y0:y1, x0:x1] = 1.0
+    t = D.make_targets(x, boxes)
+    assert t["heat"].max() == 1.0 and int((t["heat"] == 1.0).sum()) == 3
+    out = np.stack([_logit(t["fg"]), _logit(t["heat"]), t["size"][0], t["size"][1]])
+    got, scores = D.decode(out, 0.3)
+    assert len(got) == 3 and (scores > 0.9).all()
+    assert len(match_boxes(got, boxes, 0.8)) == 3
+
+
+def test_touching_chromosomes_get_their_own_masks():
+    fg = np.zeros((60, 60), bool)
+    fg[5:55, 10:20] = True  # a vertical chromosome ...
+    fg[25:35, 20:55] = True  # ... touched by a horizontal one
+    boxes = np.array([[5, 10, 55, 20], [25, 20, 35, 55]], float)
+    lab = D.instance_labels(fg, boxes)
+    assert lab.max() == 2
+    assert (lab[5:55, 10:20] == lab[30, 15]).mean() > 0.9
+    assert (lab[25:35, 25:55] == lab[30, 45]).all() and lab[30, 45] != lab[10, 15]
+
+
+def test_blank_image_is_refused():
+    with pytest.raises(InputError, match="no stained objects"):
+        D.spread_input(np.full((100, 100), 200, np.uint8))
+
+
+def test_either_polarity_gives_bright_chromosomes():
+    img = np.full((80, 80), 220, np.uint8)
+    img[20:60, 30:38] = 40
+    a = D.spread_input(img)
+    b = D.spread_input(255 - img)  # Q-band / DAPI: bright on dark
+    assert a[40, 34] > 0.8 and a[5, 5] < 0.1
+    assert np.abs(a - b).mean() < 0.05
+
+
+@pytest.fixture(scope="module")
+def spreads(tmp_path_factory):
+    return kt.synth(tmp_path_factory.mktemp("spreads"), 4, 0)
+
+
+def test_train_and_segment(spreads, tmp_path):
+    """A tiny run writes a karyotype-task checkpoint that the karyotype segmenter door accepts."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        opts = TaskOptions(epochs=1, out=tmp_path / "run", quick=True, extra={"val_fraction": 0.25, "per_spread": 2})
+        res = run_sync(kt.train(spreads, opts))
+    finally:
+        torch.set_num_threads(n)
+    meta = read_meta(res["checkpoint"])
+    assert meta.task == "karyotype" and meta.arch == "chromdet_unet"
+    assert meta.normalization["preprocess"] == "spread_input"
+    assert res["n_train"] == 3 and res["n_val"] == 1
+    assert {"recall", "precision", "count_exact"} <= set(res["best_metrics"])
+    img, _ = kt.annotated_spreads(spreads)[0]
+    labels = run_sync(kt.segment(kt._read_spread(img), "detector", Path(res["checkpoint"])))
+    assert labels.shape == kt._read_spread(img).shape[:2] and labels.dtype == np.int32
+
