@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .engine import batch
 from .errors import CellClassError, NotImplementedTaskError
 
 EXIT_USER_ERROR = 2
@@ -81,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=Path("cellclass-out"))
     p.add_argument("--batch-size", type=int, default=None)
+    batch.add_arguments(p)
     _common(p)
 
     p = sub.add_parser("karyotype", help="karyotype metaphase spreads")
     p.add_argument("spreads", type=Path, nargs="+")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("cellclass-karyotype"))
+    batch.add_arguments(p)
     _common(p)
 
     p = sub.add_parser("info", help="show the device policy and a checkpoint's metadata")
@@ -211,14 +214,18 @@ def run(argv: list[str] | None = None) -> int:
         result = _drive(task_function(args.task, "evaluate")(args.model, args.data, opts), quiet)
         _print_json(result, args.out)
         return 0
-    if args.command == "predict":
-        result = _drive(task_function(args.task, "predict")(args.model, args.inputs, opts), quiet)
-        _print_json(result)
+    if args.command == "predict":  # batch.job_for: sharded/resumable with --shard or under torchrun
+        result = _drive(batch.job_for(args.task, task_function(args.task, "predict"), args.model, args.inputs,
+                                      opts, args), quiet)
+        if distributed.is_main():
+            _print_json(result)
         return 0
     if args.command == "karyotype":
         opts.model = args.model
-        result = _drive(task_function("karyotype", "predict")(args.model, args.spreads, opts), quiet)
-        _print_json(result)
+        result = _drive(batch.job_for("karyotype", task_function("karyotype", "predict"), args.model, args.spreads,
+                                      opts, args), quiet)
+        if distributed.is_main():
+            _print_json(result)
         return 0
     if args.command == "info":
         from .engine.device import resolve_device
