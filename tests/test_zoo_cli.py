@@ -97,3 +97,15 @@ def test_api_accepts_builtin_names(zoo_folder):
         api.classify(img, "chromo-x", task="wbc")
     with pytest.raises(InputError, match="neither a checkpoint file nor a built-in"):
         api.karyotype(img[..., 0], "missing-model")
+
+
+def test_synthetic_models_are_flagged_on_the_command_line(tmp_path, monkeypatch, capsys):
+    make_zoo(tmp_path, monkeypatch, {"wbc-synth": {"trained_on": "synthetic"}, "wbc-real": {}})
+    img = (np.random.default_rng(2).random((48, 48, 3)) * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "s.png", img)
+    for name, flagged in (("wbc-synth", True), ("wbc-real", False)):
+        rc = cli.main(["predict", "wbc", name, str(tmp_path / "s.png"), "--out", str(tmp_path / name), "--quiet",
+                       "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert ("trained only on generated" in err) is flagged

@@ -259,6 +259,16 @@ def _resolve_models(args: argparse.Namespace) -> None:
         key, _, value = item.partition("=")
         if key.strip().replace("-", "_") == "detector_model" and value.strip():
             args.extra[i] = f"{key}={zoo.resolve_model(value.strip())}"
+    model = getattr(args, "model", None)
+    if args.command in ("evaluate", "predict", "karyotype") and isinstance(model, Path) and model.is_file():
+        from .engine.checkpoint import read_meta
+
+        try:
+            warning = zoo.synthetic_warning(read_meta(model).trained_on)
+        except CellClassError:
+            warning = ""  # the task reports an unreadable checkpoint itself
+        if warning:
+            print(f"cellclass: {warning}", file=sys.stderr)
 
 
 def _zoo_command(args: argparse.Namespace) -> int:
