@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from .limits import ScanReport, read_image, scan_files, to_uint8
 from ..synth.chromosomes import CHROMOSOME_CLASSES, class_index
 
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -69,12 +70,10 @@ def _read_voc(xml_path: Path) -> tuple[str | None, list[tuple[str, tuple[int, in
     return fname, objs
 
 
-def _scan_bioimlab(root: Path) -> list[ChromosomeSample]:
+def _scan_bioimlab(root: Path, report: ScanReport) -> list[ChromosomeSample]:
     out = []
-    for cell_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for f in sorted(cell_dir.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+    for cell_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))):
+        for f in scan_files(cell_dir, IMAGE_SUFFIXES, report):
             m = _BIOIMLAB.match(f.stem)
             if not m:
                 continue
@@ -90,21 +89,46 @@ def _cell_of(stem: str) -> str:
     return m.group(1) if m else stem
 
 
-def _scan_class_folders(root: Path) -> list[ChromosomeSample]:
+def _unknown_class_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and p.name not in _FOLDER_NAMES and not p.name.startswith((".", "__MACOSX")))
+
+
+def _folder_hint(names: list[str]) -> str:
+    hints = []
+    for n in names:
+        m = re.fullmatch(r"(?:chr|chromosome|c)[_ -]?(\d{1,2}|x|y)", n, re.IGNORECASE)
+        if m and (m.group(1).upper() in ("X", "Y") or 1 <= int(m.group(1)) <= 24):
+            hints.append(f"rename {n}/ to {m.group(1).upper()}/")
+    return ("; " + ", ".join(hints[:3])) if hints else ""
+
+
+def _scan_class_folders(root: Path, report: ScanReport) -> list[ChromosomeSample]:
+    """Folders ``1``..``22``, ``X``, ``Y`` (or 23/24); any other folder is an error, never ignored."""
+    unknown = _unknown_class_folders(root)
+    if unknown:
+        raise InputError(
+            f"folder(s) {', '.join(n + '/' for n in unknown[:6])} are not chromosome classes (expected 1..22, X, "
+            f"Y, or 23 = X and 24 = Y){_folder_hint(unknown)}; move them out of the data set", root)
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name in _FOLDER_NAMES):
         k = class_index(d.name)
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                out.append(ChromosomeSample(f, k, _cell_of(f.stem)))
+        files = scan_files(d, IMAGE_SUFFIXES, report)
+        if not files:
+            report.skip("empty class folder(s)", d)
+        for f in files:
+            out.append(ChromosomeSample(f, k, _cell_of(f.stem)))
     return out
 
 
-def _scan_spreads(root: Path) -> list[ChromosomeSample]:
+def _scan_spreads(root: Path, report: ScanReport) -> list[ChromosomeSample]:
     ann = root / "annotations" if (root / "annotations").is_dir() else root
     img_dir = root / "images" if (root / "images").is_dir() else ann
     out = []
     for xml in sorted(ann.glob("*.xml")):
+        if xml.name.startswith("._"):
+            report.skip("macOS '._' metadata file(s)", xml)
+            continue
         fname, objs = _read_voc(xml)
         img = None
         for cand in ([img_dir / fname] if fname else []) + [img_dir / (xml.stem + s) for s in (".jpg", ".png", ".bmp", ".tif")]:
@@ -136,19 +160,30 @@ def detect_layout(root: str | Path) -> str:
             return "bioimlab"
     if names & _FOLDER_NAMES:
         return "class_folders"
+    unknown = _unknown_class_folders(root)
+    found = f"; found folder(s) {', '.join(n + '/' for n in unknown[:6])}{_folder_hint(unknown)}" if unknown else ""
     raise InputError(
         "not a chromosome dataset: expected class folders 1..22/X/Y, BioImLab cell folders "
-        "('<cell> <class><a|b>.bmp') or VOC spreads (annotations/*.xml + images/)", root)
+        f"('<cell> <class><a|b>.bmp') or VOC spreads (annotations/*.xml + images/){found}", root)
 
 
 def scan_dataset(root: str | Path) -> list[ChromosomeSample]:
     """All chromosome crops under ``root`` (layout detected automatically)."""
     root = Path(root)
     layout = detect_layout(root)
-    samples = {"bioimlab": _scan_bioimlab, "class_folders": _scan_class_folders, "spreads": _scan_spreads}[layout](root)
+    report = ScanReport()
+    scan = {"bioimlab": _scan_bioimlab, "class_folders": _scan_class_folders, "spreads": _scan_spreads}[layout]
+    samples = scan(root, report)
+    report.files = [s.path for s in samples]
+    LAST_SCAN.files, LAST_SCAN.skipped = report.files, report.skipped
+    report.warn(root)
     if not samples:
         raise InputError(f"no chromosome images found ({layout} layout)", root)
     return samples
+
+
+#: What the latest :func:`scan_dataset` used and skipped (for reports and tests).
+LAST_SCAN = ScanReport()
 
 
 def split_by_cell(samples: Sequence[ChromosomeSample], val_fraction: float = 0.2,
@@ -181,6 +216,23 @@ def _as_gray(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def read_gray8(path: Path) -> np.ndarray:
+    """(H, W) uint8 through the shared door: size checked first, 16-bit/float rescaled, RGB to luma."""
+    from PIL import Image
+
+    a = read_image(path)
+    if a.ndim == 3 and a.shape[-1] in (2, 4):
+        a = a[..., :-1]
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    a = to_uint8(a, path)
+    if a.ndim == 3 and a.shape[-1] == 3:
+        a = np.asarray(Image.fromarray(np.ascontiguousarray(a)).convert("L"))  # ITU-R 601 luma, as before
+    if a.ndim != 2:
+        raise InputError(f"a chromosome image must be 2-D gray or RGB, got shape {a.shape}", path)
+    return a
+
+
 def load_crop(sample: ChromosomeSample, _cache: dict | None = None) -> np.ndarray:
     """The raw gray crop (uint8) of one sample."""
     from PIL import Image
@@ -188,11 +240,7 @@ def load_crop(sample: ChromosomeSample, _cache: dict | None = None) -> np.ndarra
     key = str(sample.path)
     img = _cache.get(key) if _cache is not None else None
     if img is None:
-        try:
-            with Image.open(sample.path) as im:
-                img = np.asarray(im.convert("L"))
-        except Exception as exc:
-            raise InputError(f"cannot read image: {exc}", sample.path) from None
+        img = read_gray8(sample.path)
         if _cache is not None and sample.box is not None:
             _cache[key] = img
     if sample.box is not None:
@@ -281,10 +329,14 @@ def prepare_crop(gray_crop: np.ndarray, mask: np.ndarray | None = None, size: Se
     chromosomes to a common canvas height so that their length stays visible
     to the network, as the seed pads crops to 224 px before resizing.
     """
+    return canvas_crop(orient_crop(gray_crop, mask, orient), size, pad_to)
+
+
+def canvas_crop(x: np.ndarray, size: Sequence[int] = (448, 456), pad_to: float | None = None) -> np.ndarray:
+    """Second half of :func:`prepare_crop`: an oriented crop centred on its canvas and resized."""
     import torch
 
     H, W = int(size[0]), int(size[1])
-    x = orient_crop(gray_crop, mask, orient)
     h, w = x.shape
     ch = max(float(h), w * H / W, float(pad_to or 0))
     cw = ch * W / H

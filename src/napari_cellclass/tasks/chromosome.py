@@ -25,7 +25,7 @@ from ..engine.training import fit, restore_resume_state
 from ..errors import InputError
 from ..io.chromosome_dataset import (
     ChromosomeSample,
-    estimate_pad_to,
+    canvas_crop,
     load_crop,
     orient_crop,
     prepare_crop,
@@ -120,6 +120,8 @@ class CropBatches:
 
     def _prep(self, i: int) -> np.ndarray:
         crop = self.crops[i]
+        if isinstance(crop, Oriented):
+            return canvas_crop(crop.x, self.size, self.pad_to[i])
         img, mask = crop if isinstance(crop, tuple) else (crop, None)
         return prepare_crop(img, mask, self.size, self.pad_to[i])
 
@@ -180,10 +182,33 @@ def augment_batch(x: torch.Tensor, g: torch.Generator, strength: float = 1.0) ->
     return x.clamp(0, 1.2)
 
 
+class Oriented:
+    """A crop already through :func:`orient_crop` (upright, background removed), kept to be
+    measured and canvassed without orienting it twice."""
+
+    __slots__ = ("x",)
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+
+
+def orient_all(crops: Sequence, cancel: CancelToken | None = None) -> list[Oriented]:
+    out = []
+    for i, c in enumerate(crops):
+        if i % 200 == 0:
+            check_cancel(cancel)
+        img, mask = c if isinstance(c, tuple) else (c, None)
+        out.append(Oriented(orient_crop(img, mask)))
+    return out
+
+
 def crop_lengths(crops: Sequence) -> np.ndarray:
     """Long-axis length (pixels) of each crop's chromosome, measured as :func:`prepare_crop` sees it."""
     out = []
     for c in crops:
+        if isinstance(c, Oriented):
+            out.append(c.x.shape[0])
+            continue
         img, mask = c if isinstance(c, tuple) else (c, None)
         out.append(orient_crop(img, mask).shape[0])
     return np.asarray(out, np.float64)
@@ -259,8 +284,9 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
     samples = scan_dataset(data)
     yield Progress(0, None, "load", f"{len(samples)} chromosomes in {data}")
     train_s, val_s = split_by_cell(samples, float(opts.get("val_fraction", 0.2)), opts.seed)
-    train_c = load_samples(train_s, opts.cancel)
-    val_c = load_samples(val_s, opts.cancel)
+    yield Progress(0, None, "prepare", "orienting crops")
+    train_c = orient_all(load_samples(train_s, opts.cancel), opts.cancel)
+    val_c = orient_all(load_samples(val_s, opts.cancel), opts.cancel)
     cfg = arch_config(arch, opts)
     size = cfg["input_size"]
     canvas = str(opts.get("canvas", "relative"))
@@ -276,7 +302,7 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
         val_pad = list(pad_rel * cell_references(val_c, [s.cell for s in val_s])[1])
         note = f"canvas {pad_rel:.2f} x the cell's median chromosome length"
     else:
-        pad_to = int(pad_to) if pad_to is not None else estimate_pad_to(train_c)
+        pad_to = int(pad_to) if pad_to is not None else int(np.ceil(np.percentile(crop_lengths(train_c), 98)))
         train_pad, val_pad = pad_to, pad_to
         note = f"canvas {pad_to} px"
     yield Progress(0, None, "prepare", f"preparing crops at {size[0]}x{size[1]} ({note})")
