@@ -1,7 +1,8 @@
-"""Classify-blood widget in a real napari viewer: features, colours, differential table, CSV."""
+"""Blood widget, own boxes, in a real napari viewer: new result layer, colours, differential table, CSV."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_cellclass.engine.checkpoint import CheckpointMeta, save_checkpoint
@@ -21,7 +22,7 @@ def checkpoint(tmp_path):
 
 @pytest.mark.viewer
 def test_widget_classifies_shapes_in_worker(make_napari_viewer, qtbot, checkpoint, tmp_path):
-    from napari_cellclass.widgets.classify_blood import ClassifyBloodWidget
+    from napari_cellclass.widgets.classify_blood import CLASSIFIED_SUFFIX, ClassifyBloodWidget
 
     viewer = make_napari_viewer()
     smear = make_smear(3, n_wbc=4)
@@ -36,16 +37,18 @@ def test_widget_classifies_shapes_in_worker(make_napari_viewer, qtbot, checkpoin
     w.run()  # worker thread
     qtbot.waitUntil(lambda: w.result is not None, timeout=60000)
     qtbot.waitUntil(lambda: w.run_button.isEnabled(), timeout=10000)
-    feats = shapes.features
-    assert len(feats) == 4 and {"class", "score", *(f"p_{c}" for c in BLOOD_CLASSES)} <= set(feats.columns)
+    assert shapes.features.empty  # the user's layer gets nothing written into it
+    out = viewer.layers["cells" + CLASSIFIED_SUFFIX]
+    feats = out.features
+    assert len(feats) == 4 and {"wbc_class", "wbc_score", *(f"p_{c}" for c in BLOOD_CLASSES)} <= set(feats.columns)
     assert np.allclose(feats[[f"p_{c}" for c in BLOOD_CLASSES]].sum(axis=1), 1, atol=1e-4)
-    expected = np.array([CLASS_COLOURS[c] for c in feats["class"]])
-    assert np.allclose(shapes.edge_color, expected)
+    expected = np.array([CLASS_COLOURS[c] for c in feats["wbc_class"]])
+    assert np.allclose(out.edge_color, expected)
     assert w.table.rowCount() == 5 and w.table.item(4, 1).text() == "4"
     counts = [int(w.table.item(i, 1).text()) for i in range(4)]
-    assert counts == [int((feats["class"] == c).sum()) for c in BLOOD_CLASSES]
-    out = w.export_csv(tmp_path / "diff.csv")
-    assert out.read_text().startswith("class,count,percent")
+    assert counts == [int((feats["wbc_class"] == c).sum()) for c in BLOOD_CLASSES]
+    out_csv = w.export_csv(tmp_path / "diff.csv")
+    assert out_csv.read_text().startswith("class,count,percent")
 
 
 @pytest.mark.viewer
@@ -62,10 +65,12 @@ def test_widget_labels_layer_and_errors(make_napari_viewer, checkpoint, monkeypa
         labels[y0:y1, x0:x1] = i
     lab = viewer.add_labels(labels, name="cells")
     w = cb.ClassifyBloodWidget(viewer)
+    w.model_edit.setText("")
     w.run(sync=True)  # no model chosen: a message, no traceback
     assert errors and "model" in errors[-1]
     w.model_edit.setText(str(checkpoint))
     w.device_combo.setCurrentText("cpu")
     w.run(sync=True)
-    assert cb.RESULT_LAYER in viewer.layers and len(viewer.layers[cb.RESULT_LAYER].features) == 2
-    assert list(lab.features["index"]) == [1, 2]
+    out = viewer.layers["cells" + cb.CLASSIFIED_SUFFIX]
+    assert len(out.features) == 2 and list(out.features["label_id"]) == [1, 2]
+    pd.testing.assert_frame_equal(lab.features, pd.DataFrame())  # the labels layer is not touched

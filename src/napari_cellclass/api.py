@@ -71,3 +71,17 @@ def evaluate(task: str, model: str | Path, data: str | Path, **options) -> dict[
     opts = TaskOptions(**{k: v for k, v in options.items() if k in known})
     seg_only = task == "karyotype" and (model is None or str(model).lower() in ("none", "-"))
     return run_sync(task_function(task, "evaluate")(model if seg_only else _model(model, task), Path(data), opts))
+
+
+def analyse_smear(image: Any, detector: str | Path | None = None, classifier: str | Path | None = None, *,
+                  device: str | None = None, **kwargs) -> dict[str, Any]:
+    """Blood smear end to end: detect cells, classify only the white ones, count.
+
+    Models default to the built-in blood-cell detector and white-cell classifier.
+    Returns boxes (y0, x0, y1, x1), detector labels and scores, the white-cell class
+    of each white cell, ``counts`` (RBC, WBC, Platelets) and the ``differential``;
+    see :func:`napari_cellclass.tasks.blood.analyse_smear`.
+    """
+    from .tasks.blood import analyse_smear as job
+
+    return run_sync(job(_data(image), detector, classifier, device=device, **kwargs))

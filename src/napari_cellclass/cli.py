@@ -78,8 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="run a checkpoint on images; writes results to --out")
     p.add_argument("task")
-    p.add_argument("model", type=Path)
-    p.add_argument("inputs", type=Path, nargs="+")
+    p.add_argument("model", type=Path, help="model (built-in name or checkpoint); with --model, the first input")
+    p.add_argument("inputs", type=Path, nargs="*")
+    p.add_argument("--model", dest="model_option", default=None,
+                   help="model (built-in name or checkpoint); then every positional argument is an input")
+    p.add_argument("--detector", default=None,
+                   help="wbc: the blood-cell detector that finds the white cells (default: the built-in)")
     p.add_argument("--out", type=Path, default=Path("cellclass-out"))
     p.add_argument("--batch-size", type=int, default=None)
     batch.add_arguments(p)
@@ -179,8 +183,18 @@ def run(argv: list[str] | None = None) -> int:
 
     if args.command in ("models", "export", "import"):
         return _zoo_command(args)
+    if args.command == "predict":  # `predict TASK MODEL INPUT...` or `predict TASK INPUT... --model MODEL`
+        if args.model_option is not None:
+            args.inputs, args.model = [args.model, *args.inputs], Path(args.model_option)
+        if not args.inputs:
+            raise CellClassError("predict needs at least one image or folder after the model "
+                                 "(or: cellclass predict TASK FOLDER --model NAME)")
     _resolve_models(args)
     opts = _options(args)
+    if getattr(args, "detector", None):
+        from . import zoo
+
+        opts.extra["detector"] = str(zoo.resolve_model(args.detector, task="detect"))
     quiet = getattr(args, "quiet", False)
     from .engine import distributed
 

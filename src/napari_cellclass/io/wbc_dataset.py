@@ -284,3 +284,187 @@ def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
     counts = torch.bincount(torch.as_tensor(np.asarray(targets), dtype=torch.long), minlength=num_classes).float()
     w = 1.0 / counts.clamp_min(1)
     return w / w.mean()
+
+
+# ----------------------------------------------------------------------------- fixed-scale crops (blood smears)
+#
+# A white cell's size is part of its class (a lymphocyte is small, a monocyte
+# large), so for smears the crop is a window of fixed size in *image pixels*
+# around the cell's centre, never stretched to the box.  Training keeps a wider
+# margin (``MARGIN``) so that random rotations and shifts never reach past the
+# stored pixels.
+
+FIXED_WINDOW = 256  # source pixels of the classifier's view (BCCD: 640x480 at 100x oil)
+MARGIN = 1.5  # stored training crops are this much wider than the view
+
+
+def crop_fixed(image: np.ndarray, centre_yx: Sequence[float], window: float, size: int) -> np.ndarray:
+    """A ``window`` x ``window`` pixel square centred on ``centre_yx``, edge-padded, resized to ``size``."""
+    from PIL import Image
+
+    img = as_rgb(image)
+    cy, cx = (float(v) for v in centre_yx)
+    s = max(2, int(round(window)))
+    top, left = int(round(cy - s / 2)), int(round(cx - s / 2))
+    h, w = img.shape[:2]
+    pad = max(0, -top, -left, top + s - h, left + s - w)
+    if pad:
+        img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="reflect" if pad < min(h, w) else "edge")
+        top, left = top + pad, left + pad
+    img = img[top : top + s, left : left + s]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BILINEAR))
+
+
+def box_centre(box_yx: Sequence[float]) -> tuple[float, float]:
+    y0, x0, y1, x1 = (float(v) for v in box_yx)
+    return (y0 + y1) / 2, (x0 + x1) / 2
+
+
+def load_fixed_crops(records: Sequence[WBCRecord], window: float, size: int, margin: float = 1.0,
+                     cancel=None) -> np.ndarray:
+    """(N, S, S, 3) uint8 fixed-scale crops around each record's box centre, S = round(size * margin)."""
+    from ..engine.progress import check_cancel
+
+    s = int(round(size * margin))
+    out = np.empty((len(records), s, s, 3), np.uint8)
+    cache: dict[Path, np.ndarray] = {}
+    for i, r in enumerate(records):
+        if i % 32 == 0:
+            check_cancel(cancel)
+        if r.path not in cache:
+            cache = {r.path: read_rgb(r.path)}
+        img = cache[r.path]
+        centre = (img.shape[0] / 2, img.shape[1] / 2) if r.box is None else ((r.box[1] + r.box[3]) / 2,
+                                                                              (r.box[0] + r.box[2]) / 2)
+        out[i] = crop_fixed(img, centre, window * margin, s)
+    return out
+
+
+def augment_batch(x: torch.Tensor, size: int, gen: torch.Generator, *, rotate: bool = True,
+                  shift: float = 0.06, scale: float = 0.08, colour: float = 0.12, hue: float = 0.03,
+                  blur_p: float = 0.25) -> torch.Tensor:
+    """Random rotation (0-360), mirror, shift, mild scale, colour jitter and blur for a batch.
+
+    ``x`` is (N, 3, S, S) in [0, 1] with S >= size * sqrt(2) margin; the output is
+    the centre ``size`` x ``size`` view, so a rotation never shows invented corners.
+    Colour changes stay mild: the stain (orange eosinophil granules, blue
+    lymphocyte cytoplasm) is part of the class.
+    """
+    import math
+
+    import torch.nn.functional as F
+
+    n, _, s, _ = x.shape
+    u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    theta_ang = u(n) * 2 * math.pi if rotate else torch.zeros(n)
+    flip = torch.where(u(n) < 0.5, -1.0, 1.0)
+    zoom = 1.0 + (u(n) * 2 - 1) * scale
+    frac = size / s  # the view covers this fraction of the stored crop
+    cos, sin = torch.cos(theta_ang), torch.sin(theta_ang)
+    a = torch.zeros(n, 2, 3)
+    a[:, 0, 0] = cos * frac / zoom * flip
+    a[:, 0, 1] = -sin * frac / zoom
+    a[:, 1, 0] = sin * frac / zoom * flip
+    a[:, 1, 1] = cos * frac / zoom
+    a[:, :, 2] = (u(n, 2) * 2 - 1) * shift * 2 * frac
+    grid = F.affine_grid(a, [n, 3, size, size], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if colour:
+        b = 1.0 + (u(n, 1, 1, 1) * 2 - 1) * colour
+        c = 1.0 + (u(n, 1, 1, 1) * 2 - 1) * colour
+        sat = 1.0 + (u(n, 1, 1, 1) * 2 - 1) * colour
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = (out - mean) * c + mean
+        gray = out.mean(dim=1, keepdim=True)
+        out = (out - gray) * sat + gray
+        out = out * b
+    if hue:
+        # small hue rotation: mix channels with a rotation about the gray axis
+        ang = (u(n) * 2 - 1) * hue * 2 * math.pi
+        k = torch.full((3,), 1 / math.sqrt(3))
+        cos_h, sin_h = torch.cos(ang), torch.sin(ang)
+        kx = torch.tensor([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+        outer = torch.outer(k, k)
+        rot = (cos_h[:, None, None] * torch.eye(3) + sin_h[:, None, None] * kx
+               + (1 - cos_h)[:, None, None] * outer)
+        out = torch.einsum("nij,njhw->nihw", rot, out)
+    if blur_p:
+        sel = u(n) < blur_p
+        if bool(sel.any()):
+            kern = torch.tensor([1.0, 2.0, 1.0]) / 4
+            k2 = (kern[:, None] * kern[None, :]).expand(3, 1, 3, 3)
+            out[sel] = F.conv2d(F.pad(out[sel], (1, 1, 1, 1), mode="replicate"), k2, groups=3)
+    return out.clamp_(0.0, 1.0)
+
+
+def normalise(x01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] NCHW -> ImageNet-normalised (what :func:`to_tensor` gives for uint8 crops)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+class AugmentedCropBatches:
+    """Batches over wide fixed-scale crops with :func:`augment_batch`; class-balanced by default.
+
+    ``epoch_size`` (default: the number of crops) sets how many samples one epoch
+    draws, so a small data set still gives the optimiser enough steps.
+    """
+
+    def __init__(self, crops: np.ndarray, targets: Sequence[int], batch_size: int, size: int, *,
+                 balance: str = "sampler", seed: int = 0, num_classes: int | None = None,
+                 epoch_size: int | None = None, augment: bool = True):
+        self.x = torch.from_numpy(np.require(crops, requirements=["C"])).permute(0, 3, 1, 2).contiguous()
+        self.y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        self.size, self.batch_size, self.balance, self.augment = int(size), int(batch_size), balance, augment
+        self.gen = torch.Generator().manual_seed(int(seed))
+        counts = torch.bincount(self.y, minlength=num_classes or int(self.y.max()) + 1).float()
+        self.sample_weights = (1.0 / counts.clamp_min(1))[self.y]
+        self.epoch_size = int(epoch_size or len(self.y))
+
+    def __len__(self) -> int:
+        return max(1, self.epoch_size // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        total = len(self) * self.batch_size
+        if self.balance == "sampler":
+            order = torch.multinomial(self.sample_weights, total, replacement=True, generator=self.gen)
+        else:
+            order = torch.cat([torch.randperm(n, generator=self.gen) for _ in range(total // n + 1)])[:total]
+        for start in range(0, total, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            xb = self.x[idx].float().div_(255.0)
+            if self.augment:
+                xb = augment_batch(xb, self.size, self.gen)
+            else:
+                off = (xb.shape[-1] - self.size) // 2
+                xb = xb[..., off : off + self.size, off : off + self.size]
+            yield normalise(xb), self.y[idx]
+
+
+def require_stained_rgb(image: np.ndarray, what: str = "the blood classifier") -> np.ndarray:
+    """The image as (H, W, 3) uint8 if it can be a stained bright-field smear; else an InputError saying why.
+
+    Refused: gray images (one channel, or three equal channels) and dark-background
+    images (fluorescence or dark-field: the median pixel is darker than 25% of full
+    scale), because the models learned Wright/Giemsa colours on a bright background
+    and would answer confidently and wrongly.
+    """
+    a = np.asarray(image)
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
+        raise InputError(f"{what} needs a colour (RGB) bright-field smear, but this image is gray (one channel); "
+                         "open the original colour image")
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise InputError(f"{what} needs an RGB smear image (H, W, 3), got an array of shape {a.shape}")
+    rgb = as_rgb(a)
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
+    sample = rgb[::step, ::step].astype(np.int16)
+    chroma = float(np.mean(np.abs(sample[..., 0] - sample[..., 1]) + np.abs(sample[..., 1] - sample[..., 2])))
+    if chroma < 4.0:
+        raise InputError(f"{what} needs a stained colour smear, but this image is gray (its red, green and blue "
+                         "channels are the same); open the original colour image")
+    if float(np.median(sample.mean(axis=2))) < 64.0:
+        raise InputError(f"{what} needs a bright-field smear (light background), but this image has a dark "
+                         "background, like a fluorescence or dark-field image")
+    return rgb

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..engine import distributed
-from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, load_checkpoint
+from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, load_checkpoint, save_checkpoint
 from ..engine.device import resolve_device
 from ..engine.progress import CancelToken, Job, Progress, check_cancel, run_sync
 from ..engine.training import fit, restore_resume_state
@@ -34,11 +34,20 @@ from ..errors import InputError
 from ..io.detection_dataset import DetectionDataset, from_layers, load_dataset, read_image, to_rgb_uint8
 from ..models import detection as detection_models  # registers the archs (incl. fasterrcnn_tiny)
 from ..models.registry import build_model
+from . import detect_centernet as dc
 from .base import TaskOptions
 
 TASK = "detect"
-DEFAULT_ARCH = "fasterrcnn_resnet50_fpn_v2"
+DEFAULT_ARCH = "fasterrcnn_resnet50_fpn_v2"  # the seed's detector: the default on a CUDA GPU
+CPU_ARCH = "centernet"  # elsewhere: trains from scratch on a CPU in tens of minutes
 QUICK_ARCH = "fasterrcnn_tiny"
+
+
+def default_arch(policy: Any, quick: bool = False) -> str:
+    """The architecture ``cellclass train detect`` uses when none is named: it must suit the device."""
+    if quick:
+        return QUICK_ARCH
+    return DEFAULT_ARCH if policy.device.type == "cuda" else CPU_ARCH
 
 
 # ----------------------------------------------------------------------------- images
@@ -183,12 +192,18 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
         ck = load_checkpoint(init_from, task=TASK)
         arch = ck.meta.arch
         classes = list(ck.meta.class_names) + [c for c in classes if c not in ck.meta.class_names]
-        cfg = dict(ck.meta.arch_config, num_classes=len(classes) + 1)
+        cfg = dict(ck.meta.arch_config, num_classes=len(classes) + (0 if arch == dc.ARCH else 1))
         init_state = ck.state_dict
+        init_scale = ck.meta.training.get("pixel_scale")
     else:
-        arch = opts.arch or (QUICK_ARCH if opts.quick else DEFAULT_ARCH)
-        sizes = [min(it.height, it.width) for it in train_ds.items if it.height and it.width]
-        cfg = _default_config(arch, opts, len(classes), int(np.median(sizes)) if sizes else None)
+        arch = opts.arch or default_arch(policy, opts.quick)
+        init_scale = None
+        if arch == dc.ARCH:
+            cfg = dc.config_for(opts, len(classes))
+        else:
+            sizes = [min(it.height, it.width) for it in train_ds.items if it.height and it.width]
+            cfg = _default_config(arch, opts, len(classes), int(np.median(sizes)) if sizes else None)
+    centernet = arch == dc.ARCH
     train_ds.classes = classes
     if val_ds is not None:
         val_ds.classes = classes
@@ -201,14 +216,24 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
     elif opts.pretrained:
         transfer = detection_models.load_coco_transfer(model, arch)
     masks = detection_models.has_masks(model)
-    recipe = Recipe.from_options(opts, optimizer="momentum" if not opts.quick else "adam", lr=0.01 if not opts.quick else 2e-3,
-                                 weight_decay=1e-4, epochs=10 if not opts.quick else 8, schedule="constant" if opts.quick else "cosine",
-                                 warmup_epochs=0.0 if opts.quick else 1.0,
-                                 batch_size=4 if not opts.quick else 2, grad_clip=10.0)
-    batches = _Batches(train_ds, recipe.batch_size, masks=masks, augment=recipe.augment, seed=opts.seed)
+    if centernet:
+        recipe = Recipe.from_options(opts, optimizer="adamw", lr=2e-3, weight_decay=1e-4,
+                                     epochs=8 if opts.quick else 80, schedule="cosine",
+                                     warmup_epochs=0.0 if opts.quick else 2.0, batch_size=4 if opts.quick else 8,
+                                     grad_clip=10.0)
+        scale = float(opts.get("pixel_scale") or init_scale or dc.default_pixel_scale(train_ds))
+        batches = dc.CenterNetBatches(train_ds, recipe.batch_size, scale, augment=recipe.augment, seed=opts.seed)
+    else:
+        recipe = Recipe.from_options(opts, optimizer="momentum" if not opts.quick else "adam",
+                                     lr=0.01 if not opts.quick else 2e-3, weight_decay=1e-4,
+                                     epochs=10 if not opts.quick else 8,
+                                     schedule="constant" if opts.quick else "cosine",
+                                     warmup_epochs=0.0 if opts.quick else 1.0,
+                                     batch_size=4 if not opts.quick else 2, grad_clip=10.0)
+        batches = _Batches(train_ds, recipe.batch_size, masks=masks, augment=recipe.augment, seed=opts.seed)
+        scale = _pixel_scale(train_ds, cfg["min_size"], cfg["max_size"])
     optimizer = recipe.make_optimizer([p for p in model.parameters() if p.requires_grad])
     scheduler, per_batch = recipe.make_scheduler(optimizer, len(batches), recipe.epochs)
-    scale = _pixel_scale(train_ds, cfg["min_size"], cfg["max_size"])
     out = Path(opts.out) if opts.out else Path("runs") / f"{TASK}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, resume_path = out / "model.safetensors", out / "resume.pt"
@@ -217,28 +242,41 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
     if validate:
         def evaluate_fn(m: torch.nn.Module, epoch: int) -> dict[str, float]:
             m.eval()
-            preds = [_infer_whole(m, _tensor(val_ds.image(i)), scale, policy) for i in range(len(val_ds))]
+            if centernet:
+                preds = [dc.infer(m, _tensor(val_ds.image(i)), scale, policy, 0.01) for i in range(len(val_ds))]
+            else:
+                preds = [_infer_whole(m, _tensor(val_ds.image(i)), scale, policy) for i in range(len(val_ds))]
             r = coco_metrics(val_ds, preds, classes)
             m.train()
-            return {"mAP50": r["mAP50"], "mAP": r["mAP"]}
+            res = {"mAP50": r["mAP50"], "mAP": r["mAP"]}
+            res.update({f"AP50_{c}": v["AP50"] for c, v in r["per_class"].items()})
+            if centernet:  # the operating point users start from
+                f1 = dc.best_f1_threshold(val_ds, preds)
+                res.update({"score_threshold": f1["score_threshold"], "f1_at_threshold": f1["f1"]})
+            return res
 
     start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
 
     def make_meta(best: dict[str, float], hist: list[dict[str, float]]) -> CheckpointMeta:
+        input_size = list(batches.canvas) if centernet else [cfg["min_size"], cfg["max_size"]]
+        threshold = float(best.get("score_threshold", 0.3 if centernet else 0.7))
         return CheckpointMeta(
             task=TASK, arch=arch, class_names=classes, in_channels=3,
-            input_size=[cfg["min_size"], cfg["max_size"]], arch_config=cfg,
+            input_size=input_size, arch_config=cfg,
             normalization={"input": "RGB uint8 / 255 (HPA: yellow half into red and green)",
-                           "model": "torchvision ImageNet mean/std inside the network"},
+                           "model": "ImageNet mean/std inside the network"},
             thresholds=None,
             training={"source": source, "epochs": recipe.epochs, "pixel_scale": scale, "history": hist,
                       "device": policy.describe(), "recipe": recipe.to_dict(), "coco_transfer": transfer,
                       "fine_tuned_from": str(init_from) if init_from else None,
-                      "score_threshold": 0.7, "nms_iou": 0.5},
+                      "score_threshold": threshold, "nms_iou": 0.5,
+                      "train_images": _image_names(train_ds),
+                      "val_images": _image_names(val_ds) if val_ds is not None else [],
+                      "split": opts.get("split_rule", "by image")},
             metrics=best, trained_on=trained_on,
         )
 
-    job = fit(model, batches, loss_fn=_detection_loss, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
+    job = fit(model, batches, loss_fn=dc.loss_fn if centernet else _detection_loss, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
               evaluate=evaluate_fn, monitor="mAP50" if validate else "loss", mode="max" if validate else "min",
               scheduler=scheduler, scheduler_per_batch=per_batch, checkpoint_path=ckpt_path, make_meta=make_meta,
               cancel=opts.cancel, early_stopping_patience=recipe.early_stopping_patience,
@@ -255,9 +293,13 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
         yield p
         if p.stage == "epoch":
             epochs_seen.append(dict(p.metrics))
-            if budget and distributed.any_rank(time.monotonic() - t0 > float(budget)):  # torchrun: all ranks stop alike
-                job.close()  # the best checkpoint so far is already on disk
-                break
+        if budget and distributed.any_rank(time.monotonic() - t0 > float(budget)):  # torchrun: all ranks stop alike
+            # checked after every batch, so the budget also holds when one epoch is long
+            job.close()  # the best checkpoint of the finished epochs is already on disk
+            if not ckpt_path.exists():  # not even one epoch finished: keep what was learned
+                save_checkpoint(ckpt_path, model, make_meta({"note": "stopped by the time budget within the first "
+                                                                      "epoch; not validated"}, []))
+            break
     hist = result.history if result is not None else history + epochs_seen
     key = "mAP50" if validate else "loss"
     best = (max if validate else min)(hist, key=lambda h: h.get(key, float("nan"))) if hist else {}
@@ -275,10 +317,45 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
     }
 
 
+def _image_names(ds: DetectionDataset) -> list[str]:
+    return [it.image_path.name if it.image_path is not None else "" for it in ds.items]
+
+
+def _held_out(ds: DetectionDataset, data: Path, opts: TaskOptions) -> tuple[list[int], list[int]]:
+    """Train/validation indices.  ``split=image`` (default): random images; ``split=smear``:
+    whole groups of overlapping fields of view, stratified by white-cell class where a
+    ``wbc_labels.csv`` exists (:mod:`napari_cellclass.io.blood_split`), the built-in's rule."""
+    frac = float(opts.get("val_fraction", 0.2))
+    rule = str(opts.get("split", "image")).lower()
+    if rule == "image":
+        opts.extra.setdefault("split_rule", f"by image, {frac:.0%} held out at random, seed {opts.seed}")
+        return split_by_image(len(ds), frac, opts.seed)
+    if rule != "smear":
+        raise InputError(f"split must be 'image' or 'smear', got {rule!r}")
+    from ..io.blood_split import grouped_split, overlap_groups
+
+    paths = [it.image_path for it in ds.items]
+    strata = ["none"] * len(paths)
+    table = Path(data) / "wbc_labels.csv"
+    if Path(data).is_dir() and table.is_file():
+        import csv
+
+        with open(table, newline="") as fh:
+            cls = {r["image"].strip(): (r.get("category") or "none").strip().upper() for r in csv.DictReader(fh)}
+        strata = [cls.get(p.name, "none") for p in paths]
+    groups = overlap_groups(paths)
+    opts.extra.setdefault("split_rule", f"by smear area: {len(paths)} images in {len(set(groups))} groups of "
+                                        f"overlapping fields; {frac:.0%} of the groups of each white-cell class "
+                                        f"held out, seed {opts.seed}")
+    return grouped_split(strata, groups, frac, opts.seed)
+
+
 def train(data: Path, opts: TaskOptions) -> Job[dict]:
-    """Train on a VOC folder or COCO JSON; ``opts.extra['val_fraction']`` (0.2) is held out by image."""
-    ds = load_dataset(data, classes=opts.get("classes"))
-    tr, va = split_by_image(len(ds), float(opts.get("val_fraction", 0.2)), opts.seed)
+    """Train on a VOC folder or COCO JSON; ``val_fraction`` (0.2) is held out by image (``split=smear``: by
+    groups of overlapping fields, see :func:`_held_out`)."""
+    ds = load_dataset(data, classes=opts.get("classes"), allow_new_classes=bool(opts.get("allow_new_classes", False)))
+    yield Progress(0, None, "split", "choosing held-out images")
+    tr, va = _held_out(ds, Path(data), opts)
     val = ds.subset(va) if va else None
     result = yield from _train_job(ds.subset(tr), val, opts, source=str(data),
                                    trained_on=str(opts.get("trained_on", data)), init_from=opts.model)
@@ -312,6 +389,9 @@ def _set_scale(model: torch.nn.Module, h: int, w: int, scale: float) -> None:
 
 def _infer_whole(model: torch.nn.Module, x: torch.Tensor, scale: float, policy) -> dict[str, np.ndarray]:
     """One image/tile -> numpy boxes (x0,y0,x1,y1), 1-based label ids, scores, masks (N,h,w) or None."""
+    if dc.is_centernet(model):
+        return dc.infer(model, x, scale, policy, getattr(model, "score_thresh", 0.05),
+                        getattr(model, "nms_thresh", 0.5))
     h, w = x.shape[-2:]
     _set_scale(model, h, w, scale)
     with torch.inference_mode(), policy.autocast():
@@ -356,7 +436,17 @@ def _merge(boxes, labels, scores, truncated, nms_iou: float) -> np.ndarray:
     return idx[k]
 
 
-def detect(image: Any, model_path: Path, device: str | None = None, score_threshold: float = 0.7,
+def _set_thresholds(model: torch.nn.Module, score_threshold: float, nms_iou: float) -> None:
+    target = getattr(model, "roi_heads", model)  # torchvision: the ROI heads; CenterNet: the model itself
+    target.score_thresh, target.nms_thresh = float(score_threshold), float(nms_iou)
+
+
+def model_score_threshold(meta: CheckpointMeta) -> float:
+    """The score threshold a model recommends (chosen on its validation images), else 0.7."""
+    return float(meta.training.get("score_threshold", 0.7) or 0.7)
+
+
+def detect(image: Any, model_path: Path, device: str | None = None, score_threshold: float | None = None,
            nms_iou: float = 0.5, tile: int | None = None, overlap: int = 128, cancel: CancelToken | None = None,
            hpa: bool | None = None, _model: tuple | None = None) -> Job[dict]:
     """Detect objects in one image.
@@ -365,18 +455,21 @@ def detect(image: Any, model_path: Path, device: str | None = None, score_thresh
     (1-based), ``scores``, ``class_names``, and for Mask R-CNN models
     ``instance_labels`` (H, W) int32 (object k painted as k + 1; higher scores on top).
     ``tile=None`` tiles automatically only images larger than 2048 px (tile 1024).
+    ``score_threshold=None`` uses the model's own (stored at training); ``message``
+    says how many objects passed it, also when none did (a normal result).
     """
     policy = resolve_device(device)
     if _model is not None:
         model, meta = _model
     else:
-        model, meta = build_from_checkpoint(model_path, task=TASK)
+        model, meta = build_from_checkpoint(resolve_model_path(model_path), task=TASK)
     model = model.to(policy.device).eval()
     rgb = prepare_image(image, hpa)
     H, W = rgb.shape[:2]
     scale = float(meta.training.get("pixel_scale", 1.0))
-    roi = model.roi_heads
-    roi.score_thresh, roi.nms_thresh = float(score_threshold), float(nms_iou)
+    if score_threshold is None:
+        score_threshold = model_score_threshold(meta)
+    _set_thresholds(model, score_threshold, nms_iou)
     if tile is None and max(H, W) > 2048:
         tile = 1024
     tile = int(tile) if tile else max(H, W)
@@ -422,6 +515,8 @@ def detect(image: Any, model_path: Path, device: str | None = None, score_thresh
         "class_names": names,
         "device": policy.describe(),
         "tiles": total,
+        "score_threshold": float(score_threshold),
+        "message": f"{len(keep)} object(s) above score {float(score_threshold):.2f}",
     }
     if all_m:
         inst = np.zeros((H, W), dtype=np.int32)
@@ -491,7 +586,7 @@ def coco_metrics(ds: DetectionDataset, preds: list[dict[str, np.ndarray]], class
 def _predict_dataset(model, meta, ds: DetectionDataset, policy, cancel, score_threshold: float = 0.05,
                      nms_iou: float = 0.5) -> Job[list[dict]]:
     model = model.to(policy.device).eval()
-    model.roi_heads.score_thresh, model.roi_heads.nms_thresh = score_threshold, nms_iou
+    _set_thresholds(model, score_threshold, nms_iou)
     scale = float(meta.training.get("pixel_scale", 1.0))
     preds = []
     for i in range(len(ds)):
@@ -501,21 +596,43 @@ def _predict_dataset(model, meta, ds: DetectionDataset, policy, cancel, score_th
     return preds
 
 
+def resolve_model_path(spec: str | Path, task: str = TASK) -> Path:
+    """A checkpoint path, or a built-in model's name resolved (and sha256-checked) through the zoo."""
+    from ..zoo import resolve_model
+
+    return Path(resolve_model(spec, task=task))
+
+
 def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict]:
-    """mAP on a VOC folder or COCO JSON (all of it; pass a held-out set). JSON-able result."""
+    """mAP on a VOC folder or COCO JSON. JSON-able result.
+
+    ``model`` is a checkpoint file or a built-in model's name.  ``--set split=val``
+    evaluates only the images the model held out when it was trained (listed in
+    its checkpoint), ``split=train`` the others; default: all images given.
+    """
     policy = resolve_device(opts.device)
+    model = resolve_model_path(model, TASK)
     net, meta = build_from_checkpoint(model, task=TASK)
     ds = load_dataset(data, classes=list(meta.class_names))
     unknown = [c for c in ds.classes if c not in meta.class_names]
     if unknown:
         raise InputError(f"dataset has classes the model does not know: {unknown}", data)
     ds.classes = list(meta.class_names)
+    split = str(opts.get("split", "all")).lower()
+    if split in ("val", "train"):
+        wanted = set(meta.training.get(f"{split}_images") or [])
+        if not wanted:
+            raise InputError(f"the model does not list its {split} images; evaluate on a folder of held-out images")
+        idx = [i for i, name in enumerate(_image_names(ds)) if name in wanted]
+        if not idx:
+            raise InputError(f"none of the model's {split} images are in this dataset", data)
+        ds = ds.subset(idx)
     t0 = time.monotonic()
     preds = yield from _predict_dataset(net, meta, ds, policy, opts.cancel,
                                         float(opts.get("score_threshold", 0.05)), float(opts.get("nms_iou", 0.5)))
     secs = time.monotonic() - t0
     r = coco_metrics(ds, preds, ds.classes)
-    r.update({"model": str(model), "data": str(data), "device": policy.describe(),
+    r.update({"model": str(model), "data": str(data), "split": split, "device": policy.describe(),
               "images_per_s": round(len(ds) / max(secs, 1e-9), 2), "trained_on": meta.trained_on})
     return json.loads(json.dumps(r, default=float))
 
@@ -527,6 +644,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict]:
     from ..engine.atomic import atomic_path
 
     policy = resolve_device(opts.device)
+    model = resolve_model_path(model)
     net, meta = build_from_checkpoint(model, task=TASK)
     out = Path(opts.out or Path("runs") / f"{TASK}-predict-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -534,7 +652,8 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict]:
     cats = [{"id": k + 1, "name": c} for k, c in enumerate(meta.class_names)]
     for n, path in enumerate(inputs):
         img = read_image(Path(path))
-        r = yield from detect(img, model, device=opts.device, score_threshold=float(opts.get("score_threshold", 0.7)),
+        thr = opts.get("score_threshold")
+        r = yield from detect(img, model, device=opts.device, score_threshold=None if thr is None else float(thr),
                               nms_iou=float(opts.get("nms_iou", 0.5)), tile=opts.get("tile"),
                               overlap=int(opts.get("overlap", 128)), cancel=opts.cancel, _model=(net, meta))
         images.append({"id": n + 1, "file_name": str(Path(path).resolve()), "width": img.shape[1],

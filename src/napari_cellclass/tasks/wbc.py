@@ -40,6 +40,8 @@ from .base import TaskOptions
 
 TASK = "wbc"
 DEFAULT_SIZE = 224
+FIXED_SIZE = 128  # fixed-scale smear crops: a 256 px window shown at 128 px
+FIXED_WIDTH = 16
 QUICK_SIZE = 64
 QUICK_ARCH = {"width": 8, "layers": [1, 1, 1, 1]}
 SYNTH_MARKER = "SYNTHETIC.txt"
@@ -127,14 +129,39 @@ def _forward_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Te
 
 
 def _probabilities(model: torch.nn.Module, crops: np.ndarray, policy, batch_size: int,
-                   cancel: CancelToken | None) -> Job[np.ndarray]:
-    items = list(range(len(crops)))
-    probs = yield from predict_batches(
-        model, items, policy=policy, batch_size=batch_size, cancel=cancel, stage="classify",
-        preprocess=lambda i: D.to_tensor(crops[i : i + 1])[0],
-        postprocess=lambda out: list(torch.softmax(out, dim=1).numpy()),
-    )
-    return np.stack(probs) if probs else np.zeros((0, 0), np.float32)
+                   cancel: CancelToken | None, tta: int = 1) -> Job[np.ndarray]:
+    """Softmax probabilities; ``tta`` > 1 averages over that many of the 8 flips/rotations
+    (a cell has no up or down, so this only removes orientation noise)."""
+    total = None
+    for k in range(max(1, min(int(tta), 8))):
+        items = list(range(len(crops)))
+        probs = yield from predict_batches(
+            model, items, policy=policy, batch_size=batch_size, cancel=cancel, stage="classify",
+            preprocess=lambda i, k=k: D.dihedral(D.to_tensor(crops[i : i + 1])[0], k),
+            postprocess=lambda out: list(torch.softmax(out.float(), dim=1).numpy()),
+        )
+        p = np.stack(probs) if probs else np.zeros((0, 0), np.float32)
+        total = p if total is None else total + p
+    return total / max(1, min(int(tta), 8))
+
+
+def crop_mode(meta_or_norm: Any) -> str:
+    norm = getattr(meta_or_norm, "normalization", meta_or_norm) or {}
+    return str(norm.get("crop", "box"))
+
+
+def model_crops(image: np.ndarray, boxes: np.ndarray, meta: CheckpointMeta) -> np.ndarray:
+    """The crops a checkpoint expects: fixed-scale windows around the box centres (``crop=fixed``,
+    the blood-smear models) or squares fitted to each box (``crop=box``)."""
+    size = int(meta.input_size[0])
+    if not len(boxes):
+        return np.zeros((0, size, size, 3), np.uint8)
+    norm = meta.normalization or {}
+    if crop_mode(meta) == "fixed":
+        window = float(norm.get("window_px", D.FIXED_WINDOW))
+        return np.stack([D.crop_fixed(image, D.box_centre(b), window, size) for b in boxes])
+    context = float(norm.get("crop_context", D.CONTEXT))
+    return np.stack([D.crop_cell(image, b, size, context) for b in boxes])
 
 
 # ----------------------------------------------------------------------------- train
@@ -161,23 +188,46 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     except ValueError as exc:
         raise InputError(str(exc)) from None
 
-    records = D.find_records(data, split=opts.get("split", "train") if _has_split_folders(data) else None)
-    class_names, records = D.choose_classes(records, bool(opts.get("include_basophil", False)))
-    train_recs, val_recs = D.split_by_group(records, float(opts.get("val_fraction", 0.2)), opts.seed)
-    yield Progress(0, None, "load", f"{len(train_recs)} training / {len(val_recs)} validation cells, {class_names}")
-    x_train = D.load_crops(train_recs, size, opts.cancel)
-    x_val = D.load_crops(val_recs, size, opts.cancel)
+    all_records = D.find_records(data, split=opts.get("split", "train") if _has_split_folders(data) else None)
+    class_names, records = D.choose_classes(all_records, bool(opts.get("include_basophil", False)))
+    left_out = _left_out(all_records, class_names)
+    train_recs, val_recs = _split(records, opts)
+    crop = str(opts.get("crop") or ("fixed" if records and all(r.box is not None for r in records) else "box"))
+    if crop not in ("fixed", "box"):
+        raise InputError(f"crop must be 'fixed' (fixed pixel scale, for smears) or 'box', got {crop!r}")
+    fixed = crop == "fixed"
+    if fixed and not opts.size:
+        size = QUICK_SIZE if opts.quick else FIXED_SIZE
+    window = float(opts.get("window", D.FIXED_WINDOW))
+    note = "; ".join(f"{n} {k} cell(s) left out ({why})" for n, (k, why) in left_out.items())
+    yield Progress(0, None, "load", f"{len(train_recs)} training / {len(val_recs)} validation cells, {class_names}"
+                   + (f"; {note}" if note else ""))
+    if fixed:
+        x_train = D.load_fixed_crops(train_recs, window, size, D.MARGIN, opts.cancel)
+        x_val = D.load_fixed_crops(val_recs, window, size, 1.0, opts.cancel)
+    else:
+        x_train = D.load_crops(train_recs, size, opts.cancel)
+        x_val = D.load_crops(val_recs, size, opts.cancel)
     y_train = [class_names.index(r.label) for r in train_recs]
     y_val = [class_names.index(r.label) for r in val_recs]
 
     arch, cfg = _arch(opts, len(class_names))
+    if fixed and opts.get("width") is None and not opts.quick and not opts.pretrained:
+        cfg["width"] = FIXED_WIDTH  # CPU-sized: ResNet-34 depth at a quarter of its channels
     model = build_model(arch, **cfg, pretrained=bool(opts.pretrained))
     quick = opts.quick
-    recipe = Recipe.from_options(
-        _without(opts, "loss"),
-        optimizer="momentum" if opts.pretrained else "adam", lr=1e-3, momentum=0.9,
-        epochs=3 if quick else 20, batch_size=16 if quick else 32,
-    )
+    if fixed:
+        recipe = Recipe.from_options(
+            _without(opts, "loss"), optimizer="adamw", lr=2e-3, weight_decay=5e-4, schedule="cosine",
+            warmup_epochs=0.0 if quick else 5.0, epochs=3 if quick else 60, batch_size=16 if quick else 32,
+        )
+    else:
+        recipe = Recipe.from_options(
+            _without(opts, "loss"),
+            optimizer="momentum" if opts.pretrained else "adam", lr=1e-3, momentum=0.9,
+            epochs=3 if quick else 20, batch_size=16 if quick else 32,
+        )
+    tta = int(opts.get("tta", 8 if fixed else 1))
     recipe.apply_to_model(model)
     balance = str(opts.get("balance", "sampler"))
     if balance not in ("sampler", "weights", "none"):
@@ -190,9 +240,15 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
         normalize=bool(opts.get("normalize", True)),
     ).to(policy.device)
     optimizer = recipe.make_optimizer(list(model.parameters()) + list(criterion.parameters()))
-    batches = D.CropBatches(x_train, y_train, recipe.batch_size, augment=recipe.augment,
-                            balance="sampler" if balance == "sampler" else "none", seed=opts.seed,
-                            num_classes=len(class_names))
+    if fixed:
+        batches = D.AugmentedCropBatches(
+            x_train, y_train, recipe.batch_size, size, balance="sampler" if balance == "sampler" else "none",
+            seed=opts.seed, num_classes=len(class_names), augment=recipe.augment,
+            epoch_size=int(opts.get("epoch_size", 4 * recipe.batch_size if quick else 512)))
+    else:
+        batches = D.CropBatches(x_train, y_train, recipe.batch_size, augment=recipe.augment,
+                                balance="sampler" if balance == "sampler" else "none", seed=opts.seed,
+                                num_classes=len(class_names))
     scheduler, per_batch = recipe.make_scheduler(optimizer, len(batches), recipe.epochs)
 
     def loss_fn(m: torch.nn.Module, batch: Any, epoch: int) -> torch.Tensor:
@@ -202,23 +258,35 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
         return criterion(logits, y, f)
 
     x_val_t = D.to_tensor(x_val) if len(x_val) else None
+    select = str(opts.get("select", "last" if fixed else "best"))
+    if select not in ("last", "best"):
+        raise InputError(f"select must be 'last' or 'best', got {select!r}")
 
     def evaluate(m: torch.nn.Module, epoch: int) -> dict[str, float]:
         if x_val_t is None:
             return {}
-        preds = []
-        for s in range(0, len(x_val_t), 64):
-            preds.append(m(policy.prepare_input(x_val_t[s : s + 64])).argmax(1).cpu())
-        met = classification_metrics(y_val, torch.cat(preds).tolist(), class_names)
-        return {"accuracy": met["accuracy"], "macro_f1": met["macro_f1"]}
+        probs = 0
+        for k in range(max(1, min(tta, 8))):
+            out = []
+            for s in range(0, len(x_val_t), 64):
+                out.append(torch.softmax(m(policy.prepare_input(D.dihedral(x_val_t[s : s + 64], k))).float(), 1).cpu())
+            probs = probs + torch.cat(out)
+        met = classification_metrics(y_val, probs.argmax(1).tolist(), class_names)
+        res = {"accuracy": met["accuracy"], "macro_f1": met["macro_f1"]}
+        res.update({f"recall_{n}": v["recall"] for n, v in met["per_class"].items()})
+        return res
 
     stored_arch, stored_cfg = recipe.arch_config(arch, cfg)
     trained_on = "synthetic" if (data / SYNTH_MARKER).exists() else str(data)
     training = {
         "recipe": recipe.to_dict(), "loss": loss_kind, "lam": criterion.lam, "balance": balance,
         "pretrained": bool(opts.pretrained), "n_train": len(train_recs), "n_val": len(val_recs),
-        "split": "by source image", "augment": "flips, 90-degree rotations, transposes" if recipe.augment else "none",
-        "device": policy.describe(),
+        "split": opts.extra.get("split_rule", "by source image"),
+        "augment": ("rotations 0-360, mirror, shift, +-8% zoom, mild colour jitter and blur" if fixed else
+                    "flips, 90-degree rotations, transposes") if recipe.augment else "none",
+        "device": policy.describe(), "left_out": {n: {"cells": k, "why": why} for n, (k, why) in left_out.items()},
+        "val_images": sorted({r.path.name for r in val_recs}), "train_images": sorted({r.path.name for r in train_recs}),
+        "select": select,
     }
 
     def make_meta(best: dict[str, float], history: list[dict[str, float]]) -> CheckpointMeta:
@@ -226,7 +294,8 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
             task=TASK, arch=stored_arch, class_names=class_names, in_channels=3, input_size=[size, size],
             arch_config=stored_cfg,
             normalization={"mean": list(D.IMAGENET_MEAN), "std": list(D.IMAGENET_STD), "scale": 255.0,
-                           "crop_context": D.CONTEXT},
+                           "crop_context": D.CONTEXT, "crop": crop, "window_px": window if fixed else None,
+                           "tta": tta},
             training={**training, "epochs_run": len(history)}, metrics=dict(best), trained_on=trained_on,
         )
 
@@ -234,10 +303,13 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     resume_path = out / "resume.pt"
     start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
     has_val = x_val_t is not None
+    # "last" keeps the final (annealed) epoch, so the validation score is not picked on the
+    # validation set itself; "best" keeps the epoch with the best validation macro F1
+    monitor, mode = ("epoch", "max") if select == "last" else (("macro_f1", "max") if has_val else ("loss", "min"))
     result = yield from fit(
         model, batches, loss_fn=loss_fn, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
-        evaluate=evaluate if has_val else None, monitor="macro_f1" if has_val else "loss",
-        mode="max" if has_val else "min", scheduler=scheduler, scheduler_per_batch=per_batch,
+        evaluate=evaluate if has_val else None, monitor=monitor,
+        mode=mode, scheduler=scheduler, scheduler_per_batch=per_batch,
         checkpoint_path=ckpt_path, make_meta=make_meta, cancel=opts.cancel,
         early_stopping_patience=recipe.early_stopping_patience, regularizer=recipe.regularizer(),
         resume_path=resume_path, start_epoch=start_epoch, history=history, grad_clip=recipe.grad_clip,
@@ -246,8 +318,49 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
         "checkpoint": str(result.checkpoint or ckpt_path), "best_metrics": result.best_metrics,
         "history": result.history, "device": policy.describe(), "seconds": round(time.monotonic() - t0, 1),
         "class_names": class_names, "n_train": len(train_recs), "n_val": len(val_recs), "loss": loss_kind,
-        "arch": arch, "recipe": recipe.summary(),
+        "arch": arch, "recipe": recipe.summary(), "crop": crop,
+        "left_out": {n: f"{k} cell(s): {why}" for n, (k, why) in left_out.items()},
     }
+
+
+MIN_CELLS_TO_LEARN = 5
+
+
+def _left_out(records: Sequence[D.WBCRecord], class_names: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """Classes in the data that the model will not learn, with their cell count and the reason."""
+    out: dict[str, tuple[int, str]] = {}
+    for label in sorted({r.label for r in records} - set(class_names)):
+        k = sum(1 for r in records if r.label == label)
+        why = (f"too few to learn (fewer than {MIN_CELLS_TO_LEARN}); such cells are reported as one of the "
+               f"learned classes and should be reviewed" if k < MIN_CELLS_TO_LEARN else
+               "not asked for (--set include_basophil=true adds basophils)")
+        out[label] = (k, why)
+    return out
+
+
+def _split(records: list[D.WBCRecord], opts: TaskOptions) -> tuple[list[D.WBCRecord], list[D.WBCRecord]]:
+    """By source image (``split=group``, default), or by smear area (``split=smear``: images whose
+    fields of view overlap are kept together, see :mod:`napari_cellclass.io.blood_split`)."""
+    frac = float(opts.get("val_fraction", 0.2))
+    rule = str(opts.get("split", "group")).lower()
+    if rule in ("group", "image", "train", "test"):
+        opts.extra.setdefault("split_rule", f"by source image, {frac:.0%} of each class held out, seed {opts.seed}")
+        return D.split_by_group(records, frac, opts.seed)
+    if rule != "smear":
+        raise InputError(f"split must be 'group' or 'smear', got {rule!r}")
+    from ..io.blood_split import PEAK, grouped_split, overlap_groups
+
+    paths = list(dict.fromkeys(r.path for r in records))
+    groups = dict(zip(paths, overlap_groups(paths)))
+    label = {}
+    for r in records:
+        label.setdefault(r.path, r.label)
+    tr, va = grouped_split([label[p] for p in paths], [groups[p] for p in paths], frac, opts.seed)
+    val_paths = {paths[i] for i in va}
+    opts.extra.setdefault("split_rule", f"by smear area: {len(paths)} images in {len(set(groups.values()))} groups "
+                                        f"of overlapping fields (phase correlation > {PEAK}); {frac:.0%} of the "
+                                        f"groups of each class held out, seed {opts.seed}")
+    return [r for r in records if r.path not in val_paths], [r for r in records if r.path in val_paths]
 
 
 def _has_split_folders(data: Path) -> bool:
@@ -265,6 +378,7 @@ def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     """
     data = Path(data)
     policy = resolve_device(opts.device)
+    model = resolve_model_path(model)
     net, meta = build_from_checkpoint(model, task=TASK, in_channels=3)
     split = str(opts.get("split", "all")).lower()
     folder_split = split if split in ("train", "test") else None
@@ -273,24 +387,43 @@ def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     records = D.find_records(data, split=folder_split)
     known = [r for r in records if r.label in meta.class_names]
     skipped = sorted({r.label for r in records} - set(meta.class_names))
-    if split == "val":
+    listed = set(meta.training.get("val_images") or [])
+    scored_records = records
+    if split == "val" and listed:  # exactly the images the model held out
+        known = [r for r in known if r.path.name in listed]
+        scored_records = [r for r in records if r.path.name in listed]
+    elif split == "val":
         known = D.split_by_group(known, float(opts.get("val_fraction", 0.2)), opts.seed)[1]
+    skipped_cells = _left_out(scored_records, meta.class_names)
     if not known:
         raise InputError(f"no cells of the model's classes {meta.class_names} in the dataset", data)
     size = int(meta.input_size[0])
-    crops = D.load_crops(known, size, opts.cancel)
+    if crop_mode(meta) == "fixed":
+        crops = D.load_fixed_crops(known, float(meta.normalization.get("window_px") or D.FIXED_WINDOW), size, 1.0,
+                                   opts.cancel)
+    else:
+        crops = D.load_crops(known, size, opts.cancel)
     t0 = time.monotonic()
-    probs = yield from _probabilities(net, crops, policy, int(opts.batch_size or 32), opts.cancel)
+    probs = yield from _probabilities(net, crops, policy, int(opts.batch_size or 32), opts.cancel,
+                                      int(meta.normalization.get("tta", 1) or 1))
     secs = time.monotonic() - t0
     y_true = [meta.class_names.index(r.label) for r in known]
     metrics = classification_metrics(y_true, probs.argmax(1).tolist(), meta.class_names)
     metrics.update({"device": policy.describe(), "split": split, "skipped_classes": skipped,
+                    "not_scored": {n: f"{k} cell(s): {why}" for n, (k, why) in skipped_cells.items()},
                     "images_per_second": round(len(known) / max(secs, 1e-9), 1), "model": str(model),
                     "trained_on": meta.trained_on})
     return metrics
 
 
 # ----------------------------------------------------------------------------- classify / predict
+
+def resolve_model_path(spec: str | Path) -> Path:
+    """A checkpoint path, or a built-in model's name resolved through the zoo."""
+    from .detect import resolve_model_path as resolve
+
+    return resolve(spec, TASK)
+
 
 def _boxes_from_cells(cells: Any, shape: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(boxes (N, 4) y0, x0, y1, x1 or None for the whole image, label ids or None)."""
@@ -320,7 +453,8 @@ def _boxes_from_cells(cells: Any, shape: tuple[int, int]) -> tuple[np.ndarray | 
 
 
 def classify(image: Any, model_path: str | Path, cells: Any = None, device: str | None = None,
-             cancel: CancelToken | None = None, batch_size: int = 32, **kw: Any) -> Job[dict[str, Any]]:
+             cancel: CancelToken | None = None, batch_size: int = 32, _model: tuple | None = None,
+             **kw: Any) -> Job[dict[str, Any]]:
     """Classify every white cell of ``image`` (or the image as one cell when ``cells`` is None).
 
     ``cells``: a list of boxes (y0, x0, y1, x1), shape vertex arrays (a shapes
@@ -329,22 +463,27 @@ def classify(image: Any, model_path: str | Path, cells: Any = None, device: str 
     labels input), the differential count and the device used.
     """
     policy = resolve_device(device)
-    yield Progress(0, None, "load", f"loading {Path(model_path).name} on {policy.device}")
-    model, meta = build_from_checkpoint(model_path, task=TASK, in_channels=3)
-    img = D.as_rgb(image if isinstance(image, np.ndarray) else getattr(image, "data", image))
+    if _model is not None:  # already loaded (smear analysis reuses one model for many smears)
+        model, meta = _model
+    else:
+        yield Progress(0, None, "load", f"loading {Path(model_path).name} on {policy.device}")
+        model, meta = build_from_checkpoint(resolve_model_path(model_path), task=TASK, in_channels=3)
+    raw = image if isinstance(image, np.ndarray) else np.asarray(getattr(image, "data", image))
+    img = D.require_stained_rgb(raw)  # gray or fluorescence: refuse, do not guess
     boxes, label_ids = _boxes_from_cells(cells, img.shape[:2])
     size = int(meta.input_size[0])
-    context = float(meta.normalization.get("crop_context", D.CONTEXT))
     if boxes is None:
-        crops = D.crop_cell(img, None, size)[None]
         boxes_out = np.array([[0, 0, img.shape[0], img.shape[1]]], dtype=float)
+        # a ready-made crop: fixed-scale models see its centre at their own pixel scale
+        crops = model_crops(img, boxes_out, meta) if crop_mode(meta) == "fixed" else D.crop_cell(img, None, size)[None]
     else:
-        crops = np.stack([D.crop_cell(img, b, size, context) for b in boxes]) if len(boxes) else np.zeros((0, size, size, 3), np.uint8)
+        crops = model_crops(img, boxes, meta)
         boxes_out = boxes
     check_cancel(cancel)
     t0 = time.monotonic()
     if len(crops):
-        probs = yield from _probabilities(model, crops, policy, batch_size, cancel)
+        probs = yield from _probabilities(model, crops, policy, batch_size, cancel,
+                                          int(meta.normalization.get("tta", 1) or 1))
     else:
         probs = np.zeros((0, len(meta.class_names)), np.float32)
     classes = [meta.class_names[i] for i in probs.argmax(1)] if len(probs) else []
@@ -362,19 +501,6 @@ def classify(image: Any, model_path: str | Path, cells: Any = None, device: str 
     }
 
 
-def _sidecar_boxes(path: Path) -> np.ndarray | None:
-    """WBC boxes (y0, x0, y1, x1) from ``<stem>.xml`` beside the image or in ``../Annotations``."""
-    for xml in (path.with_suffix(".xml"), path.parent.parent / "Annotations" / f"{path.stem}.xml"):
-        if xml.is_file():
-            from ..io.annotations import read_voc
-
-            ann = read_voc(xml)
-            sel = [i for i, lab in enumerate(ann.labels) if lab.upper() in ("WBC", *D.WBC_CLASSES, *D.OPTIONAL_CLASSES)]
-            b = ann.boxes[sel]
-            return b[:, [1, 0, 3, 2]] if len(b) else np.zeros((0, 4))
-    return None
-
-
 def _image_files(inputs: Sequence[Path]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, inputs):
@@ -389,26 +515,65 @@ def _image_files(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str, Any]]:
-    """Classify images; a smear with a VOC sidecar is classified cell by cell (its WBC boxes).
+def _is_smear(path: Path, window: float) -> bool:
+    """A whole field (to search for cells) rather than a crop of one cell: wider than 1.5 classifier views."""
+    from PIL import Image
 
-    Writes ``predictions.csv`` (one row per cell), ``differential.csv`` and
-    ``predictions.json`` into ``opts.out``.
+    try:
+        with Image.open(path) as im:
+            return min(im.size) >= 1.5 * window
+    except Exception:  # unreadable: smear analysis lists it with the reason and goes on
+        return True
+
+
+def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str, Any]]:
+    """Classify white cells in images and folders (``cellclass predict wbc FOLDER --model NAME``).
+
+    Smears (whole fields) are analysed end to end (:func:`napari_cellclass.tasks.blood.analyse_folder`):
+    boxes from the smear's Pascal VOC file when it has one, else from the blood-cell
+    detector (``--detector``, default the built-in); per smear ``<stem>_differential.csv``,
+    ``<stem>_cells.csv`` and ``<stem>_report.pdf``, and ``summary.csv``/``summary.json``.
+    Single-cell crops are classified whole.  ``--set boxes=auto|detector|sidecar|whole``
+    forces one way (auto: as above); ``--set report=false`` skips the PDFs.  Always
+    written: ``predictions.csv`` (one row per white cell), ``differential.csv`` and
+    ``predictions.json``.
     """
     from ..engine.atomic import atomic_path
+    from . import blood
 
     out = Path(opts.out or "cellclass-out")
     out.mkdir(parents=True, exist_ok=True)
     files = _image_files(inputs)
+    mode = str(opts.get("boxes", "auto" if opts.get("sidecar", True) else "whole")).lower()
+    if mode not in ("auto", "detector", "sidecar", "whole"):
+        raise InputError(f"boxes must be auto, detector, sidecar or whole, got {mode!r}")
+    model = resolve_model_path(model)
+    from ..engine.checkpoint import read_meta
+
+    meta = read_meta(model)
+    window = float((meta.normalization or {}).get("window_px") or D.FIXED_WINDOW)
+    if mode == "whole":
+        smears, crops = [], files
+    elif mode in ("detector", "sidecar"):
+        smears, crops = files, []
+    else:
+        smears = [f for f in files if blood.sidecar_annotation(f) is not None or _is_smear(f, window)]
+        crops = [f for f in files if f not in set(smears)]
     rows: list[dict[str, Any]] = []
-    names: list[str] = []
-    device = ""
+    names: list[str] = list(meta.class_names)
+    device = resolve_device(opts.device).describe()
     t0 = time.monotonic()
-    for k, f in enumerate(files):
+    smear_summary = None
+    if smears:
+        smear_summary = yield from blood.analyse_folder(
+            smears, out, detector=opts.get("detector"), classifier=model, device=opts.device,
+            score_threshold=opts.get("score_threshold"), report=bool(opts.get("report", True)), cancel=opts.cancel,
+            boxes="auto" if mode == "auto" else mode)
+        rows += smear_summary["cells"]
+    for k, f in enumerate(crops):
         check_cancel(opts.cancel)
         img = D.read_rgb(f)
-        boxes = _sidecar_boxes(f) if opts.get("sidecar", True) else None
-        res = yield from classify(img, model, cells=boxes, device=opts.device, cancel=opts.cancel,
+        res = yield from classify(img, model, cells=None, device=opts.device, cancel=opts.cancel,
                                   batch_size=int(opts.batch_size or 32))
         names, device = res["class_names"], res["device"]
         for i, (c, p, b) in enumerate(zip(res["classes"], res["probabilities"], res["boxes"])):
@@ -416,20 +581,24 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
                    "score": round(float(p.max()), 4)}
             row.update({f"p_{n}": round(float(v), 4) for n, v in zip(names, p)})
             rows.append(row)
-        yield Progress(k + 1, len(files), "predict", f.name)
+        yield Progress(k + 1, len(crops), "predict", f.name)
     secs = time.monotonic() - t0
     diff = differential_count([r["class"] for r in rows], names)
     fields = ["image", "cell", "y0", "x0", "y1", "x1", "class", "score"] + [f"p_{n}" for n in names]
     with atomic_path(out / "predictions.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
+            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
     with atomic_path(out / "differential.csv") as tmp:
         tmp.write_text(differential_csv(diff))
-    summary = {"images": len(files), "cells": len(rows), "differential": diff, "device": device,
-               "images_per_second": round(len(files) / max(secs, 1e-9), 2),
-               "outputs": [str(out / "predictions.csv"), str(out / "differential.csv"), str(out / "predictions.json")]}
+    outputs = [str(out / "predictions.csv"), str(out / "differential.csv"), str(out / "predictions.json")]
+    summary = {"images": len(files), "smears": len(smears), "crops": len(crops), "cells": len(rows),
+               "differential": diff, "device": device, "images_per_second": round(len(files) / max(secs, 1e-9), 2),
+               "outputs": outputs}
+    if smear_summary is not None:
+        summary["smear_summary"] = {k: v for k, v in smear_summary.items() if k not in ("cells", "class_names")}
+        outputs += [smear_summary["outputs"]["summary_csv"], smear_summary["outputs"]["summary_json"]]
     with atomic_path(out / "predictions.json") as tmp:
         tmp.write_text(json.dumps({**summary, "cells_table": rows}, indent=2, default=float) + "\n")
     return summary

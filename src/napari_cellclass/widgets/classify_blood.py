@@ -1,12 +1,22 @@
-"""Classify blood cells: every white cell of a smear gets a class, and the differential count.
+"""Blood smear widget: "Analyse smear" (detect, classify the white cells, count), review, report.
 
-Thin Qt widget: it collects the image, the cells (a shapes layer of rectangles,
-e.g. drawn by hand or produced by the detector, or a labels layer) and a
-checkpoint, runs :func:`napari_cellclass.tasks.wbc.classify` in a worker thread,
-and writes the result into layers: ``features`` (class, score, one probability
-column per class) drive the rectangles' edge colour and text.  The differential
-(number and percent per class) is shown as a table and a bar plot and can be
-exported as CSV.
+Thin Qt layer over :mod:`napari_cellclass.tasks.blood` and
+:func:`napari_cellclass.tasks.wbc.classify`; jobs run in worker threads with a
+progress bar and Cancel.
+
+* **Analyse smear** detects red cells, white cells and platelets with the
+  detector, classifies only the white-cell boxes and counts.  The result goes to
+  a *new* shapes layer (``<image> smear analysis``) whose features hold the
+  detector class and score, the white-cell class, its confidence, one
+  probability column per class and ``reviewed_class`` / ``corrected`` (what the
+  reviewer decided).  Nothing the user had is changed.
+* **Classify white cells in a layer** takes the user's own boxes (drawn, or from a
+  VOC file).  When that layer says what each box is (a ``label``/``class``
+  feature), only white-cell boxes are classified; the answer goes to a new layer
+  that carries the user's features plus the new columns.
+* **Review gallery** (:mod:`.blood_gallery`) shows the white cells by class, least
+  confident first; reclassifying a cell updates the differential here at once.
+* **Analyse folder...** runs folder mode (CSV per smear, summary, PDF reports).
 """
 from __future__ import annotations
 
@@ -17,11 +27,11 @@ import numpy as np
 import pandas as pd
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QTableWidget,
@@ -30,83 +40,158 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._errors import error_message
 from ..engine.device import DEVICE_CHOICES
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 from ..synth.blood import CLASS_COLOURS, boxes_to_rectangles
+from ._errors import error_message
+from ._model_chooser import ModelChooser
 
-NO_CELLS = "(whole image = one cell)"
-RESULT_LAYER = "white cells (classified)"
+NO_CELLS = ""
+RESULT_SUFFIX = " smear analysis"
+CLASSIFIED_SUFFIX = " (classified)"
+OTHER_COLOURS = {"RBC": (0.9, 0.25, 0.25, 0.9), "Platelets": (1.0, 0.85, 0.1, 1.0), "WBC": (0.1, 0.9, 0.9, 1.0)}
+LABEL_COLUMNS = ("label", "class", "name", "category", "type")
+
+
+def colour_of(kind: str, wbc_class: str) -> tuple[float, ...]:
+    if wbc_class:
+        return CLASS_COLOURS.get(wbc_class, (0.6, 0.6, 0.6, 1.0))
+    return OTHER_COLOURS.get(kind, (1.0, 1.0, 0.0, 1.0))
+
+
+def result_features(res: dict[str, Any]) -> pd.DataFrame:
+    """The analysis as layer features (one row per detected object)."""
+    from ..tasks.blood import count_kind
+
+    names = list(res["class_names"])
+    n = len(res["labels"])
+    probs = np.full((n, len(names)), np.nan)
+    for k, i in enumerate(res["wbc_index"]):
+        probs[i] = res["probabilities"][k]
+    df = pd.DataFrame({
+        "label": pd.Series([str(v) for v in res["labels"]], dtype=object),
+        "score": np.asarray(res["scores"], dtype=float),
+        "kind": pd.Series([count_kind(v) for v in res["labels"]], dtype=object),
+        "wbc_class": pd.Series(list(res["wbc_class"]), dtype=object),
+        "wbc_score": np.asarray(res["wbc_score"], dtype=float),
+        "reviewed_class": pd.Series(list(res["wbc_class"]), dtype=object),
+        "corrected": np.zeros(n, dtype=bool),
+    })
+    for j, c in enumerate(names):
+        df[f"p_{c}"] = probs[:, j]
+    return df
+
+
+def _tag(row: pd.Series) -> str:
+    c = row.get("reviewed_class") or ""
+    if not c:
+        return ""
+    s = row.get("wbc_score")
+    mark = "*" if bool(row.get("corrected", False)) else ""
+    return f"{c[:4]}{mark} {s:.2f}" if isinstance(s, float) and np.isfinite(s) and not mark else f"{c[:4]}{mark}"
 
 
 class ClassifyBloodWidget(QWidget):
-    """Dock widget: image + cells + model -> per-cell classes and the WBC differential."""
+    """Dock widget: Analyse smear (detect + classify white cells + count), review, export."""
 
     def __init__(self, napari_viewer: Any):
         super().__init__()
         self.viewer = napari_viewer
         self.cancel_token: CancelToken | None = None
         self.worker = None
-        self.result: dict[str, Any] | None = None
+        self.result: dict[str, Any] | None = None  # the last analysis (tasks.blood result or classify result)
+        self.result_image: np.ndarray | None = None
         self.output_layer = None
+        self.gallery = None
+        self.folder_summary: dict[str, Any] | None = None
 
         self.image_combo = QComboBox()
-        self.cells_combo = QComboBox()
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("checkpoint (.safetensors) trained with 'cellclass train wbc'")
-        browse = QPushButton("...")
-        browse.clicked.connect(self._browse)
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_edit)
-        model_row.addWidget(browse)
+        self.detector_chooser = ModelChooser("detect")
+        self.model_edit = ModelChooser("wbc")  # the white-cell classifier (name kept for scripts)
+        self.score_spin = QDoubleSpinBox()
+        self.score_spin.setRange(0.0, 1.0)
+        self.score_spin.setSingleStep(0.05)
+        self.score_spin.setDecimals(2)
+        self.score_spin.setToolTip("detector score threshold; starts at the value the detector was validated at")
+        self.detector_chooser.changed.connect(self._detector_changed)
+        self._detector_changed()
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICE_CHOICES))
-        self.run_button = QPushButton("Classify cells")
-        self.run_button.clicked.connect(self.run)
+        self.device_label = QLabel(f"device: {self._device_text('auto')}")
+        self.device_label.setWordWrap(True)
+        self.device_combo.currentTextChanged.connect(lambda t: self.device_label.setText(f"device: {self._device_text(t)}"))
+
+        self.analyse_button = QPushButton("Analyse smear")
+        self.analyse_button.setToolTip("detect red cells, white cells and platelets; classify the white cells; count")
+        self.analyse_button.clicked.connect(lambda: self.analyse())
+        self.cells_combo = QComboBox()
+        self.run_button = QPushButton("Classify white cells in layer")
+        self.run_button.clicked.connect(lambda: self.run())
+        self.folder_button = QPushButton("Analyse folder...")
+        self.folder_button.clicked.connect(lambda: self.analyse_folder())
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         self.progress = QProgressBar()
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        self.device_label = QLabel(f"device: {self._device_text('auto')}")
-        self.device_label.setWordWrap(True)
-        self.device_combo.currentTextChanged.connect(lambda t: self.device_label.setText(f"device: {self._device_text(t)}"))
+        self.counts_label = QLabel("")
+        self.counts_label.setWordWrap(True)
         self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["class", "count", "percent"])
+        self.table.setHorizontalHeaderLabels(["white-cell class", "count", "percent"])
+        self.gallery_button = QPushButton("Review gallery")
+        self.gallery_button.setEnabled(False)
+        self.gallery_button.clicked.connect(lambda: self.open_gallery())
         self.export_button = QPushButton("Export differential (CSV)...")
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(lambda: self.export_csv())
+        self.report_button = QPushButton("Export report (PDF)...")
+        self.report_button.setEnabled(False)
+        self.report_button.clicked.connect(lambda: self.export_report())
 
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(3.2, 2.0), tight_layout=True)
+        self.figure = Figure(figsize=(3.2, 1.8), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(160)
+        self.canvas.setMinimumHeight(140)
 
         form = QFormLayout()
         form.addRow("image", self.image_combo)
-        form.addRow("cells", self.cells_combo)
-        form.addRow("model", model_row)
+        form.addRow("detector", self.detector_chooser)
+        form.addRow("white-cell model", self.model_edit)
+        form.addRow("score threshold", self.score_spin)
         form.addRow("device", self.device_combo)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
         layout.addWidget(self.device_label)
+        row = QHBoxLayout()
+        row.addWidget(self.analyse_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        own = QFormLayout()
+        own.addRow("own boxes", self.cells_combo)
+        layout.addLayout(own)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.run_button)
+        row2.addWidget(self.folder_button)
+        layout.addLayout(row2)
+        layout.addWidget(self.progress)
         layout.addWidget(self.status)
-        layout.addWidget(QLabel("Differential count"))
+        layout.addWidget(self.counts_label)
         layout.addWidget(self.table)
         layout.addWidget(self.canvas)
-        layout.addWidget(self.export_button)
+        row3 = QHBoxLayout()
+        row3.addWidget(self.gallery_button)
+        row3.addWidget(self.export_button)
+        layout.addLayout(row3)
+        layout.addWidget(self.report_button)
 
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        for layer in self.viewer.layers:
+            self._watch(layer)
         self._refresh_layers()
 
     # ------------------------------------------------------------------ inputs
@@ -119,89 +204,169 @@ class ClassifyBloodWidget(QWidget):
         except CellClassError as exc:
             return f"unavailable ({exc})"
 
+    def _detector_changed(self) -> None:
+        """Start from the threshold the chosen detector was validated at."""
+        try:
+            path = self.detector_chooser.value
+        except CellClassError:
+            return
+        if path is None:
+            return
+        from ..engine.checkpoint import read_meta
+        from ..tasks.detect import model_score_threshold
+
+        try:
+            self.score_spin.setValue(model_score_threshold(read_meta(path)))
+        except CellClassError:
+            pass
+
+    def _watch(self, layer: Any) -> None:
+        # a layer that gets its first shapes later becomes usable then
+        if layer._type_string in ("shapes", "labels"):
+            layer.events.data.connect(self._refresh_layers)
+
+    def _on_inserted(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "value", None) is not None:
+            self._watch(event.value)
+        self._refresh_layers()
+
+    @staticmethod
+    def _is_empty(layer: Any) -> bool:
+        if layer._type_string == "shapes":
+            return len(layer.data) == 0
+        if layer._type_string == "labels":
+            return not np.any(np.asarray(layer.data))
+        return False
+
     def _refresh_layers(self, event: Any = None) -> None:
+        """Images, and shapes/labels layers that hold cells (empty layers are not offered)."""
         img, cells = self.image_combo.currentText(), self.cells_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.cells_combo.blockSignals(True)
         self.image_combo.clear()
         self.cells_combo.clear()
-        self.cells_combo.addItem(NO_CELLS)
         for layer in self.viewer.layers:
             kind = layer._type_string
             if kind == "image":
                 self.image_combo.addItem(layer.name)
-            elif kind in ("shapes", "labels") and layer.name != RESULT_LAYER:
+            elif kind in ("shapes", "labels") and not self._is_empty(layer):
                 self.cells_combo.addItem(layer.name)
-        if img:
+        if img and self.image_combo.findText(img) >= 0:
             self.image_combo.setCurrentText(img)
-        if cells and cells != NO_CELLS:
+        if cells and self.cells_combo.findText(cells) >= 0:
             self.cells_combo.setCurrentText(cells)
-        elif self.cells_combo.count() > 1:
-            self.cells_combo.setCurrentIndex(1)
+        self.image_combo.blockSignals(False)
+        self.cells_combo.blockSignals(False)
 
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "WBC checkpoint", "", "Checkpoints (*.safetensors)")
-        if path:
-            self.model_edit.setText(path)
-
-    def _inputs(self) -> tuple[Any, Any, Any, Path]:
+    def _image(self) -> tuple[Any, np.ndarray]:
         name = self.image_combo.currentText()
         if not name or name not in self.viewer.layers:
             raise CellClassError("choose an image layer (an RGB smear)")
-        image_layer = self.viewer.layers[name]
-        cells_layer = None
-        if self.cells_combo.currentText() not in ("", NO_CELLS):
-            cells_layer = self.viewer.layers[self.cells_combo.currentText()]
-        model = self.model_edit.text().strip()
-        if not model:
-            raise CellClassError("choose a model file (train one with 'cellclass train wbc DATA')")
-        cells = None
-        if cells_layer is not None:
-            cells = [np.asarray(d) for d in cells_layer.data] if cells_layer._type_string == "shapes" else np.asarray(cells_layer.data)
-            if cells_layer._type_string == "shapes" and not cells:
-                raise CellClassError(f"shapes layer {cells_layer.name!r} has no shapes; draw rectangles around the cells")
-        image = np.asarray(image_layer.data)
-        if image.ndim == 3 and not image_layer.rgb and image.shape[0] in (3, 4):  # channel-first stack
+        layer = self.viewer.layers[name]
+        image = np.asarray(layer.data)
+        if image.ndim == 3 and not layer.rgb and image.shape[0] in (3, 4):  # channel-first stack
             image = np.moveaxis(image, 0, -1)
-        return image, cells, cells_layer, Path(model)
+        return layer, image
+
+    def _classifier(self) -> Path:
+        path = self.model_edit.value
+        if path is None:
+            raise CellClassError("choose a white-cell model (a built-in or a checkpoint from 'cellclass train wbc')")
+        return path
+
+    def _detector(self) -> Path:
+        path = self.detector_chooser.value
+        if path is None:
+            raise CellClassError("choose a detector (a built-in or a checkpoint from 'cellclass train detect')")
+        return path
 
     # ------------------------------------------------------------------ running
-    def job(self):
-        """The generator the worker runs (also used by tests to run synchronously)."""
-        from ..tasks.wbc import classify
-
-        image, cells, cells_layer, model = self._inputs()
-        self._cells_layer = cells_layer
-        self.cancel_token = CancelToken()
-        return classify(image, model, cells=cells, device=self.device_combo.currentText(), cancel=self.cancel_token)
-
-    def run(self, sync: bool = False) -> None:
-        """Start classification in a worker thread (``sync=True`` runs in this thread)."""
-        try:
-            job = self.job()
-        except CellClassError as exc:
-            self._error(exc)
-            return
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+    def _start(self, job: Any, on_done: Any, sync: bool, busy_text: str) -> None:
+        self._set_busy(True)
         self.progress.setValue(0)
-        self.status.setText("classifying...")
+        self.status.setText(busy_text)
         if sync:
             from ..engine.progress import run_sync
 
             try:
-                self._done(run_sync(job, self._on_progress))
+                on_done(run_sync(job, self._on_progress))
             except CellClassError as exc:
                 self._error(exc)
             finally:
-                self._finished()
+                self._set_busy(False)
             return
         from napari.qt.threading import create_worker
 
         self.worker = create_worker(lambda: (yield from job), _start_thread=False)
         self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._done)
+        self.worker.returned.connect(on_done)
         self.worker.errored.connect(self._error)
-        self.worker.finished.connect(self._finished)
+        self.worker.finished.connect(lambda: self._set_busy(False))
         self.worker.start()
+
+    def _set_busy(self, busy: bool) -> None:
+        for b in (self.analyse_button, self.run_button, self.folder_button):
+            b.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+
+    def analyse(self, sync: bool = False) -> None:
+        """Analyse smear: detect, classify the white cells, count (a worker thread unless ``sync``)."""
+        from ..tasks.blood import analyse_smear
+
+        try:
+            layer, image = self._image()
+            detector, classifier = self._detector(), self._classifier()
+        except CellClassError as exc:
+            self._error(exc)
+            return
+        self.cancel_token = CancelToken()
+        self._source_layer = layer
+        self._pending_image = image
+        job = analyse_smear(image, detector, classifier, device=self.device_combo.currentText(),
+                            score_threshold=self.score_spin.value(), cancel=self.cancel_token)
+        self._start(job, self._analysed, sync, "analysing the smear...")
+
+    def run(self, sync: bool = False) -> None:
+        """Classify the white cells in the chosen shapes/labels layer (a worker thread unless ``sync``)."""
+        from ..tasks.wbc import classify
+
+        try:
+            layer, image = self._image()
+            name = self.cells_combo.currentText()
+            if not name or name not in self.viewer.layers:
+                raise CellClassError("no layer with cells: draw rectangles around the white cells in a shapes layer, "
+                                     "or use Analyse smear to find them")
+            cells_layer = self.viewer.layers[name]
+            if self._is_empty(cells_layer):
+                raise CellClassError(f"layer {name!r} has no cells; draw rectangles around the white cells")
+            classifier = self._classifier()
+            cells, selected = self._cells_of(cells_layer)
+        except CellClassError as exc:
+            self._error(exc)
+            return
+        self.cancel_token = CancelToken()
+        self._cells_layer, self._selected, self._pending_image = cells_layer, selected, image
+        job = classify(image, classifier, cells=cells, device=self.device_combo.currentText(),
+                       cancel=self.cancel_token)
+        self._start(job, self._classified, sync, "classifying white cells...")
+
+    @staticmethod
+    def _cells_of(layer: Any) -> tuple[Any, np.ndarray | None]:
+        """(cells to classify, indices of the layer's shapes they are) - only white cells when labelled."""
+        from ..tasks.blood import is_wbc
+
+        if layer._type_string == "labels":
+            return np.asarray(layer.data), None
+        col = next((c for c in LABEL_COLUMNS if c in layer.features.columns), None)
+        data = [np.asarray(d) for d in layer.data]
+        if col is None:
+            return data, np.arange(len(data))
+        labels = [str(v) for v in layer.features[col]]
+        idx = np.array([i for i, v in enumerate(labels) if is_wbc(v)], dtype=int)
+        if not len(idx):
+            raise CellClassError(f"layer {layer.name!r} has no white cells: its {col!r} column has "
+                                 f"{', '.join(sorted(set(labels))[:5])}; white cells are labelled WBC")
+        return [data[i] for i in idx], idx
 
     def cancel(self) -> None:
         if self.cancel_token is not None:
@@ -214,55 +379,136 @@ class ClassifyBloodWidget(QWidget):
         if p.message:
             self.status.setText(p.message)
 
-    def _finished(self) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
     def _error(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
 
-        msg = error_message(exc, "classification failed")
+        msg = error_message(exc, "blood smear analysis failed")
         self.status.setText(f"error: {msg}")
         show_error(msg)
 
     # ------------------------------------------------------------------ results
-    def _done(self, res: dict[str, Any]) -> None:
+    def _analysed(self, res: dict[str, Any]) -> None:
         self.result = res
+        self.result_image = self._pending_image
+        features = result_features(res)
+        base = getattr(self, "_source_layer", None)
+        name = f"{base.name if base is not None else 'smear'}{RESULT_SUFFIX}"
+        self._add_result_layer(name, boxes_to_rectangles(res["boxes"]), features)
+        self._show_counts()
         self.progress.setValue(100)
         self.device_label.setText(f"device: {res['device']}")
-        names = res["class_names"]
-        probs = np.asarray(res["probabilities"]).reshape(-1, len(names))
-        features = pd.DataFrame({"class": pd.Categorical(res["classes"], categories=names),
-                                 "score": np.asarray(res["scores"], dtype=float)})
-        for j, n in enumerate(names):
-            features[f"p_{n}"] = probs[:, j]
-        colours = np.array([CLASS_COLOURS.get(c, (1.0, 1.0, 0.0, 1.0)) for c in res["classes"]]).reshape(-1, 4)
-        text = {"string": "{class} {score:.2f}", "color": "white", "size": 9, "anchor": "upper_left"}
-        layer = getattr(self, "_cells_layer", None)
-        if layer is not None and layer._type_string == "shapes":
-            layer.features = features
-            layer.edge_color = colours
-            layer.edge_width = 3
-            layer.text = text
-            self.output_layer = layer
-        else:
-            if layer is not None and res.get("label_ids") is not None:  # labels input: its features too
-                layer.features = features.assign(index=np.asarray(res["label_ids"]))
-            rects = boxes_to_rectangles(res["boxes"])
-            if RESULT_LAYER in self.viewer.layers:
-                self.viewer.layers.remove(RESULT_LAYER)
-            self.output_layer = self.viewer.add_shapes(
-                rects, shape_type="rectangle", name=RESULT_LAYER, features=features, edge_color=colours,
-                face_color="transparent", edge_width=3, text=text)
-        self._show_differential(res["differential"])
-        self.export_button.setEnabled(True)
-        n = len(res["classes"])
-        self.status.setText(f"{n} cell(s) classified; model trained on: {res.get('trained_on', 'unknown')}")
+        self.status.setText(f"{res['message']}; {res['seconds']['total']:.2f} s")
+        for b in (self.gallery_button, self.export_button, self.report_button):
+            b.setEnabled(True)
+        if self.gallery is not None:
+            self.gallery.rebuild()
 
-    def _show_differential(self, diff: dict[str, Any]) -> None:
-        rows = diff["rows"]
+    def _classified(self, res: dict[str, Any]) -> None:
+        """Own boxes classified: a new layer with the user's features plus the new columns."""
+        layer, idx = self._cells_layer, self._selected
+        names = list(res["class_names"])
+        probs = np.asarray(res["probabilities"]).reshape(-1, len(names))
+        if layer._type_string == "shapes":
+            rects = [np.asarray(d) for d in layer.data]
+            features = layer.features.copy().reset_index(drop=True)
+            shape_types = list(layer.shape_type)
+        else:
+            rects = boxes_to_rectangles(res["boxes"])
+            features = pd.DataFrame({"label_id": np.asarray(res["label_ids"])})
+            shape_types = ["rectangle"] * len(rects)
+            idx = np.arange(len(rects))
+        n = len(rects)
+        wbc_class, wbc_score = [""] * n, np.full(n, np.nan)
+        p = np.full((n, len(names)), np.nan)
+        for k, i in enumerate(idx):
+            wbc_class[i], wbc_score[i], p[i] = res["classes"][k], float(res["scores"][k]), probs[k]
+        new = {"wbc_class": pd.Series(wbc_class, dtype=object), "wbc_score": wbc_score,
+               "reviewed_class": pd.Series(wbc_class, dtype=object), "corrected": np.zeros(n, dtype=bool)}
+        new.update({f"p_{c}": p[:, j] for j, c in enumerate(names)})
+        clash = [c for c in [*new, "kind", "tag"] if c in features.columns]
+        features = features.rename(columns={c: f"{c}_user" for c in clash})  # the copy keeps them, renamed
+        for col, values in new.items():
+            features[col] = values
+        features["kind"] = ["WBC" if c else "" for c in wbc_class]
+        boxes = np.array([[r[:, -2].min(), r[:, -1].min(), r[:, -2].max(), r[:, -1].max()] for r in rects]) \
+            if rects else np.zeros((0, 4))
+        self.result = {"boxes": boxes, "labels": list(features.get("kind", [""] * n)),
+                       "scores": np.ones(n), "wbc_class": wbc_class, "wbc_score": wbc_score,
+                       "wbc_index": [int(i) for i in idx], "probabilities": probs, "class_names": names,
+                       "counts": {"RBC": 0, "WBC": len(idx), "Platelets": 0}, "score_threshold": 1.0,
+                       "models": {}, "device": res["device"], "seconds": {"total": res["seconds"]},
+                       "message": f"{len(idx)} white cell(s) classified", "boxes_from": f"layer {layer.name}"}
+        self.result_image = self._pending_image
+        self._add_result_layer(f"{layer.name}{CLASSIFIED_SUFFIX}", rects, features, shape_types)
+        self._show_counts()
+        self.progress.setValue(100)
+        skipped = n - len(idx)
+        self.status.setText(f"{len(idx)} white cell(s) classified" + (f"; {skipped} other box(es) left as they are"
+                                                                        if skipped else "")
+                            + f"; model trained on: {res.get('trained_on', 'unknown')}")
+        for b in (self.gallery_button, self.export_button, self.report_button):
+            b.setEnabled(True)
+        if self.gallery is not None:
+            self.gallery.rebuild()
+
+    def _add_result_layer(self, name: str, rects: list, features: pd.DataFrame,
+                          shape_types: list[str] | None = None) -> None:
+        if name in self.viewer.layers:  # our own earlier result for this image: replace it
+            self.viewer.layers.remove(name)
+        features = features.reset_index(drop=True)
+        features["tag"] = [_tag(r) for _, r in features.iterrows()] if len(features) else pd.Series([], dtype=object)
+        kwargs: dict[str, Any] = dict(name=name, features=features, face_color="transparent", edge_width=3)
+        if rects:
+            kwargs["shape_type"] = shape_types or "rectangle"
+            kwargs["edge_color"] = self._colours(features)
+            kwargs["text"] = {"string": "{tag}", "color": "white", "size": 9, "anchor": "upper_left"}
+        layer = self.viewer.add_shapes(rects or None, **kwargs)
+        if len(rects):
+            layer.edge_width = [3 if k == "WBC" else 1 for k in features.get("kind", ["WBC"] * len(rects))]
+        self.output_layer = layer
+
+    @staticmethod
+    def _colours(features: pd.DataFrame) -> np.ndarray:
+        kinds = features["kind"] if "kind" in features.columns else [""] * len(features)
+        return np.array([colour_of(str(k), str(c or "")) for k, c in zip(kinds, features["reviewed_class"])])
+
+    # ------------------------------------------------------------------ review
+    def reviewed_classes(self) -> list[str]:
+        """The class of every object as it stands after review ("" for red cells and platelets)."""
+        if self.output_layer is None:
+            return []
+        return [str(v or "") for v in self.output_layer.features["reviewed_class"]]
+
+    def set_review(self, index: int, new_class: str) -> None:
+        """Reclassify object ``index`` of the result layer; the differential updates at once."""
+        layer = self.output_layer
+        if layer is None or self.result is None:
+            raise CellClassError("analyse a smear first")
+        if index not in self.result["wbc_index"]:
+            raise CellClassError(f"object {index} is not a white cell")
+        feats = layer.features.copy()
+        feats.loc[index, "reviewed_class"] = str(new_class)
+        feats.loc[index, "corrected"] = str(new_class) != str(feats.loc[index, "wbc_class"])
+        feats["tag"] = [_tag(r) for _, r in feats.iterrows()]
+        layer.features = feats
+        layer.edge_color = self._colours(feats)
+        layer.refresh_text()
+        self._show_counts()
+
+    def _show_counts(self) -> None:
+        from ..tasks.blood import differential_rows
+
+        res = self.result
+        reviewed = self.reviewed_classes() or None
+        diff, rows = differential_rows(res, reviewed)
+        self.differential = diff
+        c = res["counts"]
+        n_corr = 0 if reviewed is None else sum(1 for i in res["wbc_index"] if reviewed[i] != res["wbc_class"][i])
+        self.counts_label.setText(f"red cells {c.get('RBC', 0)} · white cells {c.get('WBC', 0)} · platelets "
+                                  f"{c.get('Platelets', 0)}" + (f" · {n_corr} reviewed change(s)" if n_corr else ""))
         self.table.setRowCount(len(rows) + 1)
-        for i, r in enumerate(rows + [{"class": "TOTAL", "count": diff["total"], "percent": 100.0 if diff["total"] else 0.0}]):
+        total = {"class": "TOTAL", "count": diff["total"], "percent": 100.0 if diff["total"] else 0.0}
+        for i, r in enumerate(rows + [total]):
             for j, v in enumerate((r["class"], str(r["count"]), f"{r['percent']:.1f}")):
                 self.table.setItem(i, j, QTableWidgetItem(v))
         self.table.resizeColumnsToContents()
@@ -274,22 +520,83 @@ class ClassifyBloodWidget(QWidget):
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([n[:4] for n in names], fontsize=8)
         ax.set_ylabel("% of WBCs", fontsize=8)
+        ax.set_ylim(0, 100)
         ax.tick_params(labelsize=8)
         self.canvas.draw_idle()
 
+    def open_gallery(self) -> Any:
+        """Open (or raise) the review gallery dock for the current result."""
+        from .blood_gallery import ReviewGallery
+
+        if self.result is None:
+            self._error(CellClassError("analyse a smear first"))
+            return None
+        if self.gallery is None:
+            self.gallery = ReviewGallery(self)
+            try:
+                self.viewer.window.add_dock_widget(self.gallery, name="White-cell review", area="right")
+            except Exception:  # headless use (no window): the gallery still works as a widget
+                pass
+        self.gallery.rebuild()
+        return self.gallery
+
+    # ------------------------------------------------------------------ exports
     def export_csv(self, path: str | Path | None = None) -> Path | None:
-        """Write the differential count (class, count, percent) to ``path`` (asks when None)."""
+        """Differential (reviewed classes) plus red-cell and platelet counts as CSV."""
         if self.result is None:
             return None
         if path is None:
             path, _ = QFileDialog.getSaveFileName(self, "Save differential", "differential.csv", "CSV (*.csv)")
             if not path:
                 return None
-        from ..engine.atomic import atomic_path
-        from ..tasks.wbc import differential_csv
+        from ..tasks.blood import write_differential_csv
 
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            tmp.write_text(differential_csv(self.result["differential"]))
-        self.status.setText(f"differential written to {path}")
-        return path
+        out = write_differential_csv(Path(path), self.result, self.reviewed_classes() or None)
+        self.status.setText(f"differential written to {out}")
+        return out
+
+    def export_report(self, path: str | Path | None = None) -> Path | None:
+        """The smear's PDF report (with the reviewer's corrections)."""
+        if self.result is None or self.result_image is None:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save report", "smear_report.pdf", "PDF (*.pdf)")
+            if not path:
+                return None
+        from ..tasks.blood import write_report_pdf
+
+        title = self.image_combo.currentText()
+        out = write_report_pdf(Path(path), self.result_image, self.result, title=title,
+                               reviewed=self.reviewed_classes() or None)
+        self.status.setText(f"report written to {out}")
+        return out
+
+    def analyse_folder(self, folder: str | Path | None = None, out: str | Path | None = None,
+                       sync: bool = False) -> None:
+        """Folder mode: every smear of ``folder`` -> CSV per smear, summary, PDF reports in ``out``."""
+        from ..tasks.blood import analyse_folder
+
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Folder of smear images")
+            if not folder:
+                return
+        if out is None:
+            out = QFileDialog.getExistingDirectory(self, "Folder for the results (CSV, PDF reports)")
+            if not out:
+                return
+        try:
+            detector, classifier = self._detector(), self._classifier()
+        except CellClassError as exc:
+            self._error(exc)
+            return
+        self.cancel_token = CancelToken()
+        job = analyse_folder([Path(folder)], Path(out), detector, classifier, device=self.device_combo.currentText(),
+                             score_threshold=self.score_spin.value(), cancel=self.cancel_token)
+        self._start(job, self._folder_done, sync, f"analysing smears in {folder}...")
+
+    def _folder_done(self, summary: dict[str, Any]) -> None:
+        self.folder_summary = summary
+        self.progress.setValue(100)
+        refused = f", {len(summary['refused'])} refused" if summary["refused"] else ""
+        self.status.setText(f"{summary['analysed']} of {summary['smears']} smear(s) analysed{refused}; "
+                            f"{summary['seconds_per_smear']:.2f} s per smear; results in {summary['out']}")

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
+    QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QProgressBar,
     QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from ._errors import error_message
+from ._model_chooser import ModelChooser
 from ..engine.device import DEVICE_CHOICES, resolve_device
 from ..engine.progress import CancelToken, Progress, run_sync
 from ..errors import CellClassError
@@ -39,15 +41,13 @@ class DetectWidget(QWidget):
 
         self.image_combo = QComboBox()
         self.boxes_combo = QComboBox()
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("model.safetensors (detect task)")
-        browse = QPushButton("...")
-        browse.clicked.connect(self._browse)
-        row = QHBoxLayout()
-        row.addWidget(self.model_edit)
-        row.addWidget(browse)
+        # built-in detectors first (the best is the default), or any checkpoint via Browse...
+        self.model_edit = ModelChooser("detect")
+        row = self.model_edit
         self.score_spin = QDoubleSpinBox(); self.score_spin.setRange(0.0, 1.0); self.score_spin.setSingleStep(0.05)
         self.score_spin.setValue(0.7)
+        self.model_edit.changed.connect(self._model_changed)
+        self._model_changed()
         self.nms_spin = QDoubleSpinBox(); self.nms_spin.setRange(0.05, 1.0); self.nms_spin.setSingleStep(0.05)
         self.nms_spin.setValue(0.5)
         self.tile_spin = QSpinBox(); self.tile_spin.setRange(0, 8192); self.tile_spin.setSpecialValueText("auto")
@@ -112,10 +112,17 @@ class DetectWidget(QWidget):
     def device(self) -> str:
         return self.device_combo.currentText()
 
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Detector checkpoint", "", "Checkpoints (*.safetensors)")
-        if path:
-            self.model_edit.setText(path)
+    def _model_changed(self, *_: Any) -> None:
+        """Start from the score threshold the chosen detector was validated at."""
+        try:
+            path = self.model_edit.value
+            if path is not None:
+                from ..engine.checkpoint import read_meta
+                from ..tasks.detect import model_score_threshold
+
+                self.score_spin.setValue(model_score_threshold(read_meta(path)))
+        except CellClassError:
+            pass  # the summary line under the field already says what is wrong
 
     def _layer(self, name: str):
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
@@ -183,9 +190,9 @@ class DetectWidget(QWidget):
 
         try:
             image = self._image_data()
-            model = Path(self.model_edit.text().strip())
-            if not self.model_edit.text().strip():
-                raise CellClassError("choose a detector checkpoint (.safetensors) first")
+            model = self.model_edit.value  # a built-in name or a path -> verified checkpoint
+            if model is None:
+                raise CellClassError("choose a detector (a built-in or a checkpoint .safetensors) first")
         except CellClassError as exc:
             show_error(str(exc))
             self.status.setText(str(exc))
@@ -201,7 +208,10 @@ class DetectWidget(QWidget):
         colours = class_colour_map(self.classes)
         base = self.image_combo.currentText() or "image"
         rects = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]) for y0, x0, y1, x1 in r["boxes"]]
-        features = {"label": list(r["labels"]), "score": np.asarray(r["scores"], dtype=float)}
+        # explicit dtypes: with zero detections an untyped empty column became float and the
+        # default label ("cell") could not be stored in it
+        features = pd.DataFrame({"label": pd.Series([str(v) for v in r["labels"]], dtype=object),
+                                 "score": pd.Series(np.asarray(r["scores"], dtype=float), dtype=float)})
         name = f"{base} detections"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
@@ -217,11 +227,13 @@ class DetectWidget(QWidget):
             if lname in self.viewer.layers:
                 self.viewer.layers.remove(lname)
             self.viewer.add_labels(r["instance_labels"], name=lname, opacity=0.4)
-        self.boxes_combo.setCurrentText(name)
+        if rects:  # an empty result is not offered as training boxes
+            self.boxes_combo.setCurrentText(name)
         self.progress.setValue(100)
         counts = {c: r["labels"].count(c) for c in self.classes}
-        self.status.setText(f"{len(rects)} objects ({', '.join(f'{k}: {v}' for k, v in counts.items())}); "
-                            f"{r['tiles']} tile(s); {r['device']}")
+        per_class = f" ({', '.join(f'{k}: {v}' for k, v in counts.items())})" if rects else ""
+        self.status.setText(f"{r.get('message', f'{len(rects)} object(s)')}{per_class}; {r['tiles']} tile(s); "
+                            f"{r['device']}")
 
     # ------------------------------------------------------------------ train
     def run_train(self, sync: bool = False, out: Path | None = None, **extra: Any) -> Any:
@@ -251,7 +263,7 @@ class DetectWidget(QWidget):
             show_error(str(exc))
             self.status.setText(str(exc))
             return None
-        model_text = self.model_edit.text().strip()
+        model_text = str(self.model_edit.value or "") if self.model_edit.text().strip() else ""
         self._cancel = CancelToken()
         opts = TaskOptions(epochs=self.epochs_spin.value(), device=self.device, out=out,
                            model=Path(model_text) if model_text else None, quick=not model_text,
