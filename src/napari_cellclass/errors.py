@@ -29,6 +29,10 @@ class InputError(CellClassError):
     """An image, annotation or dataset cannot be used as given."""
 
 
+class OutputError(CellClassError):
+    """A result could not be written (disk full, read-only folder); the path is the target."""
+
+
 class PretrainedWeightsUnavailable(CellClassError):
     """ImageNet/COCO weights are neither cached nor downloadable."""
 
