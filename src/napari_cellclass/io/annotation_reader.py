@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .limits import check_pixels
 from .annotations import AnnotatedImage, is_coco, is_voc, polygon_to_mask, read_coco, read_voc
 
 PALETTE = ["#ff4040", "#40c0ff", "#ffd000", "#40ff80", "#ff60ff", "#ff9020", "#a080ff", "#80ffff"]
@@ -78,6 +79,8 @@ def instance_labels(ann: AnnotatedImage) -> np.ndarray | None:
         return None
     if not any(m is not None for m in ann.masks) and not any(p is not None for p in ann.polygons):
         return None
+    # the size comes from the annotation file, not an image: check it before allocating
+    check_pixels((ann.height, ann.width), ann.source, "annotation's declared image")
     lab = np.zeros((ann.height, ann.width), dtype=np.int32)
     for k in range(len(ann)):
         m = ann.masks[k]

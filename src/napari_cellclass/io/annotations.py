@@ -37,14 +37,15 @@ import re
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from .limits import check_pixels, check_regular_file, max_pixels, safe_relative
 
-__all__ = ["AnnotatedImage", "read_voc", "read_coco", "is_voc", "is_coco", "polygon_to_mask"]
+__all__ = ["AnnotatedImage", "read_voc", "read_coco", "is_voc", "is_coco", "polygon_to_mask", "check_declared_size"]
 
 
 @dataclass
@@ -85,6 +86,16 @@ class AnnotatedImage:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def check_declared_size(item: AnnotatedImage, shape: tuple[int, int]) -> None:
+    """The size an annotation declares must be the image's: else boxes land in the wrong place."""
+    h, w = int(shape[0]), int(shape[1])
+    if item.width and item.height and (int(item.width), int(item.height)) != (w, h):
+        raise InputError(
+            f"the annotation declares a {item.width}x{item.height} image but {(Path(item.image_path).name if item.image_path else 'the image')} is "
+            f"{w}x{h} (width x height); fix <size>/width/height or use the right image", item.source)
+
+
 
 def _number(text: str | None) -> Any:
     """'3' -> 3, '2.5' -> 2.5, anything else unchanged (stripped)."""
@@ -175,19 +186,24 @@ def is_voc(path: str | Path) -> bool:
 
 
 def _voc_image_path(root: ET.Element, path: Path) -> Path | None:
+    """The image a VOC file names, looked up inside the data set only.
+
+    ``<filename>`` must be a relative name without ``..`` (else InputError); of
+    ``<path>`` (LabelImg writes the annotator's absolute path) only the file name is
+    used, and a ``<folder>`` that is not a plain folder name is ignored.
+    """
     filename = (root.findtext("filename") or "").strip()
     written = (root.findtext("path") or "").strip()
     folder = (root.findtext("folder") or "").strip()
     if not filename and written:
-        filename = Path(written).name
+        filename = PureWindowsPath(written).name
     if not filename:
         return None
-    candidates = [path.parent / filename, path.parent.parent / "JPEGImages" / filename]
-    if folder:
-        candidates.append(path.parent.parent / folder / filename)
-    candidates.append(path.with_name(path.stem + Path(filename).suffix))
-    if written:
-        candidates.append(Path(written))
+    rel = Path(safe_relative(filename, path, "<filename>"))
+    candidates = [path.parent / rel, path.parent.parent / "JPEGImages" / rel]
+    if folder and folder not in (".", "..") and "/" not in folder and "\\" not in folder:
+        candidates.append(path.parent.parent / folder / rel)
+    candidates.append(path.with_name(path.stem + rel.suffix))
     for c in candidates:
         if c.is_file():
             return c
@@ -235,9 +251,7 @@ def read_voc(path: str | Path) -> AnnotatedImage:
     ``<annotation>``, objects without ``<name>`` or a complete ``<bndbox>``,
     and boxes that break the policy in the module docstring.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("annotation file does not exist", path)
+    path = check_regular_file(path, "annotation file")
     try:
         root = ET.parse(str(path)).getroot()
     except ET.ParseError as exc:
@@ -251,8 +265,10 @@ def read_voc(path: str | Path) -> AnnotatedImage:
         try:
             width = int(float(size.findtext("width") or "0")) or None
             height = int(float(size.findtext("height") or "0")) or None
-        except ValueError:
+        except (ValueError, OverflowError):
             raise InputError("<size> has non-numeric width/height", path) from None
+        if (width is not None and width < 0) or (height is not None and height < 0):
+            raise InputError(f"<size> has a negative width/height ({width} x {height})", path)
 
     boxes: list[list[float]] = []
     labels: list[str] = []
@@ -338,21 +354,24 @@ def is_coco(path: str | Path) -> bool:
 
 
 def _coco_image_path(file_name: str, path: Path, image_root: Path | None) -> Path:
+    """The image a COCO entry names, inside the data set (``..``/absolute names refused)."""
+    rel = Path(safe_relative(file_name, path, "image file_name"))
     roots = [image_root] if image_root is not None else []
     roots += [path.parent, path.parent / "images", path.parent.parent / "images"]
     for r in roots:
-        c = r / file_name
+        c = r / rel
         if c.is_file():
             return c
-    return roots[0] / file_name
+    return roots[0] / rel
 
 
 def _decode_rle(seg: dict, h: int | None, w: int | None, where: str, path: Path) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     size = seg.get("size")
-    if not (isinstance(size, list) and len(size) == 2):
-        raise InputError(f"{where}: RLE segmentation lacks 'size': [height, width]", path)
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        raise InputError(f"{where}: RLE segmentation lacks 'size': [height, width] (positive integers)", path)
+    check_pixels(size, path, f"{where}: RLE mask")
     if h is not None and w is not None and list(size) != [h, w]:
         raise InputError(f"{where}: RLE size {size} differs from the image size [{h}, {w}]", path)
     counts = seg.get("counts")
@@ -402,11 +421,11 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[An
     with pycocotools into ``masks``, outline into ``polygons``).  ``bbox`` may be
     missing when a segmentation is given (the box is its extent).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("annotation file does not exist", path)
+    path = check_regular_file(path, "annotation file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise InputError("JSON is nested too deeply", path) from None
     except UnicodeDecodeError:
         raise InputError("not a text (UTF-8) JSON file", path) from None
     except json.JSONDecodeError as exc:
@@ -419,16 +438,33 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[An
     root = Path(image_root) if image_root is not None else None
 
     categories: dict[Any, str] = {}
-    for c in data.get("categories") or []:
+    cats = data.get("categories") or []
+    if not isinstance(cats, list):
+        raise InputError("'categories' must be a list", path)
+    for c in cats:
         if not isinstance(c, dict) or "id" not in c:
             raise InputError("a category lacks 'id'", path)
-        categories[c["id"]] = str(c.get("name", c["id"]))
+        if not _is_id(c["id"]):
+            raise InputError(f"category id {c['id']!r} must be an integer or a string", path)
+        name = c.get("name", c["id"])
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise InputError(f"category {c['id']!r}: 'name' must be a string, got {type(name).__name__}", path)
+        categories[c["id"]] = str(name)
 
     images: dict[Any, dict] = {}
     order: list[Any] = []
     for k, im in enumerate(data["images"]):
         if not isinstance(im, dict) or "id" not in im:
             raise InputError(f"image entry {k} lacks 'id'", path)
+        if not _is_id(im["id"]):
+            raise InputError(f"image entry {k}: 'id' {im['id']!r} must be an integer or a string", path)
+        for key in ("width", "height"):
+            v = im.get(key)
+            if v is not None and v != 0 and not (_is_whole(v) and v > 0):
+                raise InputError(f"image {im['id']!r}: '{key}' must be a positive integer, got {v!r}", path)
+        fn = im.get("file_name")
+        if fn is not None and not isinstance(fn, str):
+            raise InputError(f"image {im['id']!r}: 'file_name' must be a string, got {type(fn).__name__}", path)
         if im["id"] in images:
             raise InputError(f"image id {im['id']} appears twice", path)
         images[im["id"]] = im
@@ -438,6 +474,8 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[An
     for k, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             raise InputError(f"annotation {k} is not an object", path)
+        if not _is_id(ann.get("image_id")) or not _is_id(ann.get("category_id", 0)):
+            raise InputError(f"annotation {k}: 'image_id' and 'category_id' must be integers or strings", path)
         if ann.get("image_id") not in images:
             raise InputError(f"annotation {ann.get('id', k)} refers to unknown image_id {ann.get('image_id')!r}", path)
         if "category_id" not in ann:
@@ -449,6 +487,7 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[An
         per_image[ann["image_id"]].append(ann)
 
     out: list[AnnotatedImage] = []
+    mask_budget = [4 * max_pixels()]  # full-size masks decoded for this file, all images together
     for image_id in order:
         im = images[image_id]
         w = int(im["width"]) if im.get("width") else None
@@ -462,11 +501,13 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[An
             seg = ann.get("segmentation")
             polygon = mask = None
             if isinstance(seg, dict):
+                _spend(mask_budget, seg.get("size"), where, path)
                 mask = _decode_rle(seg, h, w, where, path)
                 polygon = _mask_to_polygon(mask)
             elif isinstance(seg, list) and seg:
                 polygon, parts = _coco_polygon(seg, where, path)
                 if len(parts) > 1 and h and w:
+                    _spend(mask_budget, [h, w], where, path)
                     mask = np.zeros((h, w), dtype=bool)
                     for p in parts:
                         mask |= polygon_to_mask(p, h, w)
@@ -528,7 +569,39 @@ def coco_categories(path: str | Path) -> list[str]:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read COCO JSON ({exc})", path) from None
-    cats = sorted(data.get("categories") or [], key=lambda c: c.get("id", 0))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"cannot read COCO JSON ({str(exc)[:120]})", path) from None
+    cats = data.get("categories") if isinstance(data, dict) else None
+    if not cats:
+        return []
+    if not isinstance(cats, list) or not all(isinstance(c, dict) and _is_id(c.get("id", 0)) for c in cats):
+        raise InputError("'categories' must be a list of {id, name} objects", path)
+    cats = sorted(cats, key=lambda c: (isinstance(c.get("id", 0), str), c.get("id", 0)))
     return [str(c.get("name", c.get("id"))) for c in cats]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_whole(v: Any) -> bool:
+    """An integer, or a float without a fraction (640.0): image sizes."""
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v) and v.is_integer())
+
+
+def _is_id(v: Any) -> bool:
+    """COCO ids are integers or strings (anything else cannot be looked up)."""
+    return (_is_int(v) or isinstance(v, str)) and not isinstance(v, bool)
+
+
+def _spend(budget: list[int], size: Any, where: str, path: Path) -> None:
+    """Count a full-size mask against the file's mask budget (4x the pixel budget)."""
+    try:
+        n = int(size[0]) * int(size[1])
+    except (TypeError, ValueError, IndexError):
+        return  # malformed sizes are reported by the decoder
+    budget[0] -= n
+    if budget[0] < 0:
+        raise InputError(
+            f"{where}: decoding every mask of this file would need more than {4 * max_pixels():,} pixels "
+            "(4x the pixel budget, CELLCLASS_MAX_PIXELS)", path)

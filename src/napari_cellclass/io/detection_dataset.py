@@ -14,12 +14,14 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from .annotations import AnnotatedImage, coco_categories, is_coco, polygon_to_mask, read_coco, read_voc
+from .limits import ScanReport, check_finite, is_appledouble
+from .annotations import AnnotatedImage, check_declared_size, coco_categories, is_coco, polygon_to_mask, read_coco, read_voc
 
 
 def to_rgb_uint8(image: np.ndarray, path: Path | None = None) -> np.ndarray:
     """Any 2D/RGB/RGBA array -> (H, W, 3) uint8 (16-bit and float scaled by percentiles)."""
     a = np.asarray(image)
+    check_finite(a, "image", path)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     elif a.ndim == 3 and a.shape[2] == 4:
@@ -41,16 +43,12 @@ def to_rgb_uint8(image: np.ndarray, path: Path | None = None) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    from skimage.io import imread
+    """(H, W, 3) uint8 through :func:`.limits.read_image` (size checked before decoding)."""
+    from .limits import read_image as read_checked
 
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise InputError("image file not found (the annotation names it)", path)
-    try:
-        return to_rgb_uint8(imread(str(path)), path)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"image could not be read: {exc}", path) from None
+    return to_rgb_uint8(read_checked(path), path)
 
 
 @dataclass
@@ -68,10 +66,12 @@ class DetectionDataset:
         """(H, W, 3) uint8."""
         if self.loader is not None:
             return self.loader(i)
-        path = self.items[i].image_path
-        if path is None:
-            raise InputError(f"annotation {self.items[i].source} names no image file")
-        return read_image(path)
+        item = self.items[i]
+        if item.image_path is None:
+            raise InputError(f"annotation {item.source} names no image file")
+        img = read_image(item.image_path)
+        check_declared_size(item, img.shape[:2])
+        return img
 
     def masks(self, i: int, shape: tuple[int, int]) -> np.ndarray:
         """(N, H, W) uint8 instance masks: RLE/polygon where given, else the filled box (seed 002)."""
@@ -101,19 +101,62 @@ class DetectionDataset:
         return DetectionDataset([self.items[i] for i in idx], self.classes, self.source, load)
 
 
-def _classes_of(items: list[AnnotatedImage], declared: list[str] | None) -> list[str]:
+def _classes_of(items: list[AnnotatedImage], declared: list[str] | None,
+                allow_new_classes: bool = False) -> list[str]:
+    """The class list; a label outside the declared list (a typo) is an error unless allowed.
+
+    Without a declared list, a rare label that looks like a frequent one (``WCB`` among
+    hundreds of ``WBC``) is taken for a typo too.
+    """
+    import difflib
+    from collections import Counter
+
+    counts = Counter(lab for it in items for lab in it.labels)
     seen = list(dict.fromkeys(lab for it in items for lab in it.labels))
+    where = {lab: it.source for it in reversed(items) for lab in it.labels}
     if declared:
         extra = [c for c in seen if c not in declared]
+        if extra and not allow_new_classes:
+            c = extra[0]
+            close = difflib.get_close_matches(c, list(declared), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InputError(
+                f"label {c!r}{hint} is not one of the known classes: {', '.join(map(str, declared))}"
+                + (f" ({len(extra)} unknown labels: {', '.join(map(repr, extra[:5]))})" if len(extra) > 1 else "")
+                + "; fix the annotation, or pass --set allow_new_classes=true to add new classes",
+                where.get(c))
         return list(declared) + extra
+    if not allow_new_classes:
+        for c in seen:
+            bigger = [o for o in seen if o != c and counts[o] >= 10 * counts[c] and counts[c] <= 3]
+            close = difflib.get_close_matches(c, bigger, n=1, cutoff=0.85) or [
+                o for o in bigger if o.lower() == c.lower().strip()]
+            if close:
+                raise InputError(
+                    f"label {c!r} ({counts[c]} object(s)) looks like a typo of {close[0]!r} ({counts[close[0]]} "
+                    f"objects); fix the annotation, or pass --set allow_new_classes=true if {c!r} is a real class",
+                    where.get(c))
     return sorted(seen)
 
 
-def load_voc_folder(folder: str | Path, classes: list[str] | None = None) -> DetectionDataset:
-    """``folder/Annotations/*.xml`` (+ ``JPEGImages/``), or a folder of XML files next to their images."""
+def load_voc_folder(folder: str | Path, classes: list[str] | None = None,
+                    allow_new_classes: bool = False) -> DetectionDataset:
+    """``folder/Annotations/*.xml`` (+ ``JPEGImages/``), or a folder of XML files next to their images.
+
+    macOS ``._*.xml`` files are skipped (reported in a warning).  ``classes`` (or a
+    ``classes.json`` list) fixes the class list; labels outside it are refused unless
+    ``allow_new_classes``.
+    """
     folder = Path(folder)
     ann_dir = folder / "Annotations" if (folder / "Annotations").is_dir() else folder
-    files = sorted(ann_dir.glob("*.xml"))
+    report = ScanReport()
+    files = []
+    for p in sorted(ann_dir.glob("*.xml")):
+        if is_appledouble(p):
+            report.skip("macOS '._' metadata file(s)", p)
+        else:
+            files.append(p)
+    report.warn(folder)
     if not files:
         raise InputError("no Pascal VOC *.xml files found (expected Annotations/*.xml)", folder)
     with warnings.catch_warnings():
@@ -124,32 +167,45 @@ def load_voc_folder(folder: str | Path, classes: list[str] | None = None) -> Det
         raise InputError(f"{len(missing)} annotation(s) name images that are not there, e.g. {missing[0]}", folder)
     declared = classes
     if declared is None and (folder / "classes.json").is_file():
-        import json
-
-        declared = json.loads((folder / "classes.json").read_text())
-    return DetectionDataset(items, _classes_of(items, declared), str(folder))
+        declared = _read_class_list(folder / "classes.json")
+    return DetectionDataset(items, _classes_of(items, declared, allow_new_classes), str(folder))
 
 
-def load_coco(path: str | Path, image_root: str | Path | None = None) -> DetectionDataset:
+def _read_class_list(path: Path) -> list[str]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"class list could not be read ({str(exc)[:120]})", path) from None
+    if not isinstance(data, list) or not data or not all(isinstance(c, str) and c.strip() for c in data):
+        raise InputError("classes.json must be a non-empty JSON list of class names", path)
+    return data
+
+
+def load_coco(path: str | Path, image_root: str | Path | None = None, classes: list[str] | None = None,
+              allow_new_classes: bool = False) -> DetectionDataset:
     path = Path(path)
     items = read_coco(path, image_root)
-    return DetectionDataset(items, _classes_of(items, coco_categories(path)), str(path))
+    declared = classes if classes else coco_categories(path)
+    return DetectionDataset(items, _classes_of(items, declared, allow_new_classes), str(path))
 
 
-def load_dataset(path: str | Path, classes: list[str] | None = None) -> DetectionDataset:
+def load_dataset(path: str | Path, classes: list[str] | None = None,
+                 allow_new_classes: bool = False) -> DetectionDataset:
     """VOC folder, COCO JSON file, or a folder holding one ``*.json`` COCO file."""
     path = Path(path)
     if not path.exists():
         raise InputError("dataset path does not exist", path)
     if path.is_file():
         if is_coco(path):
-            return load_coco(path)
+            return load_coco(path, classes=classes, allow_new_classes=allow_new_classes)
         raise InputError("not a COCO JSON file; give a VOC folder or a COCO .json", path)
     if (path / "Annotations").is_dir() or any(path.glob("*.xml")):
-        return load_voc_folder(path, classes)
+        return load_voc_folder(path, classes, allow_new_classes)
     jsons = [p for p in sorted(path.glob("*.json")) if is_coco(p)]
     if len(jsons) == 1:
-        return load_coco(jsons[0])
+        return load_coco(jsons[0], classes=classes, allow_new_classes=allow_new_classes)
     raise InputError("found neither Annotations/*.xml (VOC) nor exactly one COCO .json", path)
 
 
@@ -169,4 +225,6 @@ def from_layers(image: np.ndarray, boxes: np.ndarray, labels: list[str],
     idx = np.nonzero(keep)[0]
     item = AnnotatedImage(None, w, h, boxes[idx], [str(labels[i]) for i in idx], [polys[i] for i in idx],
                           [{} for _ in idx])
-    return DetectionDataset([item], _classes_of([item], classes), "viewer layers", lambda _i: rgb)
+    # labels drawn in the viewer are the user's own classes: new ones are welcome here
+    return DetectionDataset([item], _classes_of([item], classes, allow_new_classes=True), "viewer layers",
+                            lambda _i: rgb)

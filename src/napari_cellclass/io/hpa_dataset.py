@@ -68,11 +68,12 @@ def read_labels(csv_path: Path) -> list[HPAItem]:
 
 
 def channel_path(folder: Path, set_id: str, colour: str) -> Path | None:
-    for ext in EXTENSIONS:
-        p = folder / f"{set_id}_{colour}{ext}"
-        if p.is_file():
-            return p
-    return None
+    """The one file of a channel; two formats of it (``a_red.png``, ``a_red.jpg``) are refused."""
+    found = [p for ext in EXTENSIONS if (p := folder / f"{set_id}_{colour}{ext}").is_file()]
+    if len(found) > 1:
+        raise InputError(f"image {set_id!r}: the {colour} channel exists as "
+                         + " and ".join(p.name for p in found) + "; keep one format per image", folder)
+    return found[0] if found else None
 
 
 def load_set(folder: Path, set_id: str) -> np.ndarray:

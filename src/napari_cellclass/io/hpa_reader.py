@@ -37,6 +37,9 @@ class HPASet:
 
     set_id: str
     paths: dict[str, Path] = field(default_factory=dict)
+    #: colours with several files of different formats (``a_red.png`` and ``a_red.jpg``);
+    #: ``paths`` holds the first of them, and :func:`read_set` refuses the set
+    ambiguous: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def missing(self) -> list[str]:
@@ -52,18 +55,36 @@ def parse_name(path: str | Path) -> tuple[str, str] | None:
 
 
 def find_set(path: str | Path) -> HPASet | None:
-    """The set a single channel file belongs to (its siblings found by name), or None."""
+    """The set a single channel file belongs to (its siblings found by name), or None.
+
+    Siblings with the opened file's own extension win: opening ``a_red.png`` next to
+    ``a_red.jpg`` reads the PNG set.  A colour that exists only in other extensions,
+    more than one of them, is ambiguous and refused.
+    """
     path = Path(path)
     parsed = parse_name(path)
     if parsed is None:
         return None
-    set_id, _ = parsed
-    s = HPASet(set_id)
+    set_id, colour = parsed
+    ext = path.suffix.lower()
+    by_colour: dict[str, list[Path]] = {}
     for sib in sorted(path.parent.glob(f"{glob_escape(set_id)}_*")):
         p = parse_name(sib)
-        if p is not None and p[0] == set_id and p[1] not in s.paths and sib.is_file():
-            s.paths[p[1]] = sib
-    s.paths.setdefault(parsed[1], path)
+        if p is not None and p[0] == set_id and sib.is_file() and not sib.name.startswith("._"):
+            by_colour.setdefault(p[1], []).append(sib)
+    s = HPASet(set_id)
+    for c, files in by_colour.items():
+        same = [f for f in files if f.suffix.lower() == ext]
+        if c == colour:
+            s.paths[c] = path
+        elif same:
+            s.paths[c] = same[0]
+        elif len({f.suffix.lower() for f in files}) == 1:
+            s.paths[c] = files[0]
+        else:
+            s.paths[c] = files[0]
+            s.ambiguous[c] = files
+    s.paths.setdefault(colour, path)
     return s
 
 
@@ -73,29 +94,31 @@ def glob_escape(text: str) -> str:
 
 
 def find_sets(folder: str | Path) -> list[HPASet]:
-    """All sets in a folder (non-recursive), sorted by id."""
+    """All sets in a folder (non-recursive), sorted by id.
+
+    A colour present in two formats (``a_red.png`` and ``a_red.jpg``) is recorded in
+    ``HPASet.ambiguous`` and refused when the set is read, never resolved by guessing.
+    """
     sets: dict[str, HPASet] = {}
     for f in sorted(Path(folder).iterdir()):
-        p = parse_name(f) if f.is_file() else None
+        p = parse_name(f) if not f.name.startswith("._") and f.is_file() else None
         if p is None:
             continue
-        sets.setdefault(p[0], HPASet(p[0])).paths.setdefault(p[1], f)
+        s = sets.setdefault(p[0], HPASet(p[0]))
+        if p[1] in s.ambiguous:
+            s.ambiguous[p[1]].append(f)
+        elif p[1] in s.paths:
+            s.ambiguous[p[1]] = [s.paths[p[1]], f]
+        else:
+            s.paths[p[1]] = f
     return [sets[k] for k in sorted(sets)]
 
 
 def _imread(path: Path) -> np.ndarray:
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
+    """Through the shared door (:mod:`.limits`): size checked before decoding, bit depth kept."""
+    from .limits import read_image
 
-            return np.asarray(tifffile.imread(str(path)))
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(str(path)))
-    except FileNotFoundError:
-        raise InputError("file does not exist", path) from None
-    except Exception as exc:
-        raise InputError(f"cannot read image ({exc})", path) from None
+    return read_image(path)
 
 
 def reduce_to_channel(img: np.ndarray, colour: str, path: Path | None = None) -> np.ndarray:
@@ -134,8 +157,9 @@ def read_set(s: HPASet, *, warn: bool = True) -> tuple[dict[str, np.ndarray], li
     """Read every present channel; return ``(arrays by colour, missing colours)``.
 
     All present channels must have the same shape.  Missing channels are named
-    in a warning (``warn=True``).
+    in a warning (``warn=True``).  A colour found in two formats is an error.
     """
+    check_unambiguous(s)
     arrays = {c: read_channel(s.paths[c], c) for c in CHANNELS if c in s.paths}
     shapes = {c: a.shape for c, a in arrays.items()}
     if len(set(shapes.values())) > 1:
@@ -154,6 +178,17 @@ def read_set(s: HPASet, *, warn: bool = True) -> tuple[dict[str, np.ndarray], li
             stacklevel=2,
         )
     return arrays, missing
+
+
+def check_unambiguous(s: HPASet) -> None:
+    """Refuse a set where one colour exists in several formats (which one is meant?)."""
+    if s.ambiguous:
+        c, files = next(iter(s.ambiguous.items()))
+        raise InputError(
+            f"HPA set {s.set_id!r}: the {c} channel exists as "
+            + " and ".join(f.name for f in files)
+            + "; keep one format per set (or open one of the files to pick its format)",
+            files[0].parent)
 
 
 def stack_channels(arrays: dict[str, np.ndarray], set_id: str = "") -> np.ndarray:

@@ -55,6 +55,10 @@ def get_reader(path: str | list[str]) -> ReaderFunc | None:
 
 
 def _sniff(p: Path) -> str | None:
+    if p.suffix.lower() in (".zarr", ".tif", ".tiff", ".csv"):
+        from napari_cellclass.engine.atomic import recover
+
+        recover(p)  # an interrupted save: restore or finish it, drop dead temporaries
     if p.is_dir():
         return "zarr" if _zarr_label_attrs(p) is not None else None
     suffix = p.suffix.lower()
@@ -103,6 +107,9 @@ def _zarr_label_attrs(folder: Path) -> dict[str, Any] | None:
 def read_zarr_labels(path: Any) -> list[LayerData]:
     """Read an OME-Zarr labels image (or every label image under ``<image>.zarr/labels``)."""
     p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    from napari_cellclass.engine.atomic import recover
+
+    recover(p)
     attrs = _zarr_label_attrs(p)
     if attrs is None:
         raise InputError("not an OME-Zarr labels folder (no image-label / labels metadata)", p)
@@ -215,6 +222,10 @@ def read_tiff_labels(path: Any) -> list[LayerData]:
         raise InputError(f"labels TIFF description is malformed: {exc}", p) from None
     if dtype.kind not in "iub":
         raise InputError(f"recorded dtype {dtype} is not an integer type", p)
+    from napari_cellclass.io.limits import check_pixels, probe
+
+    check_pixels(shape, p, "labels TIFF description")
+    probe(p)  # the pixel budget, all pages counted, before decoding
     try:
         with tifffile.TiffFile(p) as tif:
             data = tif.asarray()

@@ -48,16 +48,18 @@ def get_reader(path: str | Path | list) -> Callable[[Any], list[LayerData]] | No
 
 
 def read_gray(path: str | Path) -> np.ndarray:
-    """A spread as a 2D uint8/uint16 gray array (RGB is averaged with luminance weights)."""
-    from PIL import Image, UnidentifiedImageError
+    """A spread as a 2D uint8/uint16 gray array (RGB is averaged with luminance weights).
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"cannot read image ({exc})", path) from None
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"image declares implausibly large dimensions ({exc})", path) from None
+    Read through :func:`.limits.read_image` (size checked before decoding; stacks
+    refused); other sample types (float, 32-bit) are rescaled to uint8 knowingly.
+    """
+    from .limits import read_image, to_uint8
+
+    arr = read_image(path)
+    if arr.ndim == 3 and arr.shape[-1] == 2:  # gray + alpha
+        arr = arr[..., 0]
+    if arr.dtype not in (np.uint8, np.uint16):
+        arr = to_uint8(arr, path)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         gray = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         arr = np.clip(np.round(gray), 0, 255 if arr.dtype == np.uint8 else 65535).astype(arr.dtype)
@@ -117,6 +119,9 @@ def read_spread(path: str | Path | list) -> list[LayerData]:
         (gray, {"name": p.stem, "colormap": "gray", "metadata": {"path": str(p), "sidecar": str(sidecar)}}, "image")
     ]
     if sidecar is not None:
+        from .annotations import check_declared_size
+
         ann = _annotations(p, sidecar)
+        check_declared_size(ann, gray.shape[:2])
         layers.append(annotation_shapes(ann, name=f"{p.stem} annotations"))
     return layers
