@@ -19,6 +19,13 @@ from .._version import __version__
 from ..errors import CheckpointError
 from .atomic import atomic_path
 
+#: Bounds on what checkpoint metadata may declare (more is a corrupt or hostile file).
+MAX_CLASSES = 100_000
+MAX_IN_CHANNELS = 1024
+MAX_INPUT_SIDE = 65_536
+MAX_CONFIG_INT = 1 << 20
+MAX_DEPTH = 32
+
 FORMAT = "napari-cellclass-checkpoint"
 FORMAT_VERSION = 1
 META_KEY = "cellclass"
@@ -121,15 +128,133 @@ def _meta_from_header(header: dict[str, str], path: Path) -> CheckpointMeta:
         raw = json.loads(header[META_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"checkpoint metadata is not valid JSON: {exc}", path) from None
+    except RecursionError:
+        raise CheckpointError("checkpoint metadata is nested too deeply to be genuine", path) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError("metadata is not a napari-cellclass checkpoint header", path)
-    if int(raw.get("format_version", 0)) > FORMAT_VERSION:
+    fv = raw.get("format_version", 0)
+    if not _is_int(fv):
+        raise CheckpointError(f"checkpoint metadata: format_version must be an integer, got {fv!r}", path)
+    if fv > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint format version {raw.get('format_version')} is newer than this "
             f"napari-cellclass ({__version__}) understands; please upgrade",
             path,
         )
-    return CheckpointMeta.from_dict(raw, path)
+    meta = CheckpointMeta.from_dict(raw, path)
+    validate_meta(meta, path)
+    return meta
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of a JSON value (iterative: a hostile header cannot blow the stack)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_DEPTH:
+            return deepest
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+    return deepest
+
+
+def _big_ints(obj: Any, where: str = "arch_config") -> list[str]:
+    out, stack = [], [(obj, where)]
+    while stack:
+        o, w = stack.pop()
+        if isinstance(o, dict):
+            stack.extend((v, f"{w}.{k}") for k, v in o.items())
+        elif isinstance(o, list):
+            stack.extend((v, f"{w}[{i}]") for i, v in enumerate(o))
+        elif isinstance(o, float) and (o != o or abs(o) > MAX_CONFIG_INT):
+            out.append(f"{w}={o!r}")
+        elif _is_int(o) and abs(o) > MAX_CONFIG_INT:
+            out.append(f"{w}={o}")
+    return out
+
+
+def validate_meta(meta: CheckpointMeta, path: Path | None = None) -> None:
+    """Typed schema with bounds: every field has its type and a plausible size.
+
+    Runs before anything is allocated, so a header that declares two billion classes or
+    a 1e9-pixel input is refused by name instead of exhausting memory.
+    """
+    def bad(msg: str) -> None:
+        raise CheckpointError(f"checkpoint metadata: {msg}", path)
+
+    for name in ("task", "arch", "trained_on", "version", "format"):
+        v = getattr(meta, name)
+        if not isinstance(v, str) or (name in ("task", "arch") and not v.strip()) or len(v) > 1000:
+            bad(f"{name} must be a short text, got {type(v).__name__} {str(v)[:40]!r}")
+    names = meta.class_names
+    if not isinstance(names, list) or not names:
+        bad(f"class_names must be a non-empty list of names, got {type(names).__name__}")
+    if len(names) > MAX_CLASSES:
+        bad(f"class_names lists {len(names):,} classes (at most {MAX_CLASSES:,} are plausible)")
+    if not all(isinstance(c, str) and len(c) <= 1000 for c in names):
+        bad("class_names must all be texts")
+    ch = meta.in_channels
+    if not _is_int(ch) or not 1 <= ch <= MAX_IN_CHANNELS:
+        bad(f"in_channels must be an integer in 1..{MAX_IN_CHANNELS}, got {ch!r}")
+    size = meta.input_size
+    if not isinstance(size, list) or not 1 <= len(size) <= 3 or not all(
+            _is_int(v) and 1 <= v <= MAX_INPUT_SIDE for v in size):
+        bad(f"input_size must be 1 to 3 integers in 1..{MAX_INPUT_SIDE}, got {str(size)[:60]}")
+    from ..io.limits import max_pixels
+
+    n = 1
+    for v in size:
+        n *= v
+    if n * ch > max_pixels():
+        bad(f"input_size {size} x {ch} channel(s) is over the pixel budget ({max_pixels():,})")
+    for name in ("arch_config", "normalization", "training", "metrics"):
+        v = getattr(meta, name)
+        if not isinstance(v, dict):
+            bad(f"{name} must be a mapping, got {type(v).__name__}")
+        if _depth(v) > MAX_DEPTH:
+            bad(f"{name} is nested more than {MAX_DEPTH} levels deep")
+    big = _big_ints(meta.arch_config)
+    if big:
+        bad(f"arch_config values out of range: {', '.join(big[:3])} (at most {MAX_CONFIG_INT:,})")
+    th = meta.thresholds
+    if th is not None:
+        if not isinstance(th, list) or not all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                               and t == t for t in th):
+            bad("thresholds must be a list of numbers")
+        if len(th) != len(names):
+            bad(f"{len(th)} thresholds for {len(names)} classes")
+    outputs = declared_outputs(meta)
+    if outputs is not None:
+        if not _is_int(outputs) or outputs < 1:
+            bad(f"num_classes must be a positive integer, got {outputs!r}")
+        expected = len(names) + (1 if _has_background(meta) else 0)
+        if outputs != expected:
+            extra = " plus background" if _has_background(meta) else ""
+            bad(f"class_names lists {len(names)} class(es){extra} but the network has {outputs} outputs; "
+                "results would be cut or mislabelled")
+
+
+def _has_background(meta: CheckpointMeta) -> bool:
+    """Detectors (Faster/Mask R-CNN) have one extra output for the background."""
+    arch = meta.arch
+    if arch == "recipe_model" and isinstance(meta.arch_config.get("base"), str):
+        arch = meta.arch_config["base"]
+    return "rcnn" in arch
+
+
+def declared_outputs(meta: CheckpointMeta) -> Any:
+    """``num_classes`` from ``arch_config`` (or the recipe wrapper's ``base_config``), else None."""
+    cfg = meta.arch_config
+    if meta.arch == "recipe_model" and isinstance(cfg.get("base_config"), dict):
+        cfg = cfg["base_config"]
+    return cfg.get("num_classes")
 
 
 def load_checkpoint(
@@ -161,6 +286,10 @@ def load_checkpoint(
         state = load_file(str(path), device=str(map_location))
     except Exception as exc:
         raise CheckpointError(f"weights could not be read (truncated or corrupt file): {exc}", path) from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"weights hold NaN or infinite values ({_short(sorted(bad))}); the model "
+                              "diverged or the file is damaged, and its answers would be meaningless", path)
     # built-in models may be stored in half precision to halve their size; compute runs in float32
     state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state.items()}
     return Checkpoint(meta=meta, state_dict=state, path=path)
@@ -203,7 +332,79 @@ def build_from_checkpoint(
     from ..models.registry import build_model
 
     ckpt = load_checkpoint(path, task=task, in_channels=in_channels, map_location=map_location)
-    model = build_model(ckpt.meta.arch, **ckpt.meta.arch_config)
+    # build a weightless skeleton first: its shapes must match the file before real memory is spent
+    skeleton = _build(ckpt, "meta")
+    if skeleton is not None:
+        _check_shapes(skeleton, ckpt.state_dict, ckpt.path)
+    model = _build(ckpt, None)
     load_state_strict(model, ckpt.state_dict, ckpt.path)
     model.eval()
     return model, ckpt.meta
+
+
+def _build(ckpt: Checkpoint, device: str | None) -> torch.nn.Module | None:
+    """Build the named network (on ``device="meta"``: shapes only, no memory; None if unsupported)."""
+    from ..models.registry import build_model
+
+    try:
+        if device is None:
+            return build_model(ckpt.meta.arch, **ckpt.meta.arch_config)
+        with torch.device(device):
+            return build_model(ckpt.meta.arch, **ckpt.meta.arch_config)
+    except CheckpointError as exc:
+        raise CheckpointError(exc.problem, ckpt.path) from None
+    except (MemoryError, RecursionError) as exc:
+        raise CheckpointError(f"architecture {ckpt.meta.arch!r} cannot be built from the metadata "
+                              f"({type(exc).__name__})", ckpt.path) from None
+    except Exception as exc:
+        if device is not None:
+            return None  # a builder that cannot run on the meta device; the real build decides
+        raise CheckpointError(f"architecture {ckpt.meta.arch!r} cannot be built from the checkpoint's "
+                              f"arch_config ({type(exc).__name__}: {str(exc)[:160]})", ckpt.path) from None
+
+
+def _check_shapes(skeleton: torch.nn.Module, state: dict[str, torch.Tensor], path: Path | None) -> None:
+    own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    wrong = sorted(k for k in set(own) & set(state) if own[k] != tuple(state[k].shape))
+    missing = sorted(set(own) - set(state))
+    if wrong or missing:
+        problems = []
+        if missing:
+            problems.append(f"missing weights: {_short(missing)}")
+        if wrong:
+            problems.append("shape mismatch: " + _short(
+                [f"{k} {tuple(state[k].shape)} vs model {own[k]}" for k in wrong]))
+        raise CheckpointError("weights do not fit the architecture: " + "; ".join(problems), path)
+
+
+def check_run_folder(out: str | Path | None, task: str, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse to train ``task`` into a folder that holds another task's trained model.
+
+    ``train hpa --out runs/wbc1`` would replace a trained WBC model without a word;
+    it needs ``--overwrite``.  ``--resume`` into another task's run is always refused
+    (there is nothing of this task to resume).
+    """
+    from ..errors import CellClassError
+
+    if out is None:
+        return
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CellClassError("--out must be a folder, but a file of that name exists", out)
+    if not out.is_dir():
+        return
+    for ck in sorted(out.glob("*" + SUFFIX)):
+        try:
+            other = read_meta(ck).task
+        except CheckpointError:
+            continue  # not ours or damaged: nothing of a known task to protect
+        if other == task:
+            continue
+        if resume:
+            raise CellClassError(
+                f"--resume: this folder holds a {other!r} run ({ck.name}), not a {task!r} run; "
+                "resume with the task it was started with, or choose another --out", out)
+        if not overwrite:
+            raise CellClassError(
+                f"this folder holds a trained {other!r} model ({ck.name}); training {task!r} here would "
+                "replace it. Choose another --out, or pass --overwrite", out)
