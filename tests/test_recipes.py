@@ -164,7 +164,7 @@ def test_l1_penalty_and_dropout_are_training_only():
 
 def test_from_options_precedence(tmp_path):
     f = tmp_path / "r.yaml"
-    f.write_text("loss: focal\nlr: 0.005\nschedule: cosine\nepochs: 7\nmy_task_knob: 3\n")
+    f.write_text("loss: focal\nlr: 0.005\nschedule: cosine\nepochs: 7\nextra:\n  my_task_knob: 3\n")
     opts = TaskOptions(recipe=f, lr=0.02, extra={"optimizer": "adamw", "early_stopping": 5, "activation": "prelu",
                                                  "label_smoothing": "0.1", "unrelated": "x"})
     r = Recipe.from_options(opts, loss="center", optimizer="sgd", epochs=3, batch_size=16)

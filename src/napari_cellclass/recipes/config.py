@@ -17,6 +17,7 @@ recipe file (``opts.recipe``) < command-line knobs (``opts.lr``, ``opts.epochs``
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -118,22 +119,40 @@ class Recipe:
         return r
 
     def update(self, d: dict[str, Any], *, strict: bool = True, source: str | Path | None = None) -> "Recipe":
-        """Set fields from a mapping; unknown keys go to ``extra`` (or fail when ``strict``)."""
+        """Set fields from a mapping, each coerced to its type.
+
+        With ``strict`` (recipe files, :meth:`from_dict`) an unknown key is an error
+        naming it (with the closest known field); task-specific knobs belong under
+        ``extra:``.  Without ``strict`` (task defaults) unknown keys go to ``extra``.
+        """
         if not isinstance(d, dict):
             raise InputError(f"a recipe must be a mapping of option: value, got {type(d).__name__}", source)
         unknown = []
         for k, v in d.items():
             key = _FIELD_ALIASES.get(str(k), str(k))
-            if key == "extra" and isinstance(v, dict):
+            if key == "extra":
+                if not isinstance(v, dict):
+                    raise InputError(f"recipe 'extra' must be a mapping, got {type(v).__name__}", source)
                 self.extra.update(v)
             elif key in _FIELD_NAMES:
-                setattr(self, key, _coerce(key, v))
+                try:
+                    setattr(self, key, _coerce(key, v))
+                except (TypeError, ValueError, OverflowError):
+                    raise InputError(f"bad training recipe: {k} = {str(v)[:60]!r} is not a valid "
+                                     f"{_type_name(key)}", source) from None
+            elif key in SCHEDULE_EXTRAS:
+                self.extra[key] = v
             else:
                 self.extra[key] = v
                 unknown.append(str(k))
-        if strict and unknown and source is not None and str(source) != "options":
-            # unknown keys are kept (a task may read them) but named, so typos are visible
-            self.extra.setdefault("_unknown_keys", sorted(set(self.extra.get("_unknown_keys", [])) | set(unknown)))
+        if strict and unknown and str(source) != "options":
+            import difflib
+
+            known = sorted((_FIELD_NAMES - {"extra"}) | set(_FIELD_ALIASES) | set(SCHEDULE_EXTRAS))
+            hints = [f"{u!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, known, 1)) else "")
+                     for u in unknown[:5]]
+            raise InputError(f"unknown recipe key(s): {', '.join(hints)}; task-specific options go under "
+                             "'extra:'", source)
         try:
             self.validate()
         except ValueError as exc:
@@ -276,6 +295,10 @@ class Recipe:
 
 
 _FIELD_NAMES = {f.name for f in fields(Recipe)}
+#: Extra knobs of some schedules, accepted at the top level of a recipe (kept in ``extra``).
+SCHEDULE_EXTRAS = ("num_periods", "alpha", "beta", "initial_variance", "variance_decay")
+#: A recipe file larger than this is not a recipe.
+MAX_RECIPE_BYTES = 1 << 20
 _FIELD_TYPES = {f.name: f.type for f in fields(Recipe)}
 
 
@@ -323,10 +346,20 @@ def _is_groups(params: Any) -> bool:
     return isinstance(params, (list, tuple)) and bool(params) and isinstance(params[0], dict)
 
 
+def _type_name(key: str) -> str:
+    t = str(_FIELD_TYPES.get(key, "value")).split(" ")[0].replace("|", "").strip()
+    return {"float": "number", "int": "whole number", "bool": "true/false", "str": "text"}.get(t, t)
+
+
 def _coerce(key: str, v: Any) -> Any:
+    """The field's declared type, or TypeError/ValueError (mappings and lists only where lists belong)."""
     t = str(_FIELD_TYPES.get(key, ""))
     if v is None:
         return None
+    if isinstance(v, (dict, set)) or (isinstance(v, list) and key != "milestones"):
+        raise TypeError(f"{key} cannot be a {type(v).__name__}")
+    if t.startswith(("float", "int")) and isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{key} must be finite")
     if key == "milestones":
         if isinstance(v, (int, float)):
             return [float(v)]
@@ -340,8 +373,15 @@ def _coerce(key: str, v: Any) -> Any:
     if key == "activation":
         return str(v)
     if t.startswith("float"):
-        return float(v)
+        f = float(v)
+        if not math.isfinite(f):
+            raise ValueError(f"{key} must be finite")
+        return f
     if t.startswith("int"):
+        if isinstance(v, str):
+            v = float(v) if any(c in v for c in ".eE") else int(v)
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError(f"{key} must be a whole number")
         return int(v)
     if t.startswith("bool"):
         if isinstance(v, str):
@@ -353,23 +393,51 @@ def _coerce(key: str, v: Any) -> Any:
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
+    """A recipe file as a mapping: at most 1 MB, YAML without aliases/anchors (no alias bombs)."""
     if not path.exists():
         raise InputError("recipe file does not exist", path)
-    text = path.read_text()
+    from ..io.limits import check_regular_file
+
+    check_regular_file(path, "recipe file")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise InputError(f"recipe file is larger than {MAX_RECIPE_BYTES // 1024} KB; a recipe is a short "
+                         "list of options", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"recipe file could not be read as UTF-8 text ({exc.__class__.__name__})", path) from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _safe_yaml(text)
+    except InputError as exc:
+        raise InputError(exc.problem, path) from None
+    except RecursionError:
+        raise InputError("recipe file is nested too deeply", path) from None
     except Exception as exc:
-        raise InputError(f"recipe file could not be parsed: {exc}", path) from None
+        raise InputError(f"recipe file could not be parsed: {str(exc)[:200]}", path) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise InputError("recipe file must hold a mapping of option: value", path)
     return data
+
+
+def _safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses anchors/aliases: a 1 KB alias bomb cannot expand to gigabytes."""
+    import yaml
+
+    class _NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+            if self.check_event(yaml.AliasEvent):
+                raise InputError("recipe file uses YAML aliases (*name); write the values out instead")
+            event = self.peek_event()
+            if getattr(event, "anchor", None):
+                raise InputError("recipe file uses YAML anchors (&name); write the values out instead")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _yaml_dump(d: dict[str, Any]) -> str:
