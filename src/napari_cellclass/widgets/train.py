@@ -262,6 +262,9 @@ class TrainWidget(QWidget):
         task = self.task_box.currentText()
         opts = self.options()
         self._opts = opts
+        from ..engine.checkpoint import check_run_folder
+
+        check_run_folder(opts.out, task, resume=opts.resume)  # never replace another task's model
         if self.source_box.currentText() == LAYERS:
             image, boxes, classes = self._layer_data()
             return layers_training_job(task, image, boxes, classes, opts)
