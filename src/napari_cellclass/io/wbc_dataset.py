@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .limits import ScanReport, read_image, safe_relative, scan_files, to_uint8
 
 WBC_CLASSES: list[str] = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
 OPTIONAL_CLASSES: list[str] = ["BASOPHIL"]
@@ -54,13 +55,37 @@ def _kaggle_group(stem: str) -> str:
     return m.group(1) if m else stem
 
 
-def scan_class_folders(root: Path) -> list[WBCRecord]:
-    records = []
+def _class_dirs(root: Path, report: ScanReport) -> list[Path]:
+    """Class folders of ``root``; hidden and ``__MACOSX`` folders are skipped with a note."""
+    dirs = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if d.name.startswith((".", "__MACOSX")):
+            report.skip("hidden or macOS archive folder(s)", d)
+        else:
+            dirs.append(d)
+    return dirs
+
+
+def scan_class_folders(root: Path, report: ScanReport | None = None) -> list[WBCRecord]:
+    """Records of ``root/<CLASS>/*``; an empty class folder is an error, junk files are skipped.
+
+    An empty class folder would silently train a model with one class fewer, so it is
+    refused with its name.  macOS ``._*`` files, FIFOs and other non-images are skipped
+    and counted in ``report`` (see :func:`find_records`).
+    """
+    report = report if report is not None else ScanReport()
+    records = []
+    for d in _class_dirs(root, report):
         label = d.name.upper()
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                records.append(WBCRecord(f, label, f"{label}/{_kaggle_group(f.stem)}"))
+        found = scan_files(d, IMAGE_SUFFIXES, report)
+        if not found and label not in WBC_CLASSES + OPTIONAL_CLASSES:
+            report.skip("empty folder(s) that are not white-cell classes", d)
+        elif not found:
+            raise InputError(
+                f"class folder {d.name}/ holds no images (*.jpeg, *.jpg, *.png, ...); add images or remove the "
+                "folder so the model is not trained without this class", d)
+        for f in found:
+            records.append(WBCRecord(f, label, f"{label}/{_kaggle_group(f.stem)}"))
     return records
 
 
@@ -84,13 +109,17 @@ def read_label_table(csv_path: Path, image_dir: Path | None = None) -> list[WBCR
                 raise InputError(f"line {i}: box coordinates are not numbers: {row}", csv_path) from None
             if box[2] <= box[0] or box[3] <= box[1]:
                 raise InputError(f"line {i}: empty box {box}", csv_path)
-            path = image_dir / row["image"]
+            path = image_dir / safe_relative(row["image"], csv_path, f"line {i}: image name")
             records.append(WBCRecord(path, cat, row["image"], box))
     return records
 
 
 def find_records(root: str | Path, split: str | None = None) -> list[WBCRecord]:
-    """All white-cell records under ``root`` (either layout); ``split`` picks TRAIN/TEST when present."""
+    """All white-cell records under ``root`` (either layout); ``split`` picks TRAIN/TEST when present.
+
+    Files that cannot be images (macOS ``._*`` files, hidden files, FIFOs) are skipped and
+    reported in one warning; ``LAST_SCAN`` keeps the report of the latest scan.
+    """
     root = Path(root)
     if not root.exists():
         raise InputError("dataset folder does not exist", root)
@@ -98,6 +127,7 @@ def find_records(root: str | Path, split: str | None = None) -> list[WBCRecord]:
         return read_label_table(root)
     if (root / LABEL_TABLE).is_file():
         return read_label_table(root / LABEL_TABLE)
+    report = ScanReport()
     subs = {p.name.upper(): p for p in root.iterdir() if p.is_dir()}
     if "TRAIN" in subs or "TEST" in subs:
         wanted = [split.upper()] if split else [s for s in ("TRAIN", "TEST") if s in subs]
@@ -105,14 +135,21 @@ def find_records(root: str | Path, split: str | None = None) -> list[WBCRecord]:
         for s in wanted:
             if s not in subs:
                 raise InputError(f"no {s} folder in the dataset", root)
-            records += [WBCRecord(r.path, r.label, f"{s}/{r.group}", r.box) for r in scan_class_folders(subs[s])]
+            records += [WBCRecord(r.path, r.label, f"{s}/{r.group}", r.box)
+                        for r in scan_class_folders(subs[s], report)]
     else:
-        records = scan_class_folders(root)
+        records = scan_class_folders(root, report)
+    LAST_SCAN.files, LAST_SCAN.skipped = [r.path for r in records], report.skipped
+    report.warn(root)
     if not records:
         raise InputError(
             "no white-cell images found: expected <CLASS>/*.jpeg folders (e.g. EOSINOPHIL/, NEUTROPHIL/) "
             f"or a {LABEL_TABLE} table with JPEGImages/", root)
     return records
+
+
+#: What the latest :func:`find_records` used and skipped (for reports and tests).
+LAST_SCAN = ScanReport()
 
 
 def choose_classes(records: Sequence[WBCRecord], include_basophil: bool = False,
@@ -158,34 +195,24 @@ def split_by_group(records: Sequence[WBCRecord], val_fraction: float = 0.2, seed
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise InputError("image file does not exist", path) from None
-    except Exception as exc:
-        raise InputError(f"not a readable image: {exc}", path) from None
+    """(H, W, 3) uint8 from any image file: size checked first, 16-bit/float rescaled knowingly."""
+    return as_rgb(read_image(path), path)
 
 
-def as_rgb(image: np.ndarray) -> np.ndarray:
-    """Gray, RGB or RGBA (uint8 or float) -> (H, W, 3) uint8."""
+def as_rgb(image: np.ndarray, path: Path | None = None) -> np.ndarray:
+    """Gray, RGB or RGBA (any bit depth) -> (H, W, 3) uint8, rescaled by :func:`.limits.to_uint8`.
+
+    8-bit data is unchanged; 12/16-bit and float data keep their contrast (never clipped
+    to white or black); NaN/Inf are refused.
+    """
     img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
+        img = img[..., 0]
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise InputError(f"expected a gray or RGB image (H, W[, 3]), got shape {img.shape}")
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        f = img.astype(np.float32)
-        lo, hi = float(f.min()), float(f.max())
-        if hi <= 1.0 and lo >= 0.0:
-            f = f * 255.0
-        elif hi > 255.0:
-            f = (f - lo) / max(hi - lo, 1e-6) * 255.0
-        img = np.clip(f, 0, 255).astype(np.uint8)
-    return img
+        raise InputError(f"expected a gray or RGB image (H, W[, 3]), got shape {img.shape}", path)
+    return np.ascontiguousarray(to_uint8(img[..., :3], path))
 
 
 def crop_cell(image: np.ndarray, box_yx: Sequence[float] | None, size: int, context: float = CONTEXT) -> np.ndarray:
