@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                    help="task-specific option, repeatable (e.g. --set loss=focal)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-fast", action="store_true",
+                   help="fp32 inference: no bf16 on CPUs / no mixed precision on GPUs (docs/performance.md)")
 
 
 def _train_opts(p: argparse.ArgumentParser) -> None:
@@ -39,6 +42,7 @@ def _train_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", action="store_true",
                    help="start from ImageNet/COCO weights (cached, or downloaded if CELLCLASS_ALLOW_DOWNLOAD=1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to replace another task's run")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model and budget (smoke test)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
@@ -202,6 +206,8 @@ def run(argv: list[str] | None = None) -> int:
         raise CellClassError(f"--nproc must be at least 1, got {args.nproc}")
     if (getattr(args, "nproc", None) or 1) > 1 and not distributed.launched():  # re-run this under torchrun
         return distributed.launch(distributed.strip_nproc(sys.argv[1:] if argv is None else argv)[0], args.nproc)
+    if getattr(args, "no_fast", False):  # read by every device policy of this run (and of torchrun's ranks)
+        os.environ["CELLCLASS_FAST"] = "0"
     if distributed.launched() and args.command in ("train", "predict", "karyotype"):
         distributed.setup(args.device)  # one process group; rank 0 alone prints and writes
         quiet = quiet or not distributed.is_main()
@@ -216,6 +222,9 @@ def run(argv: list[str] | None = None) -> int:
         print(f"wrote synthetic {args.task} data to {path}")
         return 0
     if args.command == "train":
+        from .engine.checkpoint import check_run_folder
+
+        check_run_folder(opts.out, args.task, resume=opts.resume, overwrite=args.overwrite)
         if distributed.active() and opts.out is None:  # every rank must write to the same run folder
             import time
 

@@ -230,17 +230,35 @@ def restore_resume_state(
     """
     if not enabled or not Path(path).is_file():
         return 0, []
+    from ..errors import CheckpointError
+
     state = load_resume_state(path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["epoch"]), list(state["history"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["epoch"]), list(state["history"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError):
+        raise CheckpointError(
+            "this run cannot be resumed with the current model: the saved state belongs to another task, "
+            "architecture or class list; choose a new --out (or --overwrite to start this folder afresh)",
+            path) from None
 
 
 def load_resume_state(path: str | Path) -> dict[str, Any]:
-    """Read a resume file without executing code (``weights_only=True``)."""
+    """Read a resume file without executing code (``weights_only=True``).
+
+    Whatever torch says about a file it refuses (including its advice to pass
+    ``weights_only=False``, which would allow code execution) is not shown to users.
+    """
     from ..errors import CheckpointError
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"resume state could not be read: {exc}", path) from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise CheckpointError(
+            "resume state could not be read: the file is damaged, from another program or holds objects "
+            "that are not plain tensors (it is never unpickled); start a new run or use --overwrite",
+            path) from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "history"} <= set(state):
+        raise CheckpointError("resume state is incomplete (not written by napari-cellclass)", path)
+    return state

@@ -343,9 +343,10 @@ def _split(records: list[D.WBCRecord], opts: TaskOptions) -> tuple[list[D.WBCRec
     fields of view overlap are kept together, see :mod:`napari_cellclass.io.blood_split`)."""
     frac = float(opts.get("val_fraction", 0.2))
     rule = str(opts.get("split", "group")).lower()
+    seed = int(opts.get("split_seed", opts.seed))  # --set split_seed=N: same split, other training seed
     if rule in ("group", "image", "train", "test"):
-        opts.extra.setdefault("split_rule", f"by source image, {frac:.0%} of each class held out, seed {opts.seed}")
-        return D.split_by_group(records, frac, opts.seed)
+        opts.extra.setdefault("split_rule", f"by source image, {frac:.0%} of each class held out, seed {seed}")
+        return D.split_by_group(records, frac, seed)
     if rule != "smear":
         raise InputError(f"split must be 'group' or 'smear', got {rule!r}")
     from ..io.blood_split import PEAK, grouped_split, overlap_groups
@@ -355,11 +356,11 @@ def _split(records: list[D.WBCRecord], opts: TaskOptions) -> tuple[list[D.WBCRec
     label = {}
     for r in records:
         label.setdefault(r.path, r.label)
-    tr, va = grouped_split([label[p] for p in paths], [groups[p] for p in paths], frac, opts.seed)
+    tr, va = grouped_split([label[p] for p in paths], [groups[p] for p in paths], frac, seed)
     val_paths = {paths[i] for i in va}
     opts.extra.setdefault("split_rule", f"by smear area: {len(paths)} images in {len(set(groups.values()))} groups "
                                         f"of overlapping fields (phase correlation > {PEAK}); {frac:.0%} of the "
-                                        f"groups of each class held out, seed {opts.seed}")
+                                        f"groups of each class held out, seed {seed}")
     return [r for r in records if r.path not in val_paths], [r for r in records if r.path in val_paths]
 
 
@@ -470,6 +471,9 @@ def classify(image: Any, model_path: str | Path, cells: Any = None, device: str 
         model, meta = build_from_checkpoint(resolve_model_path(model_path), task=TASK, in_channels=3)
     raw = image if isinstance(image, np.ndarray) else np.asarray(getattr(image, "data", image))
     img = D.require_stained_rgb(raw)  # gray or fluorescence: refuse, do not guess
+    from ..io.limits import check_informative
+
+    check_informative(img, "the blood image", min_side=4)  # a gray field is not a cell: refuse, do not guess
     boxes, label_ids = _boxes_from_cells(cells, img.shape[:2])
     size = int(meta.input_size[0])
     if boxes is None:
