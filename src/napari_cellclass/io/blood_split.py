@@ -52,8 +52,30 @@ def overlap_pairs(paths: Sequence[Path], peak: float = PEAK) -> list[tuple[int, 
     return pairs
 
 
+_GROUP_CACHE: dict[tuple, list[int]] = {}
+
+
 def overlap_groups(paths: Sequence[Path], peak: float = PEAK) -> list[int]:
-    """A group id per image: images linked by overlapping fields share one (union-find)."""
+    """A group id per image: images linked by overlapping fields share one (union-find).
+
+    Remembered per process for the same files (path, size, mtime): a benchmark that
+    trains many models on one folder computes it once.
+    """
+    key = (float(peak),) + tuple((str(p), *_stamp(Path(p))) for p in paths)
+    if key not in _GROUP_CACHE:
+        _GROUP_CACHE[key] = _overlap_groups(paths, peak)
+    return list(_GROUP_CACHE[key])
+
+
+def _stamp(p: Path) -> tuple[int, int]:
+    try:
+        st = p.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def _overlap_groups(paths: Sequence[Path], peak: float) -> list[int]:
     parent = list(range(len(paths)))
 
     def find(i: int) -> int:

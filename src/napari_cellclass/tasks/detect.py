@@ -327,9 +327,10 @@ def _held_out(ds: DetectionDataset, data: Path, opts: TaskOptions) -> tuple[list
     ``wbc_labels.csv`` exists (:mod:`napari_cellclass.io.blood_split`), the built-in's rule."""
     frac = float(opts.get("val_fraction", 0.2))
     rule = str(opts.get("split", "image")).lower()
+    seed = int(opts.get("split_seed", opts.seed))  # --set split_seed=N: same split, other training seed
     if rule == "image":
-        opts.extra.setdefault("split_rule", f"by image, {frac:.0%} held out at random, seed {opts.seed}")
-        return split_by_image(len(ds), frac, opts.seed)
+        opts.extra.setdefault("split_rule", f"by image, {frac:.0%} held out at random, seed {seed}")
+        return split_by_image(len(ds), frac, seed)
     if rule != "smear":
         raise InputError(f"split must be 'image' or 'smear', got {rule!r}")
     from ..io.blood_split import grouped_split, overlap_groups
@@ -346,8 +347,8 @@ def _held_out(ds: DetectionDataset, data: Path, opts: TaskOptions) -> tuple[list
     groups = overlap_groups(paths)
     opts.extra.setdefault("split_rule", f"by smear area: {len(paths)} images in {len(set(groups))} groups of "
                                         f"overlapping fields; {frac:.0%} of the groups of each white-cell class "
-                                        f"held out, seed {opts.seed}")
-    return grouped_split(strata, groups, frac, opts.seed)
+                                        f"held out, seed {seed}")
+    return grouped_split(strata, groups, frac, seed)
 
 
 def train(data: Path, opts: TaskOptions) -> Job[dict]:

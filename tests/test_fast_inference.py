@@ -1,0 +1,118 @@
+"""The fast inference path: bf16 on CPUs with native bf16, on by default, off on request."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from napari_cellclass.engine import device as dev_mod
+from napari_cellclass.engine import inference as inf
+from napari_cellclass.engine.device import resolve_device
+from napari_cellclass.engine.progress import run_sync
+
+
+class Probe(torch.nn.Module):
+    """Records the dtype its convolution computes in."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 5)
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, x):
+        y = self.conv(x)
+        self.seen.append(y.dtype)
+        return self.head(torch.relu(y).mean((2, 3)))
+
+
+def _items(n=24):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(3, 16, 16, generator=g) for _ in range(n)]
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    monkeypatch.setattr(dev_mod, "cpu_supports_bf16", lambda: True)
+    monkeypatch.delenv(dev_mod.FAST_ENV, raising=False)
+    monkeypatch.delenv(dev_mod.COMPILE_ENV, raising=False)
+
+
+def test_on_by_default_only_where_the_cpu_has_native_bf16(bf16_cpu, monkeypatch):
+    p = resolve_device("cpu")
+    assert p.inference_dtype == torch.bfloat16 and "bf16 inference" in p.describe()
+    assert not p.amp  # training stays fp32 on CPU
+    monkeypatch.setattr(dev_mod, "cpu_supports_bf16", lambda: False)
+    p = resolve_device("cpu")
+    assert p.inference_dtype is None and "bf16" not in p.describe()
+
+
+def test_turned_off_by_argument_or_environment(bf16_cpu, monkeypatch):
+    assert resolve_device("cpu", fast=False).inference_dtype is None
+    monkeypatch.setenv(dev_mod.FAST_ENV, "0")
+    assert resolve_device("cpu").inference_dtype is None
+    assert resolve_device("cpu", fast=True).inference_dtype == torch.bfloat16
+
+
+def test_cpu_flags_are_read_not_guessed(tmp_path, monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+    flags = {"yes": "flags\t\t: fpu sse avx512f avx512_bf16\n", "no": "flags\t\t: fpu sse avx2\n"}
+    for answer, text in flags.items():
+        f = tmp_path / answer
+        f.write_text("processor\t: 0\n" + text)
+        monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(f if p == "/proc/cpuinfo" else p, *a, **k))
+        dev_mod.cpu_supports_bf16.cache_clear()
+        assert dev_mod.cpu_supports_bf16() is (answer == "yes")
+    monkeypatch.setattr(builtins, "open", real_open)
+    dev_mod.cpu_supports_bf16.cache_clear()
+
+
+def test_predict_batches_runs_bf16_when_fast_and_fp32_when_not(bf16_cpu):
+    model = Probe()
+    fast = run_sync(inf.predict_batches(model, _items(), policy=resolve_device("cpu"), preprocess=lambda t: t,
+                                        batch_size=8))
+    assert set(model.seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights untouched
+    assert all(o.dtype == torch.float32 for o in fast)  # outputs come back fp32
+    model.seen.clear()
+    exact = run_sync(inf.predict_batches(model, _items(), policy=resolve_device("cpu", fast=False),
+                                         preprocess=lambda t: t, batch_size=8))
+    assert set(model.seen) == {torch.float32}
+    with torch.no_grad():
+        plain = torch.stack([model(x[None])[0] for x in _items()])
+    assert torch.allclose(torch.stack(exact), plain, atol=1e-5)
+    fast = torch.stack(fast)
+    assert (fast.argmax(1) == plain.argmax(1)).float().mean() >= 0.95
+    assert torch.allclose(torch.softmax(fast, 1), torch.softmax(plain, 1), atol=0.02)
+
+
+def test_compile_is_opt_in_and_done_once_per_model(bf16_cpu, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: calls.append(m) or m)
+    assert not resolve_device("cpu").compile_inference
+    monkeypatch.setenv(dev_mod.COMPILE_ENV, "1")
+    policy = resolve_device("cpu")
+    assert policy.compile_inference and not resolve_device("cpu", fast=False).compile_inference
+    model = Probe()
+    for _ in range(2):
+        run_sync(inf.predict_batches(model, _items(4), policy=policy, preprocess=lambda t: t, batch_size=4))
+    assert calls == [model]
+
+
+def test_cli_no_fast_switch(bf16_cpu, monkeypatch, capsys):
+    from napari_cellclass.cli import run
+
+    assert run(["info", "--device", "cpu"]) == 0
+    assert "bf16 inference" in capsys.readouterr().out
+    monkeypatch.setenv(dev_mod.FAST_ENV, "1")  # restored after the test, whatever --no-fast sets
+    assert run(["info", "--device", "cpu", "--no-fast"]) == 0
+    assert "bf16 inference" not in capsys.readouterr().out
+
+
+def test_policy_field_is_a_plain_dataclass_field(bf16_cpu):
+    p = dataclasses.replace(resolve_device("cpu"), fast_inference=False)
+    assert p.inference_dtype is None
