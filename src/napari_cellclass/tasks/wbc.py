@@ -191,7 +191,7 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     all_records = D.find_records(data, split=opts.get("split", "train") if _has_split_folders(data) else None)
     class_names, records = D.choose_classes(all_records, bool(opts.get("include_basophil", False)))
     left_out = _left_out(all_records, class_names)
-    train_recs, val_recs = _split(records, opts)
+    train_recs, val_recs = _split(records, opts, all_records)
     crop = str(opts.get("crop") or ("fixed" if records and all(r.box is not None for r in records) else "box"))
     if crop not in ("fixed", "box"):
         raise InputError(f"crop must be 'fixed' (fixed pixel scale, for smears) or 'box', got {crop!r}")
@@ -338,9 +338,16 @@ def _left_out(records: Sequence[D.WBCRecord], class_names: Sequence[str]) -> dic
     return out
 
 
-def _split(records: list[D.WBCRecord], opts: TaskOptions) -> tuple[list[D.WBCRecord], list[D.WBCRecord]]:
+def _split(records: list[D.WBCRecord], opts: TaskOptions,
+           all_records: Sequence[D.WBCRecord] | None = None) -> tuple[list[D.WBCRecord], list[D.WBCRecord]]:
     """By source image (``split=group``, default), or by smear area (``split=smear``: images whose
-    fields of view overlap are kept together, see :mod:`napari_cellclass.io.blood_split`)."""
+    fields of view overlap are kept together, see :mod:`napari_cellclass.io.blood_split`).
+
+    For smears with a label table (BCCD) the smear split is made over *every* image of the
+    image folder, stratified by each image's label ("none" without one), exactly as
+    ``cellclass train detect DATA --set split=smear`` makes it, so a detector and a
+    classifier trained on one folder hold out the same smears.
+    """
     frac = float(opts.get("val_fraction", 0.2))
     rule = str(opts.get("split", "group")).lower()
     seed = int(opts.get("split_seed", opts.seed))  # --set split_seed=N: same split, other training seed
@@ -351,12 +358,17 @@ def _split(records: list[D.WBCRecord], opts: TaskOptions) -> tuple[list[D.WBCRec
         raise InputError(f"split must be 'group' or 'smear', got {rule!r}")
     from ..io.blood_split import PEAK, grouped_split, overlap_groups
 
-    paths = list(dict.fromkeys(r.path for r in records))
-    groups = dict(zip(paths, overlap_groups(paths)))
     label = {}
-    for r in records:
+    for r in (all_records if all_records is not None else records):
         label.setdefault(r.path, r.label)
-    tr, va = grouped_split([label[p] for p in paths], [groups[p] for p in paths], frac, seed)
+    paths = list(dict.fromkeys(r.path for r in records))
+    folders = {p.parent for p in paths}
+    if len(folders) == 1 and all(r.box is not None for r in records):  # a smear folder with a label table
+        folder = next(iter(folders))
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in D.IMAGE_SUFFIXES and p.is_file()
+                       and not p.name.startswith("._"))
+    groups = dict(zip(paths, overlap_groups(paths)))
+    tr, va = grouped_split([label.get(p, "none") for p in paths], [groups[p] for p in paths], frac, seed)
     val_paths = {paths[i] for i in va}
     opts.extra.setdefault("split_rule", f"by smear area: {len(paths)} images in {len(set(groups.values()))} groups "
                                         f"of overlapping fields (phase correlation > {PEAK}); {frac:.0%} of the "
