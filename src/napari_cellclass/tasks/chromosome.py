@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint
+from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, read_meta
 from ..engine.device import resolve_device
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
@@ -192,26 +192,26 @@ class Oriented:
         self.x = x
 
 
-def orient_all(crops: Sequence, cancel: CancelToken | None = None) -> list[Oriented]:
+def orient_all(crops: Sequence, cancel: CancelToken | None = None, straighten: bool = False) -> list[Oriented]:
+    """Each crop upright with its background removed (and laid out straight when ``straighten``)."""
+    from ..karyotype.straighten import straighten as lay_straight
+
     out = []
     for i, c in enumerate(crops):
         if i % 200 == 0:
             check_cancel(cancel)
+        if isinstance(c, Oriented):
+            out.append(c)
+            continue
         img, mask = c if isinstance(c, tuple) else (c, None)
-        out.append(Oriented(orient_crop(img, mask)))
+        x = orient_crop(img, mask)
+        out.append(Oriented(lay_straight(x) if straighten else x))
     return out
 
 
-def crop_lengths(crops: Sequence) -> np.ndarray:
-    """Long-axis length (pixels) of each crop's chromosome, measured as :func:`prepare_crop` sees it."""
-    out = []
-    for c in crops:
-        if isinstance(c, Oriented):
-            out.append(c.x.shape[0])
-            continue
-        img, mask = c if isinstance(c, tuple) else (c, None)
-        out.append(orient_crop(img, mask).shape[0])
-    return np.asarray(out, np.float64)
+def crop_lengths(crops: Sequence, straighten: bool = False) -> np.ndarray:
+    """Long-axis length (pixels) of each crop's chromosome, measured as the network's input sees it."""
+    return np.asarray([o.x.shape[0] for o in orient_all(crops, straighten=straighten)], np.float64)
 
 
 def reference_length(lengths: Sequence[float]) -> float:
@@ -285,8 +285,9 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
     yield Progress(0, None, "load", f"{len(samples)} chromosomes in {data}")
     train_s, val_s = split_by_cell(samples, float(opts.get("val_fraction", 0.2)), opts.seed)
     yield Progress(0, None, "prepare", "orienting crops")
-    train_c = orient_all(load_samples(train_s, opts.cancel), opts.cancel)
-    val_c = orient_all(load_samples(val_s, opts.cancel), opts.cancel)
+    straight = bool(opts.get("straighten", False))
+    train_c = orient_all(load_samples(train_s, opts.cancel), opts.cancel, straight)
+    val_c = orient_all(load_samples(val_s, opts.cancel), opts.cancel, straight)
     cfg = arch_config(arch, opts)
     size = cfg["input_size"]
     canvas = str(opts.get("canvas", "relative"))
@@ -337,6 +338,7 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
             task=TASK, arch=arch, class_names=list(CHROMOSOME_CLASSES), in_channels=1, input_size=list(size),
             arch_config=cfg,
             normalization={"preprocess": "prepare_crop", "canvas": canvas, "pad_to": pad_to,
+                           "straighten": straight,
                            "pad_rel": pad_rel, "range": [0.0, 1.0],
                            "polarity": "auto (bright chromosome on dark)"},
             training={"recipe": recipe.to_dict(), "beta": loss_obj.beta, "lambda": loss_obj.lam,
@@ -367,7 +369,7 @@ def _load(model: Path | torch.nn.Module, device: str | None) -> tuple[torch.nn.M
         return model, pre
     net, meta = build_from_checkpoint(Path(model), task=TASK, in_channels=1)
     pre = {"size": list(meta.input_size), "pad_to": meta.normalization.get("pad_to"),
-           "pad_rel": meta.normalization.get("pad_rel")}
+           "pad_rel": meta.normalization.get("pad_rel"), "straighten": bool(meta.normalization.get("straighten"))}
     net.chromosome_preprocess = pre
     return net, pre
 
@@ -384,15 +386,16 @@ def _flip_tta(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def classify_crops(crops: list, model: Path | torch.nn.Module, device: str | None = None,
                    cancel: CancelToken | None = None, full_model: bool = False,
                    batch_size: int = 32, tta: bool = True,
-                   ref_length: float | Sequence[float] | None = None) -> Job[np.ndarray]:
+                   ref_length: float | Sequence[float] | None = None,
+                   context: Sequence | None = None) -> Job[np.ndarray]:
     """Class probabilities (N, 24) for raw gray chromosome crops.
 
     ``tta`` averages the probabilities of the crop and its three flips (the
     network was trained on flipped crops, so each flip is an equally valid view).
     ``ref_length``: for models trained with a relative canvas, the median
     chromosome length of the spread or cell the crops come from, one number or
-    one per crop (default: the median of ``crops``, right when they are one
-    whole spread or cell).
+    one per crop (default: the median of ``context``, all crops of the spread,
+    or else of ``crops``, right when they are one whole spread or cell).
 
     ``crops``: 2-D arrays, or ``(image, mask)`` pairs (the mask marks the
     chromosome when neighbours intrude into the box).  ``model``: a checkpoint
@@ -408,17 +411,17 @@ def classify_crops(crops: list, model: Path | torch.nn.Module, device: str | Non
     if had_full is not None:
         net.full_inference = bool(full_model)
 
+    upright = orient_all(crops, cancel, straighten=pre.get("straighten", False))
     pads = [pre.get("pad_to")] * len(crops)
     if pre.get("pad_rel"):
         if ref_length is None:
-            ref_length = reference_length(crop_lengths(crops))
+            ref_length = reference_length(crop_lengths(upright if context is None else context,
+                                                       straighten=pre.get("straighten", False)))
         refs = np.broadcast_to(np.asarray(ref_length, np.float64), (len(crops),))
         pads = list(float(pre["pad_rel"]) * refs)
 
     def preprocess(i: int) -> torch.Tensor:
-        item = crops[i]
-        img, mask = item if isinstance(item, tuple) else (item, None)
-        return torch.from_numpy(prepare_crop(img, mask, pre["size"], pads[i]))[None]
+        return torch.from_numpy(canvas_crop(upright[i].x, pre["size"], pads[i]))[None]
 
     try:
         rows = yield from predict_batches(
@@ -440,7 +443,8 @@ def evaluate(model: Path, data: Path, opts) -> Job[dict[str, Any]]:
     samples = scan_dataset(data)
     if opts.get("split") == "val":
         _, samples = split_by_cell(samples, float(opts.get("val_fraction", 0.2)), opts.seed)
-    crops = load_samples(samples, opts.cancel)
+    straight = bool(read_meta(model).normalization.get("straighten"))
+    crops = orient_all(load_samples(samples, opts.cancel), opts.cancel, straighten=straight)
     refs = cell_references(crops, [s.cell for s in samples])[1]  # each cell at its own scale
     probs = yield from classify_crops(crops, Path(model), opts.device, opts.cancel,
                                       full_model=bool(opts.get("full_model", False)),
@@ -480,18 +484,13 @@ def _input_files(inputs: Sequence[Path]) -> list[Path]:
 
 def predict(model: Path, inputs: list[Path], opts) -> Job[dict[str, Any]]:
     """Classify single-chromosome images; writes ``predictions.csv`` and ``.json`` into ``opts.out``."""
-    from PIL import Image
-
     from ..engine.atomic import atomic_path
+    from ..io.chromosome_dataset import read_gray8
 
     files = _input_files(inputs)
     crops = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                crops.append(np.asarray(im.convert("L")))
-        except Exception as exc:
-            raise InputError(f"cannot read image: {exc}", f) from None
+    for f in files:  # through io/limits: size checked before decoding, 16-bit/float rescaled, not clipped
+        crops.append(read_gray8(f))
     probs = yield from classify_crops(crops, Path(model), opts.device, opts.cancel,
                                       full_model=bool(opts.get("full_model", False)),
                                       batch_size=opts.batch_size or 32, tta=bool(opts.get("tta", True)))

@@ -23,16 +23,50 @@ from ..karyotype.pipeline import finish_karyotype, spread_crops
 from ..karyotype.segment import SegmentOptions, label_boxes, segment_spread, to_gray
 
 TASK = "karyotype"
-SEGMENTERS = ("threshold", "detector")
+SEGMENTERS = ("auto", "threshold", "detector")
+# built-in models chosen when the user names none: the classifier by the spread's banding
+BUILTIN_CLASSIFIERS = {"G": "gricol-gband-tseng", "Q": "gricol-qband-bioimlab"}
+BUILTIN_DETECTOR = "chromdet-tseng"
+
+
+def banding(image: np.ndarray) -> str:
+    """"G" for dark chromosomes on a light field (G-band, brightfield), "Q" for bright on dark."""
+    return "G" if float(np.median(to_gray(image))) >= 0.5 else "Q"
+
+
+def builtin_path(name: str) -> Path | None:
+    """The verified file of a built-in model, or None when this install does not have it."""
+    from .. import zoo
+
+    return zoo.resolve_model(name) if zoo.is_builtin(name) else None
+
+
+def default_classifier(image: np.ndarray) -> Path:
+    """The built-in chromosome classifier for this spread's banding."""
+    band = banding(image)
+    path = builtin_path(BUILTIN_CLASSIFIERS[band])
+    if path is None:
+        raise InputError(f"no chromosome classifier was given and the built-in {band}-band model "
+                         f"{BUILTIN_CLASSIFIERS[band]!r} is not installed; pass --model (see 'cellclass models')")
+    return path
 
 
 # ----------------------------------------------------------------------------- segmentation
-def segment(image: np.ndarray, segmenter: str = "threshold", detector_model: Path | None = None,
+def segment(image: np.ndarray, segmenter: str = "auto", detector_model: Path | None = None,
             device: str | None = None, cancel: CancelToken | None = None,
             options: SegmentOptions | None = None) -> Job[np.ndarray]:
-    """Label image of the chromosomes, from the classical pipeline or a trained detector."""
+    """Label image of the chromosomes, from a trained detector or the classical pipeline.
+
+    ``"auto"`` uses ``detector_model`` or else the built-in chromosome detector, and the
+    classical threshold segmenter only where neither exists.
+    """
     if segmenter not in SEGMENTERS:
         raise InputError(f"segmenter must be one of {SEGMENTERS}, got {segmenter!r}")
+    if isinstance(detector_model, str) and builtin_path(detector_model) is not None:
+        detector_model = builtin_path(detector_model)  # a built-in name
+    if segmenter == "auto":
+        detector_model = detector_model or builtin_path(BUILTIN_DETECTOR)
+        segmenter = "detector" if detector_model is not None else "threshold"
     yield Progress(0, 1, "segment", f"segmenting ({segmenter})")
     if segmenter == "threshold":
         labels = segment_spread(image, options)
@@ -52,7 +86,7 @@ def _is_chromdet(detector_model) -> bool:
 
     if isinstance(detector_model, torch.nn.Module):
         return hasattr(detector_model, "multiple")
-    if detector_model is None:
+    if detector_model is None or not Path(detector_model).is_file():
         return False
     from ..engine.checkpoint import read_meta
 
@@ -98,21 +132,26 @@ def classify_labels(image: np.ndarray, labels: np.ndarray, model: Path | Any, id
     """(len(ids), 24) probabilities for the given label ids (all labels when None)."""
     from .chromosome import classify_crops
 
-    n = int(labels.max()) if labels.size else 0
-    ids = list(range(1, n + 1)) if ids is None else list(ids)
-    crops = spread_crops(image, labels, ids)
-    masks = []
-    for crop, i in zip(crops, ids):
-        from ..karyotype.karyogram import chromosome_crop
+    from ..karyotype.karyogram import chromosome_crop
 
-        masks.append(chromosome_crop(np.zeros(labels.shape, np.float32), labels, i, pad=4)[1])
-    items = [(c, m) for c, m in zip(crops, masks)]
-    probs = yield from classify_crops(items, model, device=device, cancel=cancel, full_model=full_model)
+    n = int(labels.max()) if labels.size else 0
+    every = list(range(1, n + 1))
+    ids = every if ids is None else list(ids)
+
+    def items_of(which: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        crops = spread_crops(image, labels, which)
+        return [(c, chromosome_crop(np.zeros(labels.shape, np.float32), labels, i, pad=4)[1])
+                for c, i in zip(crops, which)]
+
+    # relative-scale classifiers measure lengths against the whole spread, also when only a few
+    # chromosomes (the ones the user edited) are classified again
+    probs = yield from classify_crops(items_of(ids), model, device=device, cancel=cancel, full_model=full_model,
+                                      context=None if ids == every else items_of(every))
     return np.asarray(probs, np.float64).reshape(len(ids), len(CLASS_NAMES))
 
 
-def karyotype(image: np.ndarray, model_path: Path | str | Any, device: str | None = None,
-              labels: np.ndarray | None = None, segmenter: str = "threshold",
+def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, device: str | None = None,
+              labels: np.ndarray | None = None, segmenter: str = "auto",
               detector_model: Path | None = None, cancel: CancelToken | None = None,
               known_probs: dict[int, np.ndarray] | None = None, fixed: dict[int, int] | None = None,
               pairing: bool = True, low_confidence: float = 0.5, full_model: bool = False,
@@ -122,7 +161,10 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any, device: str | Non
     Parameters
     ----------
     image : 2D gray or RGB spread.
-    model_path : chromosome classifier checkpoint (task "chromosome") or a loaded network.
+    model_path : chromosome classifier checkpoint (task "chromosome") or a loaded network; None
+        picks the built-in classifier for the spread's banding (G or Q).
+    segmenter : "auto" (the built-in or given detector, else the threshold segmenter),
+        "detector" or "threshold".
     labels : user-edited labels to reuse instead of segmenting.
     known_probs : {label id: (24,) probabilities} from a previous run; only other labels are classified
         (the widget uses this after the user edits the segmentation).
@@ -149,6 +191,8 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any, device: str | Non
             raise InputError(f"labels shape {labels.shape} does not match the image {img.shape[:2]}")
         labels, known_probs, fixed = _relabel(labels.astype(np.int32), known_probs, fixed)
     check_cancel(cancel)
+    if model_path is None:
+        model_path = default_classifier(img)
     n = int(labels.max()) if labels.size else 0
     present = set(np.unique(labels[labels > 0]).tolist())
     known = {int(k): np.asarray(v, np.float64) for k, v in (known_probs or {}).items() if int(k) in present}
@@ -241,7 +285,7 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
     """Karyotype each spread and write its outputs into ``opts.out``."""
     out = Path(opts.out) if opts.out else Path("cellclass-karyotype")
     files = _spread_files(spreads)
-    seg = opts.get("segmenter", "threshold")
+    seg = opts.get("segmenter", "auto")
     rows = []
     for k, f in enumerate(files):
         check_cancel(opts.cancel)
@@ -298,12 +342,17 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
     """Detection recall/precision at IoU 0.5, count accuracy and (with a model) class accuracy.
 
     ``model`` may be ``none`` (or ``--set segment_only=true``) to score segmentation alone.
-    ``--set limit=N`` evaluates the first N spreads; ``--set step=K`` every K-th.
+    ``--set limit=N`` evaluates the first N spreads; ``--set step=K`` every K-th;
+    ``--set split=val`` only the spreads held out by the built-ins' split (by spread, seed 0, 20%).
     """
     from ..karyotype.metrics import match_boxes
 
     t0 = time.monotonic()
     pairs = annotated_spreads(Path(data))
+    if opts.get("split") == "val":  # the spreads the built-in detector and classifier held out
+        from ..karyotype.detector import split_spreads
+
+        pairs = split_spreads(pairs, float(opts.get("val_fraction", 0.2)), opts.seed)[1]
     step = int(opts.get("step", 1))
     pairs = pairs[::max(1, step)]
     if opts.get("limit"):
@@ -311,7 +360,7 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
     seg_only = bool(opts.get("segment_only", False)) or model is None or str(model).lower() in ("none", "-")
     if not seg_only and not Path(model).is_file():
         raise InputError("checkpoint does not exist (use 'none' to score segmentation only)", model)
-    seg = opts.get("segmenter", "threshold")
+    seg = opts.get("segmenter", "auto")
     tp = n_pred = n_true = right_count = 0
     cls_ok = cls_ok_argmax = n_matched_cls = 0
     right_karyo = 0
