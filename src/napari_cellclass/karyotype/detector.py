@@ -209,8 +209,11 @@ def decode(out: np.ndarray, score_threshold: float = 0.3, nms_iou: float = 0.5
     return boxes[keep], scores[keep]
 
 
-def instance_labels(fg: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Give each foreground pixel to the detection whose box centre is nearest in box units."""
+def instance_labels(fg: np.ndarray, boxes: np.ndarray, return_kept: bool = False):
+    """Give each foreground pixel to the detection whose box centre is nearest in box units.
+
+    With ``return_kept`` also the indices of the boxes that kept a mask (label k is box kept[k-1]).
+    """
     H, W = fg.shape
     best = np.full((H, W), np.inf, np.float32)
     labels = np.zeros((H, W), np.int32)
@@ -228,10 +231,11 @@ def instance_labels(fg: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         take = sub_fg & within & (d < sub_best)
         sub_best[take] = d[take]
         labels[ya:yb, xa:xb][take] = k
-    return _tidy(labels)
+    out, kept = _tidy(labels)
+    return (out, kept) if return_kept else out
 
 
-def _tidy(labels: np.ndarray) -> np.ndarray:
+def _tidy(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keep each label's largest connected piece (stray pixels of a neighbour go to background)."""
     from scipy import ndimage as ndi
     from skimage.segmentation import relabel_sequential
@@ -248,13 +252,18 @@ def _tidy(labels: np.ndarray) -> np.ndarray:
             m = lab == (int(np.argmax(sizes)) + 1)
         if m.sum() >= 4:
             out[sl][m] = k
-    return relabel_sequential(out)[0].astype(np.int32)
+    out, _, inverse = relabel_sequential(out)
+    return out.astype(np.int32), np.asarray(inverse.in_values[inverse.in_values > 0], int) - 1
 
 
 def detect_chromosomes(image: np.ndarray, model: Path | str | torch.nn.Module, device: str | None = None,
                        score_threshold: float = 0.3, cancel: CancelToken | None = None,
                        work_scale: float | None = None) -> Job[dict[str, Any]]:
-    """``{"labels", "boxes", "scores", "seconds"}`` for one spread (boxes y0, x0, y1, x1, image pixels)."""
+    """``{"labels", "boxes", "scores", "seconds"}`` for one spread.
+
+    ``boxes`` (y0, x0, y1, x1, image pixels) are the detections, row k-1 for label k: they
+    follow the annotators' box convention, which the masks' own bounding boxes do not.
+    """
     from skimage.transform import resize
 
     from ..engine.checkpoint import build_from_checkpoint
@@ -279,7 +288,8 @@ def detect_chromosomes(image: np.ndarray, model: Path | str | torch.nn.Module, d
     yield Progress(1, 2, "detect", "separating chromosomes")
     boxes, scores = decode(out, score_threshold)
     fg = 1 / (1 + np.exp(-out[0])) > 0.5
-    labels = instance_labels(fg, boxes)
+    labels, kept = instance_labels(fg, boxes, return_kept=True)
+    boxes, scores = boxes[kept], scores[kept]  # box k-1 belongs to label k
     if f != 1:
         labels = resize(labels, (H, W), order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
         boxes = boxes / f

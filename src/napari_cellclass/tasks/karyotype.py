@@ -60,6 +60,14 @@ def segment(image: np.ndarray, segmenter: str = "auto", detector_model: Path | N
     ``"auto"`` uses ``detector_model`` or else the built-in chromosome detector, and the
     classical threshold segmenter only where neither exists.
     """
+    labels, _ = yield from segment_with_boxes(image, segmenter, detector_model, device, cancel, options)
+    return labels
+
+
+def segment_with_boxes(image: np.ndarray, segmenter: str = "auto", detector_model: Path | None = None,
+                       device: str | None = None, cancel: CancelToken | None = None,
+                       options: SegmentOptions | None = None) -> Job[tuple[np.ndarray, np.ndarray]]:
+    """``(labels, boxes)``: boxes row k-1 for label k, the learned detector's own boxes where it ran."""
     if segmenter not in SEGMENTERS:
         raise InputError(f"segmenter must be one of {SEGMENTERS}, got {segmenter!r}")
     if isinstance(detector_model, str) and builtin_path(detector_model) is not None:
@@ -68,16 +76,18 @@ def segment(image: np.ndarray, segmenter: str = "auto", detector_model: Path | N
         detector_model = detector_model or builtin_path(BUILTIN_DETECTOR)
         segmenter = "detector" if detector_model is not None else "threshold"
     yield Progress(0, 1, "segment", f"segmenting ({segmenter})")
+    boxes = None
     if segmenter == "threshold":
         labels = segment_spread(image, options)
     elif _is_chromdet(detector_model):
         from ..karyotype.detector import detect_chromosomes
 
-        labels = (yield from detect_chromosomes(image, detector_model, device=device, cancel=cancel))["labels"]
+        found = yield from detect_chromosomes(image, detector_model, device=device, cancel=cancel)
+        labels, boxes = found["labels"], found["boxes"]
     else:
         labels = yield from _detector_labels(image, detector_model, device, cancel)
     yield Progress(1, 1, "segment", f"{int(labels.max())} objects")
-    return labels
+    return labels, (label_boxes(labels) if boxes is None else np.asarray(boxes, float).reshape(-1, 4))
 
 
 def _is_chromdet(detector_model) -> bool:
@@ -171,7 +181,8 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, dev
     fixed : {label id: class index} the user set by hand.
 
     Returns a dict with ``labels``, ``probabilities`` (N, 24), ``classes``, ``class_names``,
-    ``confidence``, ``flagged``, ``summary`` (ISCN string), ``abnormal``, ``table`` and ``karyogram``.
+    ``confidence``, ``flagged``, ``summary`` (ISCN string), ``abnormal``, ``table``, ``karyogram`` and
+    ``boxes`` (row k-1 for label k).
     """
     if kw:
         raise InputError(f"unknown karyotype option(s): {', '.join(kw)}")
@@ -182,10 +193,12 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, dev
         from ..io.limits import check_informative
 
         check_informative(img, "the spread image", min_side=32)  # blank or 1x1: an error, not 46 "losses"
-        labels = yield from segment(img, segmenter, detector_model, device, cancel, segment_options)
+        labels, boxes = yield from segment_with_boxes(img, segmenter, detector_model, device, cancel,
+                                                      segment_options)
         if not np.asarray(labels).any():
             raise InputError("no chromosomes were found in this image; is it a metaphase spread?")
     else:
+        boxes = None
         labels = np.asarray(labels)
         if labels.shape != img.shape[:2]:
             raise InputError(f"labels shape {labels.shape} does not match the image {img.shape[:2]}")
@@ -208,6 +221,8 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, dev
     yield Progress(0, 1, "pair", "pairing and building the karyogram")
     rows_fixed = {int(k) - 1: int(v) for k, v in (fixed or {}).items() if 1 <= int(k) <= n}
     result = finish_karyotype(img, labels, probs, fixed=rows_fixed, low_confidence=low_confidence, pairing=pairing)
+    # the detector's boxes follow the annotators' convention; the masks' own boxes otherwise
+    result["boxes"] = boxes if boxes is not None and len(boxes) == n else label_boxes(labels)
     result["classified"] = len(todo)
     result["seconds"] = round(time.monotonic() - t0, 2)
     yield Progress(1, 1, "pair", result["summary"])
@@ -371,13 +386,13 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
         img = _read_spread(img_path)
         boxes_t, classes_t = _truth(img_path, side)
         if seg_only:
-            labels = yield from segment(img, seg, opts.get("detector_model"), opts.device, opts.cancel)
+            labels, boxes_p = yield from segment_with_boxes(img, seg, opts.get("detector_model"), opts.device,
+                                                            opts.cancel)
             res = None
         else:
             res = yield from karyotype(img, Path(model), device=opts.device, segmenter=seg,
                                        detector_model=opts.get("detector_model"), cancel=opts.cancel)
-            labels = res["labels"]
-        boxes_p = label_boxes(labels)
+            labels, boxes_p = res["labels"], res["boxes"]
         matches = match_boxes(boxes_p, boxes_t, 0.5)
         tp += len(matches)
         n_pred += len(boxes_p)
