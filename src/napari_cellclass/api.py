@@ -50,10 +50,15 @@ def detect(image: Any, model: str | Path, *, device: str | None = None, **kwargs
                                                       **kwargs))
 
 
-def karyotype(image: Any, model: str | Path, *, device: str | None = None, **kwargs) -> dict[str, Any]:
-    """Segment, classify and pair the chromosomes of a metaphase spread."""
-    return run_sync(task_function("karyotype", "karyotype")(_data(image), _model(model, "karyotype"),
-                                                            device=device, **kwargs))
+def karyotype(image: Any, model: str | Path | None = None, *, device: str | None = None,
+              **kwargs) -> dict[str, Any]:
+    """Segment, classify and pair the chromosomes of a metaphase spread.
+
+    ``model`` None uses the built-in classifier for the spread's banding (G or Q) and the
+    built-in chromosome detector.
+    """
+    return run_sync(task_function("karyotype", "karyotype")(
+        _data(image), None if model is None else _model(model, "karyotype"), device=device, **kwargs))
 
 
 def train(task: str, data: str | Path, **options) -> dict[str, Any]:

@@ -77,7 +77,7 @@ class KaryotypeWidget(QWidget):
         self.device_box.addItems(list(DEVICE_CHOICES))
         form.addRow("device", self.device_box)
         self.segmenter_box = QComboBox()
-        self.segmenter_box.addItems(["threshold", "detector"])
+        self.segmenter_box.addItems(["auto", "threshold", "detector"])  # auto: the detector, else threshold
         form.addRow("segmenter", self.segmenter_box)
         # built-in chromosome detectors (task 'karyotype'); any detector checkpoint can be browsed
         self.detector_edit = ModelChooser("karyotype", optional=True, check_task=False,

@@ -1,0 +1,53 @@
+"""The built-in chromosome models on real spreads and cells they never saw (held-out part of their split)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_cellclass import api
+from napari_cellclass.engine.progress import run_sync
+from napari_cellclass.karyotype.metrics import match_boxes
+from napari_cellclass.tasks import karyotype as kt
+from napari_cellclass.tasks.base import TaskOptions
+
+pytestmark = pytest.mark.realdata
+
+
+def _held_out_spread(shared_data, k: int = 0):
+    from napari_cellclass.karyotype.detector import split_spreads
+
+    pairs = kt.annotated_spreads(shared_data / "chromosomes" / "tseng2023_gband_spreads")
+    return split_spreads(pairs, 0.2, 0)[1][k]
+
+
+def test_builtins_are_the_defaults_on_a_held_out_g_band_spread(shared_data):
+    img_path, side = _held_out_spread(shared_data)
+    img = kt._read_spread(img_path)
+    assert kt.banding(img) == "G"
+    res = api.karyotype(img, device="cpu")  # no model named: built-in detector and G-band classifier
+    truth, classes = kt._truth(img_path, side)
+    found = match_boxes(res["boxes"], truth, 0.5)
+    assert len(found) >= 0.75 * len(truth)  # wave 1's threshold segmenter found 66 %
+    assert abs(res["count"] - len(truth)) <= 8
+    right = sum(res["classes"][i] == classes[j] for i, j in found)
+    assert right >= 0.4 * len(found)  # 24 classes: chance is about 0.04
+
+
+def test_q_band_builtin_on_held_out_cells(shared_data):
+    res = run_sync(_evaluate_q(shared_data))
+    assert res["accuracy"] > 0.7 and res["cells"] == 18
+
+
+def _evaluate_q(shared_data):
+    from napari_cellclass import zoo
+    from napari_cellclass.tasks import chromosome
+
+    return chromosome.evaluate(zoo.resolve_model("gricol-qband-bioimlab", "chromosome"),
+                               shared_data / "chromosomes" / "qband_bioimlab", TaskOptions(extra={"split": "val"}))
+
+
+def test_bright_on_dark_spread_picks_the_q_band_model(shared_data):
+    img = kt._read_spread(_held_out_spread(shared_data)[0])
+    inverted = 255 - np.asarray(img)
+    assert kt.banding(inverted) == "Q"
+    assert kt.default_classifier(inverted).name.startswith("gricol-qband")
