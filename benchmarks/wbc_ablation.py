@@ -8,10 +8,11 @@ Variants (same data, same recipe, same budget; only the named ingredient changes
 
 Every run is the exact CLI command the built-in was trained with
 (``cellclass train wbc DATA --set split=smear ...``; only ``--arch``/``--set loss=``
-and the seed differ), so the ibn+trip run with seed 0 *is* the built-in's run.
-Each seed also draws its own by-smear validation split (repeated hold-out:
-groups of overlapping fields never straddle it), so mean +- sd covers both the
-training noise and which cells happen to be held out.  Results are read from
+and the seed differ), so the ibn+trip runs *are* the built-in's members.  All
+seeds hold out the same smears (``--set split_seed=0``, the split the built-in
+detector was validated on; groups of overlapping fields never straddle it), so
+mean +- sd is the spread of training from scratch; ``--split-seed -1`` lets each
+seed draw its own split instead (repeated hold-out).  Results are read from
 ``cellclass evaluate wbc RUN/model.safetensors DATA --set split=val`` (the exact
 held-out images listed in the checkpoint).  Runs are resumable: a finished run
 (its ``eval.json``) is not repeated.
@@ -42,22 +43,25 @@ VARIANTS = {
 CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
 
 
-def train_command(data: Path, out: Path, variant: str, seed: int, epochs: int | None) -> list[str]:
+def train_command(data: Path, out: Path, variant: str, seed: int, epochs: int | None,
+                  split_seed: int = 0) -> list[str]:
     """The CLI arguments of one run (the built-in's command plus the variant's switches)."""
     cmd = ["train", "wbc", str(data), "--set", "split=smear", "--seed", str(seed), "--out", str(out), "--quiet"]
+    if split_seed >= 0 and split_seed != seed:
+        cmd += ["--set", f"split_seed={split_seed}"]
     if epochs is not None:
         cmd += ["--epochs", str(epochs)]
     return cmd + VARIANTS[variant]
 
 
-def run_one(data: Path, out: Path, variant: str, seed: int, epochs: int | None) -> dict:
+def run_one(data: Path, out: Path, variant: str, seed: int, epochs: int | None, split_seed: int = 0) -> dict:
     from napari_cellclass.cli import main
 
     done = out / "eval.json"
     if done.is_file():
         return json.loads(done.read_text())
     t0 = time.monotonic()
-    args = train_command(data, out, variant, seed, epochs)
+    args = train_command(data, out, variant, seed, epochs, split_seed)
     resume = ["--resume"] if (out / "resume.pt").is_file() else []
     with contextlib.redirect_stdout(io.StringIO()):
         if main(args + resume) != 0:
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="ibn+trip,ibn,resnet34")
     p.add_argument("--epochs", type=int, default=None, help="default: the task's (the built-in's) schedule")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--split-seed", type=int, default=0, help="one held-out split for all seeds; -1: one per seed")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     import torch
@@ -104,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in seeds:  # seed-major: every variant gets seed 0 first, so a partial run is still a comparison
         for v in variants:
-            row = run_one(args.data, args.out / f"{v}-s{seed}", v, seed, args.epochs)
+            row = run_one(args.data, args.out / f"{v}-s{seed}", v, seed, args.epochs, args.split_seed)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\nBCCD white cells, by-smear hold-out per seed ({rows[0]['n_val']} cells for seed {seeds[0]}), "
-          f"{rows[0]['device']}")
+    held = "the same by-smear hold-out for every seed" if args.split_seed >= 0 else "a by-smear hold-out per seed"
+    print(f"\nBCCD white cells, {held} ({rows[0]['n_val']} cells for seed {seeds[0]}), {rows[0]['device']}")
     print(f"{'variant':<10} {'runs':>4}  {'accuracy':>15}  {'macro F1':>15}  " +
           "  ".join(f"{c[:4].lower()} recall" for c in CLASSES) + "  train min")
     for v in variants:

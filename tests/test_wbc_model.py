@@ -120,3 +120,30 @@ def test_running_centres_and_combined_loss_train():
     assert len(list(learned.parameters())) == 1
     with pytest.raises(ValueError, match="unknown WBC loss"):
         WBCLoss("focal", 3, 4)
+
+
+def test_ensemble_averages_member_probabilities_and_refuses_mismatches(tmp_path):
+    from napari_cellclass.engine.checkpoint import CheckpointMeta, build_from_checkpoint, save_checkpoint
+    from napari_cellclass.errors import InputError
+    from napari_cellclass.tasks.wbc import make_ensemble
+
+    cfg = {"num_classes": 4, "width": 8, "layers": [1, 1, 1, 1]}
+    paths, nets = [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = build_model("ibn_resnet34", **cfg).eval()
+        nets.append(net)
+        meta = CheckpointMeta(task="wbc", arch="ibn_resnet34", class_names=["E", "L", "M", "N"], in_channels=3,
+                              input_size=[32, 32], arch_config=cfg, training={"val_images": ["a.jpg", "b.jpg"]})
+        paths.append(save_checkpoint(tmp_path / f"m{seed}.safetensors", net, meta))
+    ens, meta = build_from_checkpoint(make_ensemble(paths, tmp_path / "ens.safetensors"), task="wbc")
+    assert meta.arch == "wbc_ensemble" and meta.training["val_images"] == ["a.jpg", "b.jpg"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = torch.stack([torch.softmax(n(x), 1) for n in nets]).mean(0)
+        assert torch.allclose(torch.softmax(ens(x), 1), want, atol=1e-5)
+    other = CheckpointMeta(task="wbc", arch="ibn_resnet34", class_names=["E", "L", "M", "N"], in_channels=3,
+                           input_size=[32, 32], arch_config=cfg, training={"val_images": ["c.jpg"]})
+    odd = save_checkpoint(tmp_path / "odd.safetensors", nets[0], other)
+    with pytest.raises(InputError, match="different images"):
+        make_ensemble([paths[0], odd], tmp_path / "bad.safetensors")

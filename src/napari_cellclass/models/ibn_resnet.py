@@ -168,3 +168,39 @@ def build_resnet34(num_classes: int = 4, in_channels: int = 3, width: int = 64,
                    layers: Sequence[int] = RESNET34_LAYERS, pretrained: bool = False) -> WBCResNet:
     """Plain ResNet-34 (batch norm only), the baseline of the ablation."""
     return _build(num_classes, in_channels, width, layers, 0, pretrained)
+
+
+class WBCEnsemble(nn.Module):
+    """Several white-cell networks whose class probabilities are averaged.
+
+    Networks trained from scratch on a few hundred cells disagree on the hard
+    cells (an eosinophil with few visible granules); averaging three of them is
+    steadier than any one.  ``model(x)`` returns the log of the mean probability,
+    so ``softmax(model(x))`` is that mean and ``argmax`` its decision.
+    """
+
+    def __init__(self, members: Sequence[dict], num_classes: int = 4, in_channels: int = 3):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        nets = []
+        for cfg in members:
+            cfg = dict(cfg)
+            arch = cfg.pop("arch", "ibn_resnet34")
+            if arch not in ("ibn_resnet34", "resnet34"):
+                raise ValueError(f"ensemble members must be ibn_resnet34 or resnet34, got {arch!r}")
+            cfg.update(num_classes=num_classes, in_channels=in_channels)
+            cfg.setdefault("ibn_stages", 3 if arch == "ibn_resnet34" else 0)
+            nets.append(WBCResNet(int(cfg["num_classes"]), int(cfg["in_channels"]), int(cfg.get("width", 64)),
+                                  tuple(int(v) for v in cfg.get("layers", RESNET34_LAYERS)), int(cfg["ibn_stages"])))
+        self.members = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        return torch.log(p.clamp_min(1e-8))
+
+
+@register("wbc_ensemble")
+def build_wbc_ensemble(members: Sequence[dict], num_classes: int = 4, in_channels: int = 3) -> WBCEnsemble:
+    """Mean-probability ensemble of IBN-ResNet/ResNet white-cell classifiers (``members``: their configs)."""
+    return WBCEnsemble(members, num_classes, in_channels)

@@ -22,6 +22,7 @@ ARCH_MODULES: dict[str, str] = {
     "resnet50_rgby": "napari_cellclass.models.hpa_resnet",
     "ibn_resnet34": "napari_cellclass.models.ibn_resnet",
     "resnet34": "napari_cellclass.models.ibn_resnet",
+    "wbc_ensemble": "napari_cellclass.models.ibn_resnet",
     "gricol": "napari_cellclass.models.gricol",
     "gril": "napari_cellclass.models.gricol",
     "resnet50_chromosome": "napari_cellclass.models.gricol",

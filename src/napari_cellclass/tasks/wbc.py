@@ -380,6 +380,43 @@ def _has_split_folders(data: Path) -> bool:
     return data.is_dir() and any(p.is_dir() and p.name.upper() in ("TRAIN", "TEST") for p in data.iterdir())
 
 
+def make_ensemble(checkpoints: Sequence[str | Path], out: str | Path, *, command: str = "") -> Path:
+    """Combine WBC checkpoints of one recipe into one mean-probability ensemble checkpoint.
+
+    The members must agree on classes, input size and preprocessing, and (when they
+    list them) on their held-out images, so the ensemble's validation score is still
+    measured on cells none of its members saw.
+    """
+    from ..engine.checkpoint import load_checkpoint, save_checkpoint
+
+    cks = [load_checkpoint(p, task=TASK, in_channels=3) for p in checkpoints]
+    if len(cks) < 2:
+        raise InputError("an ensemble needs at least two checkpoints")
+    first = cks[0].meta
+    for ck in cks[1:]:
+        m = ck.meta
+        if m.class_names != first.class_names or m.input_size != first.input_size or \
+                m.normalization != first.normalization:
+            raise InputError("members differ in classes, input size or preprocessing", ck.path)
+        if sorted(m.training.get("val_images") or []) != sorted(first.training.get("val_images") or []):
+            raise InputError("members were validated on different images; train them with one --set split_seed",
+                             ck.path)
+        if m.arch not in ("ibn_resnet34", "resnet34"):
+            raise InputError(f"ensemble members must be single networks, got {m.arch!r}", ck.path)
+    members = [dict({k: v for k, v in ck.meta.arch_config.items() if k not in ("num_classes", "in_channels")},
+                    arch=ck.meta.arch) for ck in cks]
+    state = {f"members.{i}.{k}": v for i, ck in enumerate(cks) for k, v in ck.state_dict.items()}
+    training = {k: v for k, v in first.training.items() if k not in ("recipe", "epochs_run")}
+    training.update({"ensemble_of": [str(ck.path) for ck in cks],
+                     "member_metrics": [ck.meta.metrics for ck in cks], "command": command})
+    meta = CheckpointMeta(task=TASK, arch="wbc_ensemble", class_names=list(first.class_names), in_channels=3,
+                          input_size=list(first.input_size),
+                          arch_config={"members": members, "num_classes": len(first.class_names), "in_channels": 3},
+                          normalization=dict(first.normalization), training=training, metrics={},
+                          trained_on=first.trained_on)
+    return save_checkpoint(out, state, meta)
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
