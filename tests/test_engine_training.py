@@ -152,3 +152,22 @@ def test_predict_batches_cancel():
     token.cancel()
     with pytest.raises(Cancelled):
         next(job)
+
+
+def test_resume_continues_the_learning_rate_schedule(tmp_path):
+    """An interrupted run resumes where its schedule was, not at the schedule's start."""
+    def run(epochs, start=0, resume=None):
+        torch.manual_seed(0)
+        x, y = _data(32, 0)
+        loader = DataLoader(TensorDataset(x, y), batch_size=8)
+        model = build_model("tiny_cnn", **CFG)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4 * len(loader))
+        job = fit(model, loader, loss_fn=lambda m, b, e: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
+                  optimizer=opt, epochs=epochs, policy=resolve_device("cpu"), scheduler=sched,
+                  scheduler_per_batch=True, start_epoch=start)
+        return run_sync(job).history
+
+    straight = run(4)
+    resumed = run(4, start=2)
+    assert [h["lr"] for h in resumed] == pytest.approx([h["lr"] for h in straight[2:]])

@@ -106,6 +106,14 @@ def fit(
         if monitor in h and _better(h[monitor], best_value, mode):
             best_value, best_metrics, best_epoch = h[monitor], dict(h), int(h.get("epoch", 0))
     saved: Path | None = Path(checkpoint_path) if checkpoint_path and best_epoch is not None else None
+    if scheduler is not None and start_epoch and (n_batches is not None or not scheduler_per_batch):
+        # resumed: bring the learning-rate schedule to where the interrupted run left it
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "step() before optimizer.step()"
+            for _ in range(start_epoch * (n_batches if scheduler_per_batch else 1)):
+                scheduler.step()
     stale = 0
     step = 0
     t0 = time.monotonic()
