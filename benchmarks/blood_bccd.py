@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--detector", default=None)
     ap.add_argument("--classifier", default=None)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for the timing (a user's laptop has more)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (on a busy shared CPU more threads only contend)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -289,3 +289,24 @@ def test_empty_result_layer_is_not_offered_and_zero_detections_message(make_napa
     viewer.layers["smear detections"].add_rectangles(np.array([[10, 10], [80, 80]]))
     assert bw.cells_combo.findText("smear detections") >= 0  # once it holds a cell it is offered
     assert read_meta(det).task == "detect"
+
+
+@pytest.mark.viewer
+def test_widget_folder_mode_with_progress_and_cancel(make_napari_viewer, qtbot, models, tmp_path):
+    from napari_cellclass.widgets.classify_blood import ClassifyBloodWidget
+
+    det, cls = models
+    _write_smears(tmp_path / "in", n=3)
+    viewer = make_napari_viewer()
+    w = ClassifyBloodWidget(viewer)
+    w.detector_chooser.setText(str(det))
+    w.model_edit.setText(str(cls))
+    w.device_combo.setCurrentText("cpu")
+    w.analyse_folder(tmp_path / "in", tmp_path / "out", sync=True)
+    assert w.folder_summary["analysed"] == 3 and "3 of 3 smear(s) analysed" in w.status.text()
+    assert len(list((tmp_path / "out").glob("*_report.pdf"))) == 3 and w.progress.value() == 100
+    w.analyse_folder(tmp_path / "in", tmp_path / "out2")  # worker thread, cancelled at once
+    w.cancel()
+    qtbot.waitUntil(lambda: w.analyse_button.isEnabled(), timeout=30000)
+    assert "cancel" in w.status.text().lower()
+    assert not (tmp_path / "out2" / "summary.csv").exists()  # nothing half-done pretends to be complete

@@ -83,6 +83,13 @@ def result_features(res: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
+class _Failure:
+    """A job's CellClassError carried back from the worker thread as its result."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
 def _tag(row: pd.Series) -> str:
     c = row.get("reviewed_class") or ""
     if not c:
@@ -297,9 +304,21 @@ class ClassifyBloodWidget(QWidget):
             return
         from napari.qt.threading import create_worker
 
-        self.worker = create_worker(lambda: (yield from job), _start_thread=False)
+        def guarded():  # the user's problems (and Cancel) come back as a result, not a worker crash
+            try:
+                return (yield from job)
+            except CellClassError as exc:
+                return _Failure(exc)
+
+        def done(result: Any) -> None:
+            if isinstance(result, _Failure):
+                self._error(result.exc)
+            else:
+                on_done(result)
+
+        self.worker = create_worker(guarded, _start_thread=False)
         self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(on_done)
+        self.worker.returned.connect(done)
         self.worker.errored.connect(self._error)
         self.worker.finished.connect(lambda: self._set_busy(False))
         self.worker.start()
@@ -382,6 +401,11 @@ class ClassifyBloodWidget(QWidget):
     def _error(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
 
+        from ..errors import Cancelled
+
+        if isinstance(exc, Cancelled):
+            self.status.setText("cancelled; files already written are complete")
+            return
         msg = error_message(exc, "blood smear analysis failed")
         self.status.setText(f"error: {msg}")
         show_error(msg)
