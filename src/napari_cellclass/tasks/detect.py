@@ -629,8 +629,10 @@ def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict]:
             raise InputError(f"none of the model's {split} images are in this dataset", data)
         ds = ds.subset(idx)
     t0 = time.monotonic()
+    # AP integrates over every threshold: keep low-scored detections (CenterNet: as its own validation did)
+    floor = 0.01 if meta.arch == dc.ARCH else 0.05
     preds = yield from _predict_dataset(net, meta, ds, policy, opts.cancel,
-                                        float(opts.get("score_threshold", 0.05)), float(opts.get("nms_iou", 0.5)))
+                                        float(opts.get("score_threshold", floor)), float(opts.get("nms_iou", 0.5)))
     secs = time.monotonic() - t0
     r = coco_metrics(ds, preds, ds.classes)
     r.update({"model": str(model), "data": str(data), "split": split, "device": policy.describe(),
