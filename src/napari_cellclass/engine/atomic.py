@@ -34,6 +34,7 @@ STALE_AFTER_S = 24 * 3600
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[^.]*\.tmp$")
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+_ACTIVE: set[str] = set()  # temporaries this process is writing right now (never stale)
 _FULL_TEXT = ("no space left", "storagefull", "code: 28", "basic_ios::clear", "file write failed",
               "failed writing file", "unexpected pos", "disk quota")
 
@@ -89,9 +90,10 @@ def clean_stale(target: str | Path) -> list[Path]:
         except OSError:
             continue
         pid = int(m.group("pid")) if m.group("pid") else None
-        if pid == os.getpid() and age < STALE_AFTER_S:
-            continue  # this process may be writing it right now (another thread)
-        if pid is not None and _pid_alive(pid) and age < STALE_AFTER_S:
+        if pid == os.getpid():
+            if str(p) in _ACTIVE:
+                continue  # this process is writing it right now (another thread)
+        elif pid is not None and _pid_alive(pid) and age < STALE_AFTER_S:
             continue
         if pid is None and age < 3600:
             continue  # an old-style name without pid: only when clearly abandoned
@@ -170,6 +172,7 @@ def atomic_path(target: str | Path, *, directory: bool = False) -> Iterator[Path
         if err is not None:
             raise err from None
         raise
+    _ACTIVE.add(str(tmp))
     try:
         yield tmp
         if not directory:
@@ -192,9 +195,21 @@ def atomic_path(target: str | Path, *, directory: bool = False) -> Iterator[Path
             if backup is not None:
                 _remove(backup)
     except BaseException as exc:
-        if tmp.exists():
-            _remove(tmp)
+        _remove_hard(tmp)
         err = output_error(exc, target)
         if err is not None:
             raise err from None
         raise
+    finally:
+        _ACTIVE.discard(str(tmp))
+
+
+def _remove_hard(tmp: Path, tries: int = 5) -> None:
+    """Remove a failed write's temporary, retrying: a writer's background threads (zarr's
+    asynchronous chunk writes) may still be adding files while the first removal runs."""
+    for _ in range(tries):
+        if not (tmp.exists() or tmp.is_symlink()):
+            return
+        _remove(tmp)
+        if tmp.exists():
+            time.sleep(0.05)
