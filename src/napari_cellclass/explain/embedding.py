@@ -213,9 +213,8 @@ def embedding_job(checkpoint: str | Path, data: str | Path, out: str | Path | No
 
     Yields Progress; returns ``{"png", "csv", "method", "n", "neighbour_agreement", "coords", "labels", "class_names"}``.
     """
-    from skimage.io import imread
-
     from ..engine.checkpoint import build_from_checkpoint
+    from ..io.limits import read_image
     from ..engine.progress import Progress
     from .preprocess import prepare_image, task_preprocess
 
@@ -227,10 +226,7 @@ def embedding_job(checkpoint: str | Path, data: str | Path, out: str | Path | No
         chunk = paths[b * batch_size : (b + 1) * batch_size]
         xs = []
         for p in chunk:
-            try:
-                img = imread(str(p))
-            except Exception as exc:
-                raise InputError(f"image could not be read: {exc}", p) from None
+            img = read_image(p)  # io/limits: size checked before decoding, stacks refused
             xs.append(task_preprocess(meta.task, img, meta) if task else prepare_image(img, meta))
         f, _ = extract_features(model, [torch.cat(xs)])
         feats.append(f)
