@@ -2,11 +2,16 @@
 
 Targets are every reader/loader in the tree (modules not present yet are skipped):
 layer_reader, hpa_reader, spread_reader, annotations (+ annotation_reader), the dataset
-loaders (hpa/wbc/chromosome/detection) and the checkpoint load paths.  Cases: truncated
-or bit-flipped files, random bytes, wrong bit depth, channel files of different sizes,
-malformed/empty XML and JSON, boxes outside the image or inverted or non-finite, missing
-image files, huge declared dimensions, a checkpoint from another task.  Nothing may be
-written next to the input.  The number of cases tried is printed at the end (``-s``).
+loaders (hpa/wbc/chromosome/detection), recipes and the checkpoint load paths.  Cases:
+truncated or bit-flipped files, random bytes, wrong bit depth, channel files of different
+sizes, malformed/empty XML and JSON, boxes outside the image or inverted or non-finite,
+missing image files, huge declared dimensions and page counts (memory bombs), file names
+leaving the data set, hostile recipe files (aliases, unknown keys, wrong types),
+checkpoint metadata out of range, 12/16-bit and float images (rescaled, never clipped),
+a checkpoint from another task.  For every case: a CellClassError naming the input or a
+correct result; peak allocation under ``PEAK_BOUND_MB`` (tracemalloc); nothing written
+next to the input.  At least ``MIN_CASES`` cases run per full run; the number is printed
+at the end (``-s``).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import json
 import os
 import struct
 import tempfile
+import tracemalloc
 import warnings
 import zlib
 from pathlib import Path
@@ -36,6 +42,10 @@ FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CASES = {"n": 0}
 RAW: list[str] = []  # raw exceptions seen (reported in the assertion message)
+#: Peak Python/numpy allocation allowed for one case (a memory bomb shows up here, not as an OOM).
+PEAK_BOUND_MB = 192
+#: A full run of this module must try at least this many cases (issue 15).
+MIN_CASES = 600
 
 
 def _mod(name: str):
@@ -70,6 +80,10 @@ def expect_clean(label: str, fn: Callable[[], Any], root: Path, paths: list[Path
     CASES["n"] += 1
     before = _snapshot(root)
     result = None
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -77,8 +91,16 @@ def expect_clean(label: str, fn: Callable[[], Any], root: Path, paths: list[Path
     except CellClassError as exc:
         if not _names_file(exc, paths, root):
             RAW.append(f"{label}: message does not name the file: {exc}")
+        elif "Traceback" in str(exc) or "weights_only" in str(exc) or "pip install" in str(exc):
+            RAW.append(f"{label}: message carries a library's internals: {exc}")
     except Exception as exc:  # noqa: BLE001 - this is what the suite hunts for
         RAW.append(f"{label}: raw {type(exc).__name__}: {str(exc)[:200]} [input: {[str(p) for p in paths]}]")
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        if not tracing:
+            tracemalloc.stop()
+    if peak > PEAK_BOUND_MB << 20:
+        RAW.append(f"{label}: peak allocation {peak >> 20} MB over {PEAK_BOUND_MB} MB [input: {[str(p) for p in paths]}]")
     assert _snapshot(root) == before, f"{label}: files were written"
     return result
 
@@ -627,6 +649,249 @@ def _plain_checkpoint_from_another_task():
         _load_all(p, root, task="karyotype", in_channels=4)
 
 
+# ----------------------------------------------------------------------------- 8. memory bombs: declared sizes
+
+def _tiny_tiff(width: int, height: int, pages: int = 1, bits: int = 8) -> bytes:
+    """A TIFF declaring ``pages`` x ``height`` x ``width`` with ~64 bytes of deflated data per page."""
+    data = zlib.compress(b"\x00" * 64)
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8))
+    for k in range(pages):
+        strip = len(out) + 2 + 11 * 12 + 4
+        tags = [(256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 8), (262, 3, 1), (273, 4, strip),
+                (277, 3, 1), (278, 4, height), (279, 4, len(data)), (284, 3, 1), (339, 3, 1)]
+        out += struct.pack("<H", len(tags))
+        for tag, typ, val in tags:
+            out += struct.pack("<HHI", tag, typ, 1) + (struct.pack("<HH", val, 0) if typ == 3 else struct.pack("<I", val))
+        out += struct.pack("<I", 0 if k == pages - 1 else strip + len(data)) + data
+    return bytes(out)
+
+
+SMALL_BUDGET = 400_000  # pixels: decoding what passes stays cheap
+
+
+@FUZZ
+@given(width=st.integers(1, 200_000), height=st.integers(1, 200_000), pages=st.integers(1, 4),
+       bits=st.sampled_from([8, 16]), fmt=st.sampled_from(["tif", "png"]),
+       name=st.sampled_from(["x_red", "spread", "cell"]))
+def _fuzz_declared_size_bombs(width, height, pages, bits, fmt, name):
+    from napari_cellclass.io import limits
+
+    old = os.environ.get(limits.ENV_MAX_PIXELS)
+    os.environ[limits.ENV_MAX_PIXELS] = str(SMALL_BUDGET)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            root = Path(d)
+            p = root / f"{name}.{fmt}"
+            p.write_bytes(_tiny_tiff(width, height, pages, bits) if fmt == "tif" else _huge_png(width, height))
+            fits = width * height * (pages if fmt == "tif" else 1) <= SMALL_BUDGET
+            arr = expect_clean("limits.read_image", lambda: limits.read_image(p), root, [p])
+            if arr is not None:  # accepted: only when it fits, and then exactly the declared image
+                ok = fits and pages == 1 and arr.shape[:2] == (height, width)
+                if not ok:
+                    RAW.append(f"read_image accepted {width}x{height}x{pages} ({fmt}) as {arr.shape}")
+            for label, fn in _image_loaders(p):
+                expect_clean(label, fn, root, [p])
+            run_all_readers(p, root)
+    finally:
+        if old is None:
+            os.environ.pop(limits.ENV_MAX_PIXELS, None)
+        else:
+            os.environ[limits.ENV_MAX_PIXELS] = old
+
+
+def _image_loaders(p: Path) -> list[tuple[str, Callable]]:
+    out = []
+    for mod, fn in (("io.wbc_dataset", "read_rgb"), ("io.detection_dataset", "read_image"),
+                    ("io.spread_reader", "read_gray"), ("io.chromosome_dataset", "read_gray8"),
+                    ("io.hpa_reader", "read_channel")):
+        m = _mod(mod)
+        if m is not None and hasattr(m, fn):
+            out.append((f"{mod}.{fn}", (lambda f=getattr(m, fn): f(p))))
+    return out
+
+
+@FUZZ
+@given(width=st.one_of(st.integers(-5, 300_000), st.just(100_000)), height=st.integers(0, 300_000),
+       polygon=st.booleans(), fmt=st.sampled_from(["voc", "coco", "coco_rle"]))
+def _fuzz_annotation_declared_sizes(width, height, polygon, fmt):
+    from napari_cellclass.io import limits
+
+    old = os.environ.get(limits.ENV_MAX_PIXELS)
+    os.environ[limits.ENV_MAX_PIXELS] = str(SMALL_BUDGET)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            root = Path(d)
+            if fmt == "voc":
+                p = root / "a.xml"
+                poly = "<polygon><x1>1</x1><y1>1</y1><x2>9</x2><y2>1</y2><x3>9</x3><y3>9</y3></polygon>" if polygon else ""
+                p.write_text(f"<annotation><filename>a.png</filename><size><width>{width}</width><height>{height}"
+                             f"</height></size><object><name>c</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+                             f"<xmax>9</xmax><ymax>9</ymax></bndbox>{poly}</object></annotation>")
+            else:
+                seg: Any = [[1, 1, 9, 1, 9, 9], [2, 2, 5, 2, 5, 5]] if polygon else []
+                if fmt == "coco_rle":
+                    seg = {"size": [height, width], "counts": [0, 3]}
+                p = root / "a.json"
+                p.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": width, "height": height}],
+                                         "categories": [{"id": 1, "name": "c"}],
+                                         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8],
+                                                          "segmentation": seg}]}))
+            run_all_readers(p, root)
+            _direct_parsers(p, root)
+    finally:
+        if old is None:
+            os.environ.pop(limits.ENV_MAX_PIXELS, None)
+        else:
+            os.environ[limits.ENV_MAX_PIXELS] = old
+
+
+# ----------------------------------------------------------------------------- 9. file names leaving the data set
+
+NAME_PART = st.sampled_from(["..", ".", "a", "img.png", "", "~", "C:", "\\", "/", "sub", "..\\.."])
+
+
+@FUZZ
+@given(parts=st.lists(NAME_PART, min_size=1, max_size=5), sep=st.sampled_from(["/", "\\"]),
+       fmt=st.sampled_from(["voc", "coco"]))
+def _fuzz_annotation_paths(parts, sep, fmt):
+    name = sep.join(parts) or "img.png"
+    with tempfile.TemporaryDirectory() as d:
+        top = Path(d)
+        root = top / "data"
+        (root / "sub").mkdir(parents=True)
+        outside = _png_bytes(np.zeros((12, 10, 3), np.uint8))
+        for q in (top / "img.png", root / "img.png", root / "sub" / "img.png"):
+            q.write_bytes(outside)
+        if fmt == "voc":
+            from xml.sax.saxutils import escape
+
+            p = root / "a.xml"
+            p.write_text(f"<annotation><filename>{escape(name)}</filename><size><width>10</width><height>12</height>"
+                         "</size><object><name>c</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax>"
+                         "<ymax>5</ymax></bndbox></object></annotation>", encoding="utf-8")
+        else:
+            p = root / "a.json"
+            p.write_text(json.dumps({"images": [{"id": 1, "file_name": name, "width": 10, "height": 12}],
+                                     "categories": [{"id": 1, "name": "c"}],
+                                     "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}]}))
+        ds = expect_clean("detection_dataset.load_dataset(paths)", lambda: _load(root if fmt == "voc" else p), top, [p])
+        for item in getattr(ds, "items", []):
+            if item.image_path is not None:
+                resolved = os.path.normpath(os.path.join(str(root), str(item.image_path)))
+                if not resolved.startswith(str(root) + os.sep):
+                    RAW.append(f"{name!r} resolved outside the data set: {item.image_path}")
+
+
+def _load(path: Path):
+    dd = _mod("io.detection_dataset")
+    return dd.load_dataset(path) if dd is not None else None
+
+
+# ----------------------------------------------------------------------------- 10. recipe files
+
+RECIPE_KEY = st.sampled_from(["lr", "epochs", "batch_size", "loss", "optimizer", "dropout", "milestones", "extra",
+                              "lrr", "epoch", "my_knob", "schedule", "seed", "augment", "weight_decay"])
+RECIPE_VALUE = st.one_of(st.sampled_from(["1e-3", "abc", ".nan", ".inf", "-1", "10", "true", "[1, 2]", "{a: 1}",
+                                          "*x", "&x 3", "0.5", "focal", "adam", "'5'", "null", "1e999"]),
+                         st.integers(-10**12, 10**12).map(str))
+
+
+@FUZZ
+@given(items=st.lists(st.tuples(RECIPE_KEY, RECIPE_VALUE), max_size=5), fmt=st.sampled_from(["yaml", "json"]),
+       junk=st.text(max_size=20))
+def _fuzz_recipe_files(items, fmt, junk):
+    from napari_cellclass.recipes import Recipe
+
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        p = root / f"r.{fmt}"
+        if fmt == "yaml":
+            p.write_text("\n".join(f"{k}: {v}" for k, v in items) + ("\n" + junk if junk else ""), encoding="utf-8")
+        else:
+            p.write_text("{" + ", ".join(f'"{k}": {v}' for k, v in items) + "}", encoding="utf-8")
+        r = expect_clean("Recipe.from_file", lambda: Recipe.from_file(p), root, [p])
+        if r is not None:  # accepted: every field has its declared type and a valid range
+            ok = (isinstance(r.lr, float) and r.lr > 0 and isinstance(r.epochs, int) and r.epochs >= 1
+                  and isinstance(r.batch_size, int) and 0 <= r.dropout < 1 and isinstance(r.augment, bool)
+                  and np.isfinite([r.lr, r.weight_decay, r.dropout]).all()
+                  and not {"lrr", "epoch", "my_knob"} & set(r.extra))
+            if not ok:
+                RAW.append(f"recipe accepted with wrong types or unknown keys: {items} -> {r.to_dict()}")
+
+
+# ----------------------------------------------------------------------------- 11. checkpoint numbers out of range
+
+NUMBER = st.one_of(st.integers(-3, 5), st.integers(10**5, 10**12), st.floats(allow_nan=True, allow_infinity=True),
+                   st.sampled_from([2e9, "3", True, None, [], {}]))
+
+
+@FUZZ
+@given(field=st.sampled_from(["num_classes", "width", "in_channels", "input_size", "classes", "thresholds"]),
+       value=NUMBER)
+def _fuzz_checkpoint_numbers(field, value):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from napari_cellclass.engine.checkpoint import META_KEY
+
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        src = _tiny_checkpoint(root / "src.safetensors")
+        with safe_open(str(src), framework="pt") as fh:
+            header = dict(fh.metadata())
+        meta = json.loads(header[META_KEY])
+        if field in ("num_classes", "width", "in_channels"):
+            meta["arch_config"][field] = value
+            if field == "in_channels":
+                meta["in_channels"] = value
+        elif field == "input_size":
+            meta["input_size"] = [value, value] if not isinstance(value, list) else value
+        elif field == "classes":
+            meta["class_names"] = ["a"] * value if isinstance(value, int) and 0 <= value <= 10 else value
+        else:
+            meta["thresholds"] = [value, value] if not isinstance(value, list) else value
+        header[META_KEY] = json.dumps(meta)
+        p = root / "m.safetensors"
+        save_file(load_file(str(src)), str(p), metadata=header)
+        src.unlink()
+        _load_all(p, root)
+
+
+# ----------------------------------------------------------------------------- 12. bit depths: rescaled, never clipped
+
+@FUZZ
+@given(dtype=st.sampled_from(["uint16", "float32", "int16", "uint8"]), lo=st.floats(-1000, 1000),
+       span=st.floats(0.5, 60000), channels=st.sampled_from([1, 3]), seed=st.integers(0, 99))
+def _fuzz_bit_depth_rescale(dtype, lo, span, channels, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(lo, lo + span, (12, 10, channels) if channels == 3 else (12, 10))
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        a = np.clip(np.round(a), info.min, info.max)
+    a = a.astype(dtype)
+    wd = _mod("io.wbc_dataset")
+    if wd is None:
+        return
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        p = root / "img.tif"
+        import tifffile
+
+        tifffile.imwrite(p, a, photometric="rgb" if channels == 3 else "minisblack")
+        rgb = expect_clean("wbc_dataset.read_rgb(bit depth)", lambda: wd.read_rgb(p), root, [p])
+        if rgb is None:
+            return
+        g = rgb[..., 0].astype(float).ravel()
+        src = (a[..., 0] if channels == 3 else a).astype(float).ravel()
+        order = np.argsort(src, kind="stable")
+        if np.any(np.diff(g[order]) < 0):
+            RAW.append(f"{dtype} [{lo:g}, {lo + span:g}]: rescaling is not monotonic")
+        if np.ptp(src) > 0 and (g.max() == g.min()) and np.ptp(src) / max(abs(src).max(), 1) > 0.05:
+            RAW.append(f"{dtype} [{lo:g}, {lo + span:g}]: contrast lost (all {g[0]:g})")
+        if np.ptp(src) > 0 and (g >= 255).mean() > 0.5 and (src >= src.max()).mean() < 0.5:
+            RAW.append(f"{dtype} [{lo:g}, {lo + span:g}]: saturated ({(g >= 255).mean():.0%} white)")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report_count():
     yield
@@ -634,6 +899,22 @@ def _report_count():
     for r in RAW[:20]:
         print("  RAW", r)
     os.environ["CELLCLASS_FUZZ_CASES"] = str(CASES["n"])
+
+
+GENERATED = ["test_damaged_files_every_reader", "test_voc_hostile_values", "test_coco_hostile_structure",
+             "test_hpa_sets_sizes_depths_missing", "test_our_tiff_hostile_description", "test_our_csv_hostile_rows",
+             "test_our_zarr_hostile_metadata", "test_dataset_folders", "test_checkpoint_damaged",
+             "test_checkpoint_hostile_metadata", "test_declared_size_bombs", "test_annotation_declared_sizes",
+             "test_annotation_paths", "test_recipe_files", "test_checkpoint_numbers", "test_bit_depth_rescale"]
+DONE: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _count_generated(request):
+    yield
+    DONE.add(request.node.name)
+    if DONE >= set(GENERATED):  # the whole generated suite ran (in any order): check its size
+        assert CASES["n"] >= MIN_CASES, f"only {CASES['n']} generated cases ran; at least {MIN_CASES} are required"
 
 
 def test_damaged_files_every_reader():
@@ -686,3 +967,27 @@ def test_huge_declared_spread_image():
 
 def test_checkpoint_from_another_task():
     _no_new_raw(_plain_checkpoint_from_another_task)
+
+
+def test_declared_size_bombs():
+    _no_new_raw(_fuzz_declared_size_bombs)
+
+
+def test_annotation_declared_sizes():
+    _no_new_raw(_fuzz_annotation_declared_sizes)
+
+
+def test_annotation_paths():
+    _no_new_raw(_fuzz_annotation_paths)
+
+
+def test_recipe_files():
+    _no_new_raw(_fuzz_recipe_files)
+
+
+def test_checkpoint_numbers():
+    _no_new_raw(_fuzz_checkpoint_numbers)
+
+
+def test_bit_depth_rescale():
+    _no_new_raw(_fuzz_bit_depth_rescale)
