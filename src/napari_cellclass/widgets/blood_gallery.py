@@ -67,6 +67,7 @@ class ReviewGallery(QWidget):
         self.grid.setSpacing(4)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setMinimumHeight(2 * (TILE + 40))  # two rows of cells visible when docked
         scroll.setWidget(self.grid_host)
         self.export_button = QPushButton("Export class folders...")
         self.export_button.setToolTip("write the reviewed white cells as <CLASS>/*.png to fine-tune the classifier")

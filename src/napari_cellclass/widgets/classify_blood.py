@@ -147,6 +147,7 @@ class ClassifyBloodWidget(QWidget):
         self.counts_label.setWordWrap(True)
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["white-cell class", "count", "percent"])
+        self.table.setMinimumHeight(190)  # the four classes and the total without scrolling
         self.gallery_button = QPushButton("Review gallery")
         self.gallery_button.setEnabled(False)
         self.gallery_button.clicked.connect(lambda: self.open_gallery())
@@ -245,6 +246,12 @@ class ClassifyBloodWidget(QWidget):
             return not np.any(np.asarray(layer.data))
         return False
 
+    @staticmethod
+    def _is_ours(layer: Any) -> bool:
+        """A result layer of this widget (already classified): not offered as boxes to classify."""
+        return layer.name.endswith((RESULT_SUFFIX, CLASSIFIED_SUFFIX)) and "reviewed_class" in getattr(
+            layer, "features", {})
+
     def _refresh_layers(self, event: Any = None) -> None:
         """Images, and shapes/labels layers that hold cells (empty layers are not offered)."""
         img, cells = self.image_combo.currentText(), self.cells_combo.currentText()
@@ -256,7 +263,7 @@ class ClassifyBloodWidget(QWidget):
             kind = layer._type_string
             if kind == "image":
                 self.image_combo.addItem(layer.name)
-            elif kind in ("shapes", "labels") and not self._is_empty(layer):
+            elif kind in ("shapes", "labels") and not self._is_empty(layer) and not self._is_ours(layer):
                 self.cells_combo.addItem(layer.name)
         if img and self.image_combo.findText(img) >= 0:
             self.image_combo.setCurrentText(img)
