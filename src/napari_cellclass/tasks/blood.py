@@ -377,7 +377,9 @@ def write_report_pdf(path: str | Path, image: np.ndarray, res: dict[str, Any], *
             for role in ("detector", "classifier"):
                 d = m.get(role, {})
                 info.append(f"{role}: {d.get('name', '?')} ({d.get('arch', '')}; sha256 {d.get('sha256', '')}; "
-                            f"trained on {str(d.get('trained_on', ''))[:60]}; package {d.get('package_version', '')})")
+                            f"package {d.get('package_version', '')})")
+                if d.get("trained_on"):
+                    info.append(f"    trained on {str(d['trained_on'])[:90]}")
             info.append(f"device: {res.get('device', '')};  time: {res['seconds']['total']:.2f} s")
             if source:
                 info.append(f"image: {source}")
@@ -405,7 +407,7 @@ def _gallery_page(pdf: Any, rgb: np.ndarray, res: dict[str, Any], classes: list[
     groups: dict[str, list[int]] = {}
     for i in idx:
         groups.setdefault(classes[i], []).append(i)
-    per_row, tile = 8, 0.11
+    per_row, tile = 6, 0.145
     row_h = tile * aspect + 0.025
     y = 0.93
     for cls in sorted(groups, key=lambda c: -len(groups[c])):
@@ -423,7 +425,7 @@ def _gallery_page(pdf: Any, rgb: np.ndarray, res: dict[str, Any], classes: list[
                 pdf.savefig(fig)
                 fig, y = new_page("White cells by class (continued)"), 0.93
             ax = fig.add_axes([0.06 + (k % per_row) * tile, y - tile * aspect, tile * 0.92, tile * aspect * 0.92])
-            ax.imshow(gallery_crop(rgb, res["boxes"][i]))
+            ax.imshow(gallery_crop(rgb, res["boxes"][i], size=160))
             ax.set_axis_off()
             score = res["wbc_score"][i]
             ax.set_title(f"#{i} {score:.2f}" if np.isfinite(score) else f"#{i}", fontsize=6, pad=2)

@@ -119,7 +119,7 @@ class ClassifyBloodWidget(QWidget):
         self.score_spin = QDoubleSpinBox()
         self.score_spin.setRange(0.0, 1.0)
         self.score_spin.setSingleStep(0.05)
-        self.score_spin.setDecimals(2)
+        self.score_spin.setDecimals(3)  # the detector's validated threshold exactly (e.g. 0.304)
         self.score_spin.setToolTip("detector score threshold; starts at the value the detector was validated at")
         self.detector_chooser.changed.connect(self._detector_changed)
         self._detector_changed()
