@@ -34,9 +34,15 @@ SCORES = [0.9, 0.6, 0.8, 0.7, 0.5, 0.4, 0.3]
 
 
 @pytest.fixture(autouse=True)
-def scripted_detector(monkeypatch):
-    """A CenterNet whose heat maps peak exactly at SCRIPT (pixel scale 0.5, stride 4): deterministic plumbing."""
+def scripted_detector(monkeypatch, request):
+    """A CenterNet whose heat maps peak exactly at SCRIPT (pixel scale 0.5, stride 4): deterministic plumbing.
+
+    Not for the real-data test, which runs the shipped detector as it is.
+    """
     from napari_cellclass.models import centernet
+
+    if request.node.get_closest_marker("realdata"):
+        return
 
     def forward(self, x):
         n, _, h, w = x.shape
@@ -310,3 +316,25 @@ def test_widget_folder_mode_with_progress_and_cancel(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: w.analyse_button.isEnabled(), timeout=30000)
     assert "cancel" in w.status.text().lower()
     assert not (tmp_path / "out2" / "summary.csv").exists()  # nothing half-done pretends to be complete
+
+
+@pytest.mark.realdata
+def test_builtins_on_two_real_smears_from_the_cli(shared_data, tmp_path, monkeypatch):
+    """Folder mode with the shipped models on two held-out BCCD smears (white cells found and counted)."""
+    import shutil
+
+    from napari_cellclass.cli import main
+
+    monkeypatch.delenv("CELLCLASS_ZOO_DIR", raising=False)
+    src = shared_data / "bccd" / "JPEGImages"
+    (tmp_path / "in").mkdir()
+    for name in ("BloodImage_00095.jpg", "BloodImage_00113.jpg"):  # held out by both built-ins
+        shutil.copy(src / name, tmp_path / "in" / name)
+    out = tmp_path / "out"
+    assert main(["predict", "wbc", str(tmp_path / "in"), "--model", "bccd-wbc-ibnresnet34", "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 0
+    rows = {r["image"].rsplit("/", 1)[-1]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert rows["BloodImage_00095.jpg"]["status"] == "ok" and int(rows["BloodImage_00095.jpg"]["WBC"]) == 1
+    assert int(rows["BloodImage_00095.jpg"]["EOSINOPHIL"]) == 1  # the eosinophil of the sample
+    assert all(int(r["RBC"]) >= 5 for r in rows.values())
+    assert (out / "BloodImage_00113_report.pdf").read_bytes()[:5] == b"%PDF-"
