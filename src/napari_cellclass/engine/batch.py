@@ -221,11 +221,37 @@ def add_arguments(p: Any) -> None:
 
 def job_for(task: str, predict: Callable[..., Job[dict[str, Any]]], model: Path | str, inputs: Sequence[Path],
             opts: Any, args: Any) -> Job[dict[str, Any]]:
-    """The task's plain ``predict``, or batch mode when ``--shard`` is given or torchrun started us."""
+    """The task's plain ``predict``, or batch mode when ``--shard`` is given or torchrun started us.
+
+    Images too large for memory (OME-Zarr, big TIFFs, or ``--set tiled=true``) go the
+    tile-by-tile way (:mod:`napari_cellclass.engine.tiled`), one shard each.
+    """
+    from .tiled import split_inputs
+
     shard = resolve_shard(getattr(args, "shard", None))
+    large, rest = split_inputs(task, inputs, opts)
+    if large:
+        return _large_and_rest(task, predict, model, large, rest, opts, shard, getattr(args, "chunk", None))
     if shard is None:
         return predict(model, list(inputs), opts)
     return run_batch(task, predict, model, inputs, opts, shard, chunk=getattr(args, "chunk", None))
+
+
+def _large_and_rest(task: str, predict: Callable[..., Job[dict[str, Any]]], model: Path | str, large: list[Path],
+                    rest: list[Path], opts: Any, shard: Shard | None, chunk: int | None) -> Job[dict[str, Any]]:
+    from .tiled import predict_large
+
+    result: dict[str, Any] = {}
+    if rest:  # first, so a batch run binds its --out folder before the tiled outputs land there
+        if shard is None:
+            result["images"] = yield from predict(model, rest, opts)
+        else:
+            result["images"] = yield from run_batch(task, predict, model, rest, opts, shard, chunk=chunk)
+    mine = large if shard is None else large[shard.index::shard.count]
+    result["large_images"] = []
+    for p in mine:
+        result["large_images"].append((yield from predict_large(task, model, p, opts)))
+    return result
 
 
 def run_batch(
