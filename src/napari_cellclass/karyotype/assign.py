@@ -9,6 +9,15 @@ chromosome) that cost ``reject_cost``.  Normal slots carry a bonus of
 ``missing_cost`` nats, so leaving one empty (a loss, e.g. 45,X) costs exactly
 that much.  Gains and losses are therefore found when the probabilities support
 them, not forced away by the 46-slot template.
+
+Size: a classifier sees a crop resized to its input, so it can call a long
+chromosome "21".  With ``sizes`` (each object's area, or length, in pixels) the
+cost adds a size term: sizes are put on the ideogram scale by matching the
+spread's sorted sizes to the sorted relative lengths of a normal set, and each
+class costs the Gaussian negative log-likelihood of the object's log size
+ratio.  An object more than ``size_limit`` times the expected size of a class
+(or less than 1 / ``size_limit``) can never take that class: a chromosome 1
+cannot sit in the 21/22 slots whatever the classifier says.
 """
 from __future__ import annotations
 
@@ -58,6 +67,36 @@ def _slots(sex: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(cls), np.asarray(kind)
 
 
+FORBIDDEN = 50.0  # nats: a cost no assignment pays while any other slot is open
+
+
+def size_costs(sizes: np.ndarray, sigma: float = 0.35, size_limit: float = 2.2) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 24) size cost in nats and the (N,) sizes on the relative-length scale.
+
+    Sizes are areas or lengths; only their ratios matter.  The scale is the median
+    ratio of the sorted sizes to the sorted relative lengths of a 46,XX set taken
+    at the same quantiles, so it needs no classifier and survives a few missing
+    or extra objects.
+    """
+    from .ideogram import rel_lengths
+
+    sizes = np.asarray(sizes, dtype=np.float64).reshape(-1)
+    n = len(sizes)
+    if n == 0:
+        return np.zeros((0, N_CLASSES)), np.zeros(0)
+    rl = rel_lengths()
+    ref = np.sort(np.concatenate([rl[:22], rl[:22], [rl[X_INDEX], rl[X_INDEX]]]))[::-1]
+    q = (np.arange(n) + 0.5) / n
+    ref_q = np.interp(q, (np.arange(len(ref)) + 0.5) / len(ref), ref)
+    obs = np.sort(np.maximum(sizes, 1e-9))[::-1]
+    scale = float(np.median(obs / ref_q))
+    rel = np.maximum(sizes, 1e-9) / scale
+    z = np.log(rel[:, None] / rl[None, :])
+    cost = 0.5 * (z / sigma) ** 2
+    cost[np.abs(z) > np.log(size_limit)] = FORBIDDEN
+    return cost, rel
+
+
 def assign_classes(
     probs: np.ndarray,
     *,
@@ -66,12 +105,17 @@ def assign_classes(
     reject_cost: float = 9.0,
     low_confidence: float = 0.5,
     fixed: dict[int, int] | None = None,
+    sizes: np.ndarray | None = None,
+    size_sigma: float = 0.35,
+    size_limit: float = 2.2,
 ) -> Assignment:
     """Assign each chromosome a class with at most two per autosome and XX/XY.
 
     Parameters
     ----------
     probs : (N, 24) array of class probabilities (rows need not sum exactly to 1).
+    sizes : (N,) object areas (or lengths) in pixels; adds the size term (see the module doc).
+    size_sigma, size_limit : spread of log size ratio allowed for a class; hard limit on the ratio.
     missing_cost, extra_cost : nats charged for an empty normal slot / a used extra slot.
     reject_cost : nats for calling an object "not a chromosome".
     low_confidence : chromosomes whose assigned probability is below this are flagged.
@@ -89,6 +133,12 @@ def assign_classes(
     n = probs.shape[0]
     fixed = dict(fixed or {})
     nll = -np.log(np.clip(probs, 1e-9, 1.0))
+    size_cost = None
+    if sizes is not None:
+        if len(np.asarray(sizes).reshape(-1)) != n:
+            raise InputError(f"sizes must have one value per chromosome ({n}), got {np.shape(sizes)}")
+        size_cost, _ = size_costs(sizes, size_sigma, size_limit)
+        nll = nll + size_cost
     for row, c in fixed.items():  # a user's choice is certain
         nll[row] = 50.0
         nll[row, c] = 0.0
@@ -110,10 +160,10 @@ def assign_classes(
         if col < len(s_cls_all):
             classes[i] = s_cls_all[col]
             slot[i] = "normal" if s_kind_all[col] == 0 else "extra"
-    return _finish(probs, classes, slot, sex, total, low_confidence, fixed)
+    return _finish(probs, classes, slot, sex, total, low_confidence, fixed, size_cost)
 
 
-def _finish(probs, classes, slot, sex, total, low_confidence, fixed) -> Assignment:
+def _finish(probs, classes, slot, sex, total, low_confidence, fixed, size_cost=None) -> Assignment:
     n = len(classes)
     conf = np.array([probs[i, c] if c >= 0 else 0.0 for i, c in enumerate(classes)])
     flagged = np.zeros(n, dtype=bool)
@@ -129,7 +179,8 @@ def _finish(probs, classes, slot, sex, total, low_confidence, fixed) -> Assignme
         if conf[i] < low_confidence:
             why.append(f"low confidence {conf[i]:.2f}")
         if classes[i] >= 0 and classes[i] != argmax[i]:
-            why.append(f"moved from {CLASS_NAMES[argmax[i]]} by pairing")
+            by_size = size_cost is not None and size_cost[i, argmax[i]] >= FORBIDDEN
+            why.append(f"moved from {CLASS_NAMES[argmax[i]]} by {'size' if by_size else 'pairing'}")
         if slot[i] == "extra":
             why.append("extra copy")
         if slot[i] == "reject":
