@@ -37,7 +37,7 @@ def test_synth_karyotype_spreads_evaluate(tmp_path, capsys):
     out = tmp_path / "spreads"
     assert cli.main(["synth", "karyotype", "--n", "3", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert cli.main(["evaluate", "karyotype", "none", str(out), "--quiet"]) == 0
+    assert cli.main(["evaluate", "karyotype", "none", str(out), "--set", "segmenter=threshold", "--quiet"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_spreads"] == 3
     assert [s["n_true"] for s in res["per_spread"]] == [46, 46, 47]  # 46,XY; 46,XX; 47,XX,+21
