@@ -133,7 +133,9 @@ def test_predict_batches_matches_per_image_and_keeps_order():
     items = [torch.rand(1, 16, 16) for _ in range(10)]
     progress = []
     out = run_sync(
-        predict_batches(model, items, policy=resolve_device("cpu"), preprocess=lambda t: t, batch_size=4),
+        # fp32 (fast=False): this checks batching and order; the bf16 fast path has its own agreement test
+        predict_batches(model, items, policy=resolve_device("cpu", fast=False), preprocess=lambda t: t,
+                        batch_size=4),
         progress.append,
     )
     assert [p.step for p in progress] == [4, 8, 10]
