@@ -158,7 +158,8 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def compare(model: torch.nn.Module, items: list[torch.Tensor], policy, batch: int, repeat: int, head: str) -> dict:
+def compare(model: torch.nn.Module, items: list[torch.Tensor], policy, batch: int, repeat: int, head: str,
+            cpu_time: bool = False) -> dict:
     dev = policy.device
     plain_model = copy.deepcopy(model).float().to(dev).eval()
     ours_model = model
@@ -178,30 +179,34 @@ def compare(model: torch.nn.Module, items: list[torch.Tensor], policy, batch: in
     with torch.no_grad():
         plain_model(items[0][None].to(dev))
     run_sync(predict_batches(ours_model, items[:batch], policy=policy, preprocess=lambda t: t, batch_size=batch))
-    t_plain, t_ours = [], []
+    t_plain, t_ours, c_plain, c_ours = [], [], [], []
     peak = None
     for _ in range(repeat):  # alternate, so drift in machine load hits both alike
         _sync(dev)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ref = plain()
         _sync(dev)
         t_plain.append(time.perf_counter() - t0)
+        c_plain.append(time.process_time() - c0)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = ours()
         _sync(dev)
         t_ours.append(time.perf_counter() - t0)
+        c_ours.append(time.process_time() - c0)
         if dev.type == "cuda":
             peak = torch.cuda.max_memory_allocated() / 2**20
     act = torch.sigmoid if head == "sigmoid" else (lambda z: torch.softmax(z, -1))
     agree = float((out.argmax(1) == ref.argmax(1)).float().mean())
     dp = float((act(out) - act(ref)).abs().max())
     n = len(items)
+    if cpu_time:  # CPU seconds of this process: what a quiet core would take, whatever else the machine runs
+        t_plain, t_ours = c_plain, c_ours
     tp, to = float(np.median(t_plain)), float(np.median(t_ours))
     return {"n": n, "batch": batch, "plain_ips": n / tp, "ours_ips": n / to, "ratio": tp / to,
             "ratios": [p / o for p, o in zip(t_plain, t_ours)], "top1_agreement": agree, "max_prob_diff": dp,
-            "peak_gpu_mib": peak}
+            "peak_gpu_mib": peak, "clock": "process CPU time" if cpu_time else "wall clock"}
 
 
 def cpu_name() -> str:
@@ -225,6 +230,8 @@ def main() -> None:
     ap.add_argument("--no-fast", action="store_true", help="our path without bf16/AMP (fp32)")
     ap.add_argument("--compile", action="store_true", help="our path with torch.compile")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time by this process's CPU seconds (use with --threads 1 on a shared machine)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -237,7 +244,8 @@ def main() -> None:
              "chromosome": (chromosome_model, chromosome_inputs, 32)}
     print(f"device: {policy.describe()}; CPU {cpu_name()}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; inference dtype {policy.inference_dtype}; "
-          f"compile {policy.compile_inference}; {time.strftime('%Y-%m-%d %H:%M')}")
+          f"compile {policy.compile_inference}; timed by {'process CPU time' if args.cpu_time else 'wall clock'}; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
     rows = []
     for key in args.models.split(","):
         build, inputs, n_default = specs[key]
@@ -245,7 +253,7 @@ def main() -> None:
         n = args.n or (n_default * (8 if gpu else 1))
         items, source = inputs(n, shape)
         t0 = time.monotonic()
-        r = compare(model, items, policy, min(batch, n), args.repeat, head)
+        r = compare(model, items, policy, min(batch, n), args.repeat, head, cpu_time=args.cpu_time)
         r.update(model=name, input="x".join(map(str, shape)), data=source, seconds=round(time.monotonic() - t0, 1))
         rows.append(r)
         print(f"  {name}: {r['plain_ips']:.2f} -> {r['ours_ips']:.2f} images/s ({r['ratio']:.2f}x), "

@@ -116,3 +116,46 @@ def test_cli_no_fast_switch(bf16_cpu, monkeypatch, capsys):
 def test_policy_field_is_a_plain_dataclass_field(bf16_cpu):
     p = dataclasses.replace(resolve_device("cpu"), fast_inference=False)
     assert p.inference_dtype is None
+
+
+# ----------------------------------------------------------------------------- CUDA (benchmarks/gpu_check.sh runs these)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_amp_inference_agrees_with_fp32():
+    policy = resolve_device("cuda")
+    assert policy.amp and policy.inference_dtype in (torch.bfloat16, torch.float16) and policy.channels_last
+    model = Probe()
+    fast = torch.stack(run_sync(inf.predict_batches(model, _items(64), policy=policy, preprocess=lambda t: t,
+                                                    batch_size=16)))
+    assert model.seen[-1] == policy.inference_dtype and fast.dtype == torch.float32
+    exact = torch.stack(run_sync(inf.predict_batches(model, _items(64), policy=resolve_device("cuda", fast=False),
+                                                     preprocess=lambda t: t, batch_size=16)))
+    assert model.seen[-1] == torch.float32
+    assert (fast.argmax(1) == exact.argmax(1)).float().mean() >= 0.95
+    assert torch.allclose(torch.softmax(fast, 1), torch.softmax(exact, 1), atol=0.02)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_training_step_with_amp_and_channels_last(tmp_path):
+    from napari_cellclass.engine.checkpoint import CheckpointMeta, load_checkpoint
+    from napari_cellclass.engine.training import fit
+
+    policy = resolve_device("cuda")
+    model = Probe()
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)) for _ in range(4)]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    meta = lambda best, h: CheckpointMeta(task="t", arch="probe", class_names=list("abcde"), in_channels=3,  # noqa: E731
+                                          input_size=[16, 16])
+    res = run_sync(fit(model, batches, loss_fn=lambda m, b, e: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
+                       optimizer=opt, epochs=2, policy=policy, checkpoint_path=tmp_path / "m.safetensors",
+                       make_meta=meta))
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in res.history)
+    assert model.conv.weight.is_cuda and model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.seen[-1] == policy.amp_dtype  # the forward ran in mixed precision
+    assert set(load_checkpoint(res.checkpoint).state_dict) == set(model.state_dict())
