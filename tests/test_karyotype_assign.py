@@ -64,6 +64,16 @@ def test_extra_copy_is_flagged_and_user_fix_is_kept():
     assert iscn_summary(b.classes).text == "47,XX,+22"
 
 
+def test_user_classes_are_kept_beyond_the_slots():
+    classes = NORMAL_AUTOSOMES + [X, Y]
+    probs = noisy_probs(classes, 4)
+    fixed = {i: 20 for i in range(4)}  # the user calls four chromosomes "21"
+    a = assign_classes(probs, fixed=fixed, sizes=np.ones(len(classes)))
+    assert list(a.classes[:4]) == [20] * 4 and all(s == "manual" for s in a.slot[:4])
+    everything = {i: 0 for i in range(len(classes))}  # all fixed: no slot left for anyone else
+    assert (assign_classes(probs, fixed=everything).classes == 0).all()
+
+
 def test_debris_is_rejected_not_forced_into_a_class():
     classes = NORMAL_AUTOSOMES + [X, Y]
     probs = np.vstack([noisy_probs(classes, 3, noise=0.05), np.full((3, 24), 1 / 24)])

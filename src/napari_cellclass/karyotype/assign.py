@@ -139,27 +139,42 @@ def assign_classes(
             raise InputError(f"sizes must have one value per chromosome ({n}), got {np.shape(sizes)}")
         size_cost, _ = size_costs(sizes, size_sigma, size_limit)
         nll = nll + size_cost
-    for row, c in fixed.items():  # a user's choice is certain
-        nll[row] = 50.0
-        nll[row, c] = 0.0
+    # a user's choice is certain and always kept, even beyond the slots (a fourth 21 the user
+    # insists on stays a 21): fixed rows take their class's slots first, the others share the rest
+    free = np.array([i for i in range(n) if i not in fixed], dtype=int)
     best: tuple[float, str, np.ndarray, np.ndarray] | None = None
     for sex in ("XX", "XY"):
         s_cls, s_kind = _slots(sex)
-        cost = nll[:, s_cls] + np.where(s_kind == 0, -missing_cost, extra_cost)[None, :]
-        cost = np.concatenate([cost, np.full((n, n), reject_cost)], axis=1)
-        rows, cols = linear_sum_assignment(cost)
-        total = float(cost[rows, cols].sum()) + missing_cost * int((s_kind == 0).sum())
+        avail = np.ones(len(s_cls), bool)
+        total = missing_cost * int((s_kind == 0).sum())
+        for c in fixed.values():
+            cand = np.nonzero(avail & (s_cls == c))[0]
+            if len(cand):
+                k = cand[np.argsort(s_kind[cand], kind="stable")][0]  # a normal slot before an extra one
+                avail[k] = False
+                total += -missing_cost if s_kind[k] == 0 else extra_cost
+        cols_ok = np.nonzero(avail)[0]
+        assigned = np.full(len(free), -1)
+        if len(free):
+            cost = nll[free][:, s_cls[cols_ok]] + np.where(s_kind[cols_ok] == 0, -missing_cost, extra_cost)[None, :]
+            cost = np.concatenate([cost, np.full((len(free), len(free)), reject_cost)], axis=1)
+            rows, cols = linear_sum_assignment(cost)
+            total += float(cost[rows, cols].sum())
+            if len(cols_ok):
+                assigned[rows] = np.where(cols < len(cols_ok), cols_ok[np.minimum(cols, len(cols_ok) - 1)], -1)
         if best is None or total < best[0] - 1e-9:
-            best = (total, sex, cols, s_cls)
+            best = (total, sex, assigned, s_cls)
     assert best is not None
-    total, sex, cols, s_cls = best
+    total, sex, assigned, s_cls = best
     s_cls_all, s_kind_all = _slots(sex)
     classes = np.full(n, REJECT, dtype=int)
     slot: list[str] = ["reject"] * n
-    for i, col in enumerate(cols):
-        if col < len(s_cls_all):
+    for i, col in zip(free, assigned):
+        if col >= 0:
             classes[i] = s_cls_all[col]
             slot[i] = "normal" if s_kind_all[col] == 0 else "extra"
+    for row, c in fixed.items():
+        classes[row] = int(c)
     return _finish(probs, classes, slot, sex, total, low_confidence, fixed, size_cost)
 
 
@@ -178,7 +193,8 @@ def _finish(probs, classes, slot, sex, total, low_confidence, fixed, size_cost=N
             continue
         if conf[i] < low_confidence:
             why.append(f"low confidence {conf[i]:.2f}")
-        if classes[i] >= 0 and classes[i] != argmax[i]:
+        informative = probs[i].max() - probs[i].min() > 1e-6  # a uniform row (no classifier) has no argmax
+        if classes[i] >= 0 and classes[i] != argmax[i] and informative:
             by_size = size_cost is not None and size_cost[i, argmax[i]] >= FORBIDDEN
             why.append(f"moved from {CLASS_NAMES[argmax[i]]} by {'size' if by_size else 'pairing'}")
         if slot[i] == "extra":

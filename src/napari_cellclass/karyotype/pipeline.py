@@ -44,8 +44,9 @@ def finish_karyotype(
     ``fixed`` maps a 0-based row (label - 1) to a class the user chose.
     """
     probs = np.asarray(probs, np.float64).reshape(-1, len(CLASS_NAMES))
-    if pairing:
-        a = assign_classes(probs, fixed=fixed, low_confidence=low_confidence)
+    if pairing:  # object areas let the pairing keep long chromosomes out of small classes' slots
+        areas = np.bincount(labels.ravel(), minlength=len(probs) + 1)[1:len(probs) + 1]
+        a = assign_classes(probs, fixed=fixed, low_confidence=low_confidence, sizes=areas)
     else:
         from .assign import manual_assignment
 
