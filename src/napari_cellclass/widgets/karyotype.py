@@ -1,9 +1,11 @@
 """Karyotype a metaphase spread: segment, classify, pair, karyogram; correct by hand.
 
 Thin: the pipeline is :func:`napari_cellclass.tasks.karyotype.karyotype` (run in a
-``thread_worker``) and :func:`napari_cellclass.karyotype.pipeline.finish_karyotype`
-(pairing + karyogram, fast enough to run on the GUI thread after a class change).
-Editing the labels layer re-classifies only the chromosomes whose pixels changed.
+``thread_worker``); every correction afterwards (cut along a drawn line, merge,
+delete, paint, reclass, drag to another slot, turn, undo) is a call on a
+:class:`napari_cellclass.karyotype.corrections.KaryotypeSession`, which re-classifies
+only the chromosomes whose pixels changed and redraws the karyogram.  This module
+only turns clicks into those calls and results into layers.
 """
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-    QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
+    QPushButton, QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from ._errors import error_message
@@ -30,6 +32,22 @@ from ..zoo.provenance import synthetic_warning
 LABELS_NAME = "chromosomes"
 SHAPES_NAME = "chromosome classes"
 KARYOGRAM_NAME = "karyogram"
+CUT_NAME = "cut line"
+
+
+def _wrappable(text: str) -> str:
+    """ISCN strings have no spaces; a zero-width space after each comma lets a label wrap them."""
+    return text.replace(",", ",\u200b")
+
+
+def _wrapping_label(text: str = "", style: str = "") -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # never widens the dock
+    label.setMinimumWidth(120)
+    if style:
+        label.setStyleSheet(style)
+    return label
 
 
 def _show_error(msg: str) -> None:
@@ -57,10 +75,11 @@ class KaryotypeWidget(QWidget):
         self.last_error: str | None = None
         self.worker = None
         self.cancel_token: CancelToken | None = None
-        self._known: dict[int, np.ndarray] = {}  # label id -> probabilities
-        self._fixed: dict[int, int] = {}  # label id -> class chosen by the user
-        self._snapshot: np.ndarray | None = None  # labels the current result was computed on
+        self.session = None  # KaryotypeSession of the shown result: all corrections go through it
         self._image: np.ndarray | None = None
+        self._image_name = ""
+        self._models: tuple[Path | None, Path | None, str] = (None, None, "")  # classifier, detector, segmenter
+        self._device: str | None = None
         self._updating = False
         self._trained_on: str | None = None  # of the classifier behind the shown result (for the warning)
         self._edit_timer = QTimer(self)
@@ -93,33 +112,63 @@ class KaryotypeWidget(QWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         self.progress = QProgressBar()
-        self.status = QLabel("")
-        self.device_label = QLabel("")
-        self.summary_label = QLabel("no result yet")
-        self.summary_label.setStyleSheet("font-size: 16pt; font-weight: bold")
-        self.findings_label = QLabel("")
-        self.findings_label.setWordWrap(True)
+        self.status = _wrapping_label()
+        self.device_label = _wrapping_label()
+        self.warning_label = _wrapping_label(style="color: #e69500; font-weight: bold")  # generated-data models
+        self.summary_label = _wrapping_label("no result yet", "font-size: 16pt; font-weight: bold")
+        self.findings_label = _wrapping_label()
         self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["id", "class", "confidence", "flag"])
+        self.table.setHorizontalHeaderLabels(["id", "class", "p", "flag"])
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        header = self.table.horizontalHeader()
+        for col in range(3):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)  # long reasons elide, not widen
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
+        self.table.setMinimumHeight(160)
         self.table.itemSelectionChanged.connect(self._select_from_table)
-        exports = QHBoxLayout()
-        self.png_button = QPushButton("Export karyogram PNG")
-        self.png_button.clicked.connect(lambda: self.export_png())
-        self.csv_button = QPushButton("Export CSV")
-        self.csv_button.clicked.connect(lambda: self.export_csv())
-        exports.addWidget(self.png_button)
-        exports.addWidget(self.csv_button)
-        hint = QLabel("Fix classes in the table, or select a label and press K / Shift-K in the viewer. "
-                      "Edit the labels layer to fix the segmentation; the karyogram updates.")
-        hint.setWordWrap(True)
+
+        def row(*specs) -> QHBoxLayout:
+            box = QHBoxLayout()
+            for text, tip, slot in specs:
+                b = QPushButton(text)
+                b.setToolTip(tip)
+                b.clicked.connect(lambda _=False, f=slot: f())
+                b.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+                box.addWidget(b)
+                setattr(self, f"{slot.__name__.strip('_')}_button", b)
+            return box
+
+        edit_row = row(
+            ("Cut", "cut a chromosome in two along a line drawn in the 'cut line' layer", self.cut),
+            ("Merge", "merge the chromosomes selected in the table", self.merge),
+            ("Delete", "delete the selected objects (debris, nucleus)", self.delete),
+            ("Undo", "undo the last correction", self.undo))
+        turn_row = row(
+            ("180°", "turn the selected chromosome upside down (p arm up)", self.rotate_180),
+            ("⟲ 15°", "turn the selected chromosome 15° counter-clockwise", self.rotate_left),
+            ("⟳ 15°", "turn the selected chromosome 15° clockwise", self.rotate_right),
+            ("Mirror", "mirror the selected chromosome left-right", self.mirror))
+        export_row = row(
+            ("PNG", "save the karyogram as PNG", self.export_png),
+            ("CSV", "save the per-chromosome table as CSV", self.export_csv),
+            ("Report", "save a PDF report: karyogram, ISCN string, flags, models, sign-off line",
+             self.export_report))
+        hint = _wrapping_label(
+            "Click a chromosome in the karyogram to select it, drag it to another pair to reclass it. "
+            "Fix classes in the table or with K / Shift-K on a selected label. Paint the labels layer, or "
+            "draw a line and press Cut, to fix the segmentation; only changed objects are classified again.")
 
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
-        for w in (self.progress, self.status, self.device_label, self.summary_label, self.findings_label,
-                  self.table):
+        for w in (self.progress, self.status, self.device_label, self.warning_label, self.summary_label,
+                  self.findings_label, self.table):
             lay.addWidget(w)
-        lay.addLayout(exports)
+        lay.addLayout(edit_row)
+        lay.addLayout(turn_row)
+        lay.addLayout(export_row)
         lay.addWidget(hint)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -170,15 +219,28 @@ class KaryotypeWidget(QWidget):
         image = np.asarray(layer.data)
         if getattr(layer, "rgb", False) is False and image.ndim == 3 and image.shape[-1] not in (3, 4):
             image = image[int(self.viewer.dims.current_step[0])] if image.shape[0] > 1 else image[0]
-        if labels is None:
-            self._known, self._fixed = {}, {}
-        self._image = image
+        try:  # blank, oversized, fluorescence: say so before any work, whatever the segmenter
+            from ..karyotype.segment import check_spread
+
+            check = check_spread(image)
+        except CellClassError as exc:
+            return self._fail(str(exc))
+        self._image, self._image_name = image, name
+        seg = self.segmenter_box.currentText()
+        if seg == "auto":  # what 'auto' will run, for the report
+            from ..tasks.karyotype import BUILTIN_DETECTOR, builtin_path
+
+            effective = Path(detector) if detector else builtin_path(BUILTIN_DETECTOR)
+            seg = "detector" if effective is not None else "threshold"
+        else:
+            effective = Path(detector) if detector else None
+        self._models = (Path(model), effective if seg == "detector" else None, seg)
+        self._device = device
         self.cancel_token = CancelToken()
         job = karyotype(image, Path(model), device=device, labels=labels,
                         segmenter=self.segmenter_box.currentText(),
-                        detector_model=Path(detector) if detector else None, cancel=self.cancel_token,
-                        known_probs=dict(self._known) if labels is not None else None,
-                        fixed=dict(self._fixed) if labels is not None else None)
+                        detector_model=Path(detector) if detector else None, cancel=self.cancel_token)
+        self._notes = list(check.notes)
         self.last_error = None
         if sync:
             from ..engine.progress import run_sync
@@ -191,7 +253,8 @@ class KaryotypeWidget(QWidget):
             return res
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.worker = create_worker(lambda: (yield from job), _start_thread=False)
+        # errors go to _on_error as one clear line; not re-raised into the event loop as a traceback
+        self.worker = create_worker(lambda: (yield from job), _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_done)
         self.worker.errored.connect(self._on_error)
@@ -228,54 +291,69 @@ class KaryotypeWidget(QWidget):
         self.progress.setValue(1)
 
     def _on_done(self, res: dict[str, Any]) -> None:
+        from ..karyotype.corrections import KaryotypeSession, model_classifier
+
         n = len(res["classes"])
-        self._known = {i + 1: res["probabilities"][i] for i in range(n)}
-        self._fixed = {k + 1: v for k, v in res.get("fixed", {}).items()}
-        warning = synthetic_warning(self._trained_on)
+        classifier = model_classifier(self._models[0], self._device)
+        self.session = KaryotypeSession.from_result(self._image, res, classify=classifier)
+        shown = self.session.update()
+        self.warning_label.setText(synthetic_warning(self._trained_on))
         self.status.setText(f"done in {res.get('seconds', 0)} s; classified {res.get('classified', n)} objects"
-                            + (f". {warning}" if warning else ""))
+                            + "".join(f". Note: {t}" for t in getattr(self, "_notes", [])))
+        self._show(shown)
+
+    def refresh(self) -> dict[str, Any] | None:
+        """Re-pair and redraw after a correction (classifies only what changed); shows errors."""
+        if self.session is None:
+            return None
+        try:
+            res = self.session.update()
+        except CellClassError as exc:
+            return self._fail(str(exc))
         self._show(res)
+        if self.session.last_classified:
+            self.status.setText(f"classified {len(self.session.last_classified)} changed object(s) again")
+        return res
 
     # ------------------------------------------------------------------ results -> layers
     def _show(self, res: dict[str, Any]) -> None:
         self.result = res
-        labels = res["labels"]
-        self._snapshot = labels.copy()
+        ids = [int(i) for i in res["ids"]]
         names = [CLASS_NAMES[c] if c >= 0 else "?" for c in res["classes"]]
-        n = len(names)
         feats = pd.DataFrame({
-            "index": np.arange(1, n + 1), "class": names,
-            "confidence": np.round(res["confidence"], 3), "flagged": res["flagged"].astype(bool),
+            "index": ids, "class": names,
+            "confidence": np.round(res["confidence"], 3), "flagged": np.asarray(res["flagged"], bool),
         })
         self._updating = True
         try:
             lab = self._layer(LABELS_NAME)
+            data = res["labels"].copy()  # the session keeps its own: painting must show up as a difference
             if lab is None:
-                lab = self.viewer.add_labels(labels, name=LABELS_NAME, opacity=0.4)
+                lab = self.viewer.add_labels(data, name=LABELS_NAME, opacity=0.4)
                 lab.events.paint.connect(self._schedule_edit)
                 lab.events.data.connect(self._schedule_edit)
                 lab.bind_key("k", lambda layer: self._step_class(+1), overwrite=True)
                 lab.bind_key("Shift-k", lambda layer: self._step_class(-1), overwrite=True)
-            elif lab.data is not labels and not np.array_equal(lab.data, labels):
-                lab.data = labels
+            elif not np.array_equal(lab.data, data):
+                lab.data = data
             lab.features = feats
             self._show_shapes(res, names)
             self._show_karyogram(res)
         finally:
             self._updating = False
-        self.summary_label.setText(res["summary"])
+        self.summary_label.setText(_wrappable(res["summary"]))
         self.summary_label.setStyleSheet(
             f"font-size: 16pt; font-weight: bold; color: {'#d33' if res['abnormal'] else '#3a3'}")
         flagged = int(np.sum(res["flagged"]))
         self.findings_label.setText(
             ("; ".join(res["findings"]) + ". " if res["findings"] else "")
-            + f"{n} chromosomes, {flagged} flagged for review")
+            + f"{res['count']} chromosomes, {flagged} flagged for review")
         self._fill_table(res, names)
 
     def _show_shapes(self, res: dict[str, Any], names: list[str]) -> None:
         rects = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in res["boxes"]]
         feats = pd.DataFrame({"class": names, "confidence": np.round(res["confidence"], 3),
-                              "flagged": res["flagged"].astype(bool), "id": np.arange(1, len(names) + 1)})
+                              "flagged": np.asarray(res["flagged"], bool), "id": np.asarray(res["ids"], int)})
         colors = ["red" if f else "lime" for f in res["flagged"]]
         old = self._layer(SHAPES_NAME)
         if old is not None:
@@ -298,78 +376,203 @@ class KaryotypeWidget(QWidget):
             old.data = k
             old.scale = (scale, scale)
         else:
-            self.viewer.add_image(k, name=KARYOGRAM_NAME, rgb=True, translate=(0, W + 20), scale=(scale, scale))
+            layer = self.viewer.add_image(k, name=KARYOGRAM_NAME, rgb=True, translate=(0, W + 20),
+                                          scale=(scale, scale))
+            layer.mouse_drag_callbacks.append(self._karyogram_drag)
 
     def _fill_table(self, res: dict[str, Any], names: list[str]) -> None:
         self.table.blockSignals(True)
         self.table.setRowCount(len(names))
-        for r, name in enumerate(names):
-            self.table.setItem(r, 0, QTableWidgetItem(str(r + 1)))
+        for r, (lid, name) in enumerate(zip(res["ids"], names)):
+            self.table.setItem(r, 0, QTableWidgetItem(str(int(lid))))
             box = QComboBox()
             box.addItems(CLASS_NAMES + ["?"])
             box.setCurrentText(name)
-            box.currentTextChanged.connect(lambda text, lid=r + 1: self.set_class(lid, text))
+            box.currentTextChanged.connect(lambda text, lid=int(lid): self.set_class(lid, text))
             self.table.setCellWidget(r, 1, box)
             self.table.setItem(r, 2, QTableWidgetItem(f"{res['confidence'][r]:.2f}"))
             item = QTableWidgetItem(res["reasons"][r] if r < len(res["reasons"]) else "")
+            item.setToolTip(item.text())
             if res["flagged"][r]:
                 item.setBackground(QColor(255, 200, 200))
             self.table.setItem(r, 3, item)
         self.table.blockSignals(False)
 
-    # ------------------------------------------------------------------ corrections
-    def set_class(self, label_id: int, cls: str | int) -> None:
-        """The user's class for one chromosome; re-pair and redraw (no re-classification)."""
-        from ..karyotype.pipeline import finish_karyotype
+    # ------------------------------------------------------------------ selection
+    def selected_ids(self) -> list[int]:
+        """Chromosomes selected in the table, else the one picked in the karyogram or the labels layer."""
+        rows = sorted({i.row() for i in self.table.selectedIndexes()})
+        if rows and self.result is not None:
+            return [int(self.result["ids"][r]) for r in rows if r < len(self.result["ids"])]
+        if self.session is not None and self.session.selected is not None:
+            return [self.session.selected]
+        lab = self._layer(LABELS_NAME)
+        if lab is not None and self.result is not None and int(lab.selected_label) in set(self.result["ids"]):
+            return [int(lab.selected_label)]
+        return []
 
-        if self.result is None:
+    def select(self, lid: int | None) -> None:
+        """Pick one chromosome (blue frame in the karyogram, selected label, table row)."""
+        if self.session is None:
             return
-        c = cls if isinstance(cls, int) else (CLASS_NAMES.index(cls) if cls in CLASS_NAMES else None)
-        if c is None:
-            self._fixed.pop(int(label_id), None)
+        self.session.selected = lid
+        lab = self._layer(LABELS_NAME)
+        if lid is not None and lab is not None:
+            lab.selected_label = int(lid)
+        if lid is not None and self.result is not None and lid in set(int(i) for i in self.result["ids"]):
+            self.table.blockSignals(True)
+            self.table.clearSelection()
+            self.table.selectRow(list(int(i) for i in self.result["ids"]).index(lid))
+            self.table.blockSignals(False)
+        self.refresh()
+
+    def _select_from_table(self) -> None:
+        ids = self.selected_ids()
+        lab = self._layer(LABELS_NAME)
+        if len(ids) == 1 and lab is not None:
+            lab.selected_label = ids[0]
+
+    def _karyogram_drag(self, layer, event):
+        """Press on a chromosome selects it; releasing it over another pair's cell moves it there."""
+        if self.session is None or self.session.karyogram is None:
+            return
+        k = self.session.karyogram
+        y, x = layer.world_to_data(event.position)[-2:]
+        lid = k.item_at(y, x)
+        if lid is None:
+            return
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; older: viewer.camera
+        camera = scene.camera if scene is not None else self.viewer.camera
+        pan = camera.mouse_pan
+        camera.mouse_pan = False  # the drag moves the chromosome, not the view
+        try:
+            yield
+            while event.type == "mouse_move":
+                yield
+        finally:
+            camera.mouse_pan = pan
+        y2, x2 = layer.world_to_data(event.position)[-2:]
+        cell = k.cell_at(y2, x2)
+        here = k.cell_at(y, x)
+        if cell is not None and cell != here:
+            self.move_chromosome(lid, cell)
         else:
-            self._fixed[int(label_id)] = int(c)
-        res = finish_karyotype(self._image, self.result["labels"], self.result["probabilities"],
-                               fixed={k - 1: v for k, v in self._fixed.items()})
-        QTimer.singleShot(0, lambda: self._show(res))  # not inside the combo box's own signal
+            self.select(lid)
+
+    # ------------------------------------------------------------------ corrections
+    def _apply(self, action, *args):
+        """Run one session edit; report its InputError in the dock instead of raising."""
+        if self.session is None:
+            return self._fail("run the karyotype first")
+        try:
+            out = action(*args)
+        except CellClassError as exc:
+            return self._fail(str(exc))
+        self.refresh()
+        return out
+
+    def set_class(self, label_id: int, cls: str | int | None) -> None:
+        """The user's class for one chromosome; re-pair and redraw (no re-classification)."""
+        if self.session is None:
+            return
+        if isinstance(cls, str) and cls not in CLASS_NAMES and cls != "?":
+            cls = None
+        QTimer.singleShot(0, lambda: self._apply(self.session.set_class, int(label_id), cls))  # not inside
+        # the combo box's own signal
+
+    def move_chromosome(self, label_id: int, cell: str):
+        """Drag-and-drop result: the chromosome goes to ``cell``'s class ("?" = not a chromosome)."""
+        self.session.selected = int(label_id) if self.session is not None else None
+        return self._apply(self.session.move if self.session else None, int(label_id), cell)
 
     def _step_class(self, step: int) -> None:
         lab = self._layer(LABELS_NAME)
         if lab is None or self.result is None:
             return
         lid = int(lab.selected_label)
-        n = len(self.result["classes"])
-        if not 1 <= lid <= n:
+        ids = [int(i) for i in self.result["ids"]]
+        if lid not in ids:
             return
-        cur = int(self.result["classes"][lid - 1])
-        self.set_class(lid, (max(cur, 0) + step) % len(CLASS_NAMES))
+        cur = int(self.result["classes"][ids.index(lid)])
+        self._apply(self.session.set_class, lid, (max(cur, 0) + step) % len(CLASS_NAMES))
 
-    def _select_from_table(self) -> None:
-        rows = {i.row() for i in self.table.selectedIndexes()}
-        lab = self._layer(LABELS_NAME)
-        if len(rows) == 1 and lab is not None:
-            lab.selected_label = next(iter(rows)) + 1
+    def cut(self, points=None):
+        """Cut along the last line drawn in the 'cut line' shapes layer (created on first press)."""
+        if self.session is None:
+            return self._fail("run the karyotype first")
+        layer = self._layer(CUT_NAME)
+        if points is None:
+            if layer is None or not len(layer.data):
+                if layer is None:
+                    layer = self.viewer.add_shapes(name=CUT_NAME, edge_color="yellow", edge_width=2,
+                                                   ndim=2)
+                self.viewer.layers.selection.active = layer
+                layer.mode = "add_line"
+                self.status.setText("draw a line across the chromosome in the 'cut line' layer, then press Cut")
+                return None
+            points = np.asarray(layer.data[-1])[:, -2:]
+        new = self._apply(self.session.cut, points)
+        if new is not None and layer is not None:
+            layer.data = []
+            self.status.setText(f"cut: new chromosome(s) {', '.join(map(str, new))}")
+        return new
+
+    def merge(self, ids=None):
+        ids = list(ids) if ids is not None else self.selected_ids()
+        if len(ids) < 2:
+            return self._fail("select two chromosomes in the table to merge (Ctrl-click)")
+        return self._apply(self.session.merge, *ids) if self.session else self._fail("run the karyotype first")
+
+    def delete(self, ids=None):
+        ids = list(ids) if ids is not None else self.selected_ids()
+        if not ids:
+            return self._fail("select the objects to delete (table rows, or a label)")
+        if self.session is not None:
+            self.session.selected = None
+        return self._apply(self.session.delete, *ids) if self.session else self._fail("run the karyotype first")
+
+    def undo(self):
+        if self.session is None:
+            return self._fail("run the karyotype first")
+        name = self.session.undo()
+        if name is None:
+            self.status.setText("nothing to undo")
+            return None
+        self.refresh()
+        self.status.setText(f"undone: {name}")
+        return name
+
+    def _turn(self, action, *args):
+        ids = self.selected_ids()
+        if len(ids) != 1:
+            return self._fail("select one chromosome (click it in the karyogram or the table)")
+        return self._apply(action, ids[0], *args)
+
+    def rotate_180(self):
+        return self._turn(self.session.rotate if self.session else None, 180.0)
+
+    def rotate_left(self):
+        return self._turn(self.session.rotate if self.session else None, 15.0)
+
+    def rotate_right(self):
+        return self._turn(self.session.rotate if self.session else None, -15.0)
+
+    def mirror(self):
+        return self._turn(self.session.mirror if self.session else None)
 
     def _schedule_edit(self, event=None) -> None:
         if not self._updating:
             self._edit_timer.start()
 
-    def labels_edited(self, sync: bool = False):
-        """Re-run on the edited labels; only objects whose pixels changed are classified again."""
+    def labels_edited(self, sync: bool = True):
+        """Take the painted labels layer; only objects whose pixels changed are classified again."""
         lab = self._layer(LABELS_NAME)
-        if lab is None or self.result is None or self._snapshot is None:
+        if lab is None or self.session is None:
             return None
-        cur = np.asarray(lab.data)
-        if cur.shape != self._snapshot.shape:
+        if np.asarray(lab.data).shape != self.session.labels.shape:
             return None
-        diff = cur != self._snapshot
-        if not diff.any():
-            return None
-        changed = set(np.unique(cur[diff]).tolist()) | set(np.unique(self._snapshot[diff]).tolist())
-        for lid in changed:
-            self._known.pop(int(lid), None)
-            self._fixed.pop(int(lid), None)
-        return self.run(labels=cur.copy(), sync=sync)
+        changed = self._apply(self.session.apply_labels, np.asarray(lab.data))
+        return self.result if changed else None
 
     # ------------------------------------------------------------------ export
     def export_png(self, path: str | Path | None = None) -> Path | None:
@@ -393,3 +596,24 @@ class KaryotypeWidget(QWidget):
             if not path:
                 return None
         return write_csv(self.result["table"], path)
+
+    def export_report(self, path: str | Path | None = None) -> Path | None:
+        """PDF for the case file: karyogram, ISCN string, count, flags, models, date, sign-off line."""
+        from ..karyotype.report import model_info, write_report
+
+        if self.result is None or self.session is None:
+            return self._fail("run the karyotype first")
+        if path is None:
+            stem = (self._image_name or "karyotype").replace(" ", "_")
+            path, _ = QFileDialog.getSaveFileName(self, "Report", f"{stem}_report.pdf", "PDF (*.pdf)")
+            if not path:
+                return None
+        classifier, detector, segmenter = self._models
+        models = [model_info(classifier, "classifier"),
+                  model_info(detector, "detector") if segmenter == "detector" else
+                  {"role": "segmenter", "name": "classical threshold segmenter (no model)"}]
+        try:
+            return write_report(path, self.result, case=self._image_name, models=models,
+                                corrections=[step.name for step in self.session.history])
+        except (OSError, CellClassError) as exc:
+            return self._fail(f"could not write the report: {exc}")
