@@ -265,26 +265,56 @@ def _spread_files(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def write_outputs(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
-    """karyogram PNG, per-chromosome CSV, labels TIFF and summary JSON for one spread."""
+OUTPUT_FILES = {  # key -> file name pattern of one spread's outputs; the summary JSON is written last
+    "karyogram_png": "{stem}_karyogram.png",
+    "csv": "{stem}_chromosomes.csv",
+    "labels_tif": "{stem}_labels.tif",
+    "report_pdf": "{stem}_report.pdf",
+    "summary_json": "{stem}_summary.json",
+}
+TABLE = "karyotypes.csv"
+TABLE_COLUMNS = ["spread", "status", "summary", "count", "abnormal", "sex_template", "n_flagged", "findings",
+                 "classifier", "segmenter", "seconds", "karyogram_png", "report_pdf", "csv", "labels_tif",
+                 "summary_json"]
+RUN_FILE = "karyotype_run.json"
+
+
+def write_outputs(result: dict[str, Any], out: Path, stem: str, *, report: bool = False,
+                  models: Sequence[dict] = (), case: str = "") -> dict[str, str]:
+    """karyogram PNG, per-chromosome CSV, labels TIFF, (PDF report) and summary JSON for one spread.
+
+    Every file is written atomically and the summary JSON last, with ``complete``
+    and the list of files: a folder cut off mid-spread never looks done.
+    """
     import tifffile
 
     from ..engine.atomic import atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "karyogram_png": out / f"{stem}_karyogram.png",
-        "csv": out / f"{stem}_chromosomes.csv",
-        "labels_tif": out / f"{stem}_labels.tif",
-        "summary_json": out / f"{stem}_summary.json",
-    }
+    keys = [k for k in OUTPUT_FILES if report or k != "report_pdf"]
+    paths = {k: out / OUTPUT_FILES[k].format(stem=stem) for k in keys}
     save_png(result["karyogram"], paths["karyogram_png"])
     write_csv(result["table"], paths["csv"])
     with atomic_path(paths["labels_tif"]) as tmp:
         tifffile.imwrite(tmp, np.asarray(result["labels"], np.int32), compression="zlib")
+    if report:
+        from ..karyotype.report import write_report
+
+        write_report(paths["report_pdf"], result, case=case or stem, models=models)
+    summary = summary_json(result)
+    summary.update(complete=True, files={k: v.name for k, v in paths.items()},
+                   models=[dict(m) for m in models], seconds=result.get("seconds"))
     with atomic_path(paths["summary_json"]) as tmp:
-        tmp.write_text(json.dumps(summary_json(result), indent=2) + "\n")
+        tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
     return {k: str(v) for k, v in paths.items()}
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
 
 
 def summary_json(result: dict[str, Any]) -> dict[str, Any]:
@@ -296,25 +326,128 @@ def summary_json(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def completed_outputs(out: Path, stem: str) -> dict[str, Any] | None:
+    """The summary of a spread whose outputs are all there (a previous run finished it), else None."""
+    path = out / OUTPUT_FILES["summary_json"].format(stem=stem)
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    files = summary.get("files") if isinstance(summary, dict) else None
+    if not summary.get("complete") or not isinstance(files, dict):
+        return None
+    if not all((out / name).is_file() and (out / name).stat().st_size > 0 for name in files.values()):
+        return None
+    return summary
+
+
+def _table_row(spread: Path, summary: dict[str, Any] | None, out: Path, stem: str, models: Sequence[dict],
+               status: str = "done") -> dict[str, Any]:
+    row: dict[str, Any] = {"spread": str(spread), "status": status}
+    if summary is not None:
+        row.update(summary=summary["summary"], count=summary["count"], abnormal=summary["abnormal"],
+                   sex_template=summary.get("sex_template", ""), n_flagged=summary.get("n_flagged", ""),
+                   findings="; ".join(summary.get("findings", [])), seconds=summary.get("seconds", ""))
+        row.update({k: str(out / name) for k, name in summary.get("files", {}).items()})
+    for m in models:
+        row["classifier" if m.get("role") == "classifier" else "segmenter"] = m.get("name", "")
+    return row
+
+
+def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
+    import csv
+
+    from ..engine.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in TABLE_COLUMNS})
+
+
+def _bind_run(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume a folder made with another model or settings (never mix, never overwrite)."""
+    from ..engine.atomic import atomic_path
+
+    path = out / RUN_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old != settings:
+            diff = sorted(k for k in set(settings) | set(old or {}) if (old or {}).get(k) != settings.get(k))
+            raise InputError(f"{out} holds karyotypes made with other settings ({', '.join(diff)}); "
+                             f"choose another --out to keep both", path)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
-    """Karyotype each spread and write its outputs into ``opts.out``."""
+    """Karyotype each spread into ``opts.out``: per-spread outputs, a PDF report each, one CSV row each.
+
+    ``OUT/karyotypes.csv`` gets one row per spread, rewritten after each one, so it
+    is always complete for what is done.  A re-run on the same folder skips the
+    spreads whose outputs are all there (resume); one bad image is a row with
+    its error, not the end of the batch.  ``--set report=false`` skips the PDFs.
+    """
+    from ..karyotype.report import model_info
+
     out = Path(opts.out) if opts.out else Path("cellclass-karyotype")
     files = _spread_files(spreads)
     seg = opts.get("segmenter", "auto")
-    rows = []
+    detector = opts.get("detector_model")
+    report = bool(opts.get("report", True))
+    if seg == "auto":  # what 'auto' runs, for the table and the reports
+        detector = detector or builtin_path(BUILTIN_DETECTOR)
+        seg_used = "detector" if detector is not None else "threshold"
+    else:
+        seg_used = seg
+    models = [model_info(model, "classifier"),
+              model_info(detector, "detector") if seg_used == "detector"
+              else {"role": "segmenter", "name": "classical threshold segmenter (no model)"}]
+    settings = {"model": models[0].get("name"), "model_sha256": models[0].get("sha256", ""),
+                "segmenter": seg_used, "detector": models[1].get("name"),
+                "pairing": bool(opts.get("pairing", True)), "full_model": bool(opts.get("full_model", False))}
+    _bind_run(out, settings)
+    rows: list[dict[str, Any]] = []
+    skipped = failed = 0
+    first_error: InputError | None = None
     for k, f in enumerate(files):
         check_cancel(opts.cancel)
+        stem = f.stem
+        done = completed_outputs(out, stem)
+        if done is not None:
+            skipped += 1
+            rows.append(_table_row(f, done, out, stem, models, status="done (earlier run)"))
+            continue
         yield Progress(k, len(files), "spreads", f.name)
-        img = _read_spread(f)
-        res = yield from karyotype(img, Path(model), device=opts.device, segmenter=seg,
-                                   detector_model=opts.get("detector_model"), cancel=opts.cancel,
-                                   pairing=bool(opts.get("pairing", True)),
-                                   full_model=bool(opts.get("full_model", False)))
-        paths = write_outputs(res, out, f.stem)
-        rows.append({"spread": str(f), "summary": res["summary"], "count": int(res["count"]),
-                     "abnormal": bool(res["abnormal"]), "n_flagged": int(np.sum(res["flagged"])), **paths})
+        try:
+            img = _read_spread(f)
+            res = yield from karyotype(img, Path(model), device=opts.device, segmenter=seg,
+                                       detector_model=detector, cancel=opts.cancel,
+                                       pairing=bool(opts.get("pairing", True)),
+                                       full_model=bool(opts.get("full_model", False)))
+        except InputError as exc:  # this spread is unusable; say why and go on with the others
+            failed += 1
+            first_error = first_error or exc
+            rows.append(_table_row(f, None, out, stem, models, status=f"error: {exc}"))
+            _write_table(rows, out / TABLE)
+            continue
+        write_outputs(res, out, stem, report=report, models=models, case=f.name)
+        rows.append(_table_row(f, completed_outputs(out, stem), out, stem, models))
+        _write_table(rows, out / TABLE)
+    _write_table(rows, out / TABLE)
+    if first_error is not None and failed == len(files):  # nothing usable at all: an error, exit 2
+        raise first_error if len(files) == 1 else InputError(
+            f"none of the {len(files)} spreads could be karyotyped; the first: {first_error}")
     yield Progress(len(files), len(files), "spreads", "done")
-    return {"out": str(out), "spreads": rows}
+    return {"out": str(out), "table": str(out / TABLE), "n_spreads": len(files), "skipped_done": skipped,
+            "failed": failed, "spreads": rows}
 
 
 # ----------------------------------------------------------------------------- evaluate
