@@ -145,7 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=["detect", "wbc", "hpa"], default="detect")
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
-    ap.add_argument("--tiles", type=int, nargs="+", default=[2048])
+    ap.add_argument("--tiles", type=int, nargs="+", default=[1024])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--whole", action="store_true", help="also run the ordinary whole-image path (small sizes)")
     ap.add_argument("--work", type=Path, default=None, help="folder for the images (default: a temporary one)")

@@ -159,3 +159,21 @@ def test_cuda_training_step_with_amp_and_channels_last(tmp_path):
     assert model.conv.weight.is_cuda and model.conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert model.seen[-1] == policy.amp_dtype  # the forward ran in mixed precision
     assert set(load_checkpoint(res.checkpoint).state_dict) == set(model.state_dict())
+
+
+def test_near_tied_rows_are_recomputed_in_fp32(bf16_cpu, monkeypatch):
+    """Rows whose top-2 logits are closer than the margin come from fp32, so bf16 cannot reorder them."""
+    class Tied(torch.nn.Module):
+        def forward(self, x):  # classes 0 and 1 tied on odd rows, 0.01 apart on even rows
+            logits = torch.tensor([1.0, 1.0, -3.0]).repeat(x.shape[0], 1) + 0 * x.mean((1, 2, 3))[:, None]
+            logits[::2, 1] += 0.01
+            return logits
+
+    items = _items(8)
+    fast = torch.stack(run_sync(inf.predict_batches(Tied(), items, policy=resolve_device("cpu"),
+                                                    preprocess=lambda t: t, batch_size=8)))
+    assert inf.LAST_RECHECK == {"rows": 8, "rechecked": 8}  # every row is a near-tie (gap 0 or 0.01)
+    assert (fast.argmax(1) == torch.tensor([1, 0] * 4)).all()
+    monkeypatch.setenv(dev_mod.RECHECK_ENV, "0")
+    run_sync(inf.predict_batches(Tied(), items, policy=resolve_device("cpu"), preprocess=lambda t: t, batch_size=8))
+    assert inf.LAST_RECHECK["rechecked"] == 0

@@ -3,10 +3,10 @@
 Mixed precision and channels-last are switched on for training only on CUDA, where
 they pay.  Inference has its own fast path (docs/performance.md): channels-last on
 CPUs too, and bf16 autocast on CPUs that do bf16 arithmetic natively (AVX512-BF16 or
-AMX, read from the CPU flags), where it measured 2-5x fp32 at >= 99 % top-1
-agreement; ``CELLCLASS_FAST=0`` (CLI ``--no-fast``, or ``resolve_device(fast=False)``)
-turns it off.  ``torch.compile`` is opt-in (``CELLCLASS_COMPILE=1``): on CPUs it
-compiled for minutes and ran slower.  ``describe()`` is what the widgets and the CLI
+AMX, read from the CPU flags); rows whose two best classes are nearly tied are
+recomputed in fp32, so the top-1 class is fp32's.  ``CELLCLASS_FAST=0`` (CLI
+``--no-fast``, or ``resolve_device(fast=False)``) turns it off.  ``torch.compile`` is
+opt-in (``CELLCLASS_COMPILE=1``): on this project's CPU it compiled for minutes.  ``describe()`` is what the widgets and the CLI
 show the user, so nobody has to guess where their model runs.
 """
 from __future__ import annotations
@@ -25,6 +25,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 ENV_VAR = "CELLCLASS_DEVICE"
 FAST_ENV = "CELLCLASS_FAST"  # "0" turns the fast inference path off
 COMPILE_ENV = "CELLCLASS_COMPILE"  # "1" compiles models for inference (torch.compile)
+RECHECK_ENV = "CELLCLASS_FAST_RECHECK"  # logit margin below which fast-path rows are redone in fp32 (0: never)
+RECHECK_MARGIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class DevicePolicy:
     fast_inference: bool = True
     compile_inference: bool = False
     cpu_bf16: bool = False
+    # rows whose top-2 logits are closer than this are recomputed in fp32 (engine/inference.py)
+    recheck_margin: float = RECHECK_MARGIN
 
     @property
     def inference_dtype(self) -> torch.dtype | None:
@@ -113,6 +117,14 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
+def _recheck_margin() -> float:
+    raw = os.environ.get(RECHECK_ENV, "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else RECHECK_MARGIN
+    except ValueError:
+        raise CellClassError(f"{RECHECK_ENV}={raw!r} is not a number") from None
+
+
 def fast_enabled(fast: bool | None = None) -> bool:
     """The fast inference path is on unless turned off (argument, else ``CELLCLASS_FAST=0``)."""
     if fast is not None:
@@ -164,4 +176,4 @@ def resolve_device(preference: str | None = None, *, amp: bool | None = None,
     return DevicePolicy(device=dev, amp=use_amp, amp_dtype=amp_dtype, channels_last=on_cuda, reason=reason,
                         inference_channels_last=dev.type in ("cuda", "cpu"),
                         fast_inference=fast_enabled(fast), compile_inference=compile_ and fast_enabled(fast),
-                        cpu_bf16=cpu_bf16)
+                        cpu_bf16=cpu_bf16, recheck_margin=_recheck_margin())

@@ -7,7 +7,9 @@ each window is a core of ``tile`` pixels plus ``overlap`` pixels of context on
 every side; the task's own per-image code runs on the window; an object is kept by
 the tile whose core holds its centre (so objects on a border are found whole and
 reported once); rows stream to CSV and labels into an on-disk Zarr.  Memory is set
-by the window, not by the image (``benchmarks/large_image_memory.py``).
+by the window, not by the image (``benchmarks/large_image_memory.py``).  Tiles default
+to 1024 px for detection (a window must hold fewer objects than the detector keeps
+per image) and 2048 px for HPA fields.
 
 Per task (outputs in ``--out``, named after the image):
 
@@ -36,7 +38,9 @@ from .atomic import atomic_path
 from .progress import Job, Progress, check_cancel
 
 TILED_TASKS = ("hpa", "wbc", "detect")
-DEFAULT_TILE = 2048
+# detectors keep at most a few hundred objects per image: a 1024 px core (1536 px window) of a
+# dense smear stays below that; HPA cells are large and few per field
+DEFAULT_TILE = {"hpa": 2048, "wbc": 1024, "detect": 1024}
 DEFAULT_OVERLAP = {"hpa": 384, "wbc": 256, "detect": 256}
 
 
@@ -86,7 +90,7 @@ def predict_large(task: str, model: Path | str, path: Path, opts: Any) -> Job[di
     out.mkdir(parents=True, exist_ok=True)
     path = Path(path)
     img = lazy.open_hpa_lazy(path) if task == "hpa" else lazy.open_lazy(path)
-    tile = int(opts.get("tile") or DEFAULT_TILE)
+    tile = int(opts.get("tile") or DEFAULT_TILE[task])
     overlap = int(opts.get("overlap") if opts.get("overlap") is not None else DEFAULT_OVERLAP[task])
     grid = lazy.tile_grid(img.height, img.width, tile, overlap)
     stem = path.name.split(".")[0]
