@@ -55,7 +55,7 @@ class KaryotypeSession:
     def __init__(self, image: np.ndarray, labels: np.ndarray, probs: dict[int, np.ndarray] | None = None,
                  classify: Classifier | None = None, *, fixed: dict[int, int] | None = None,
                  low_confidence: float = 0.5, pairing: bool = True, max_history: int = 50,
-                 row_height: int = 110):
+                 row_height: int = 140):
         image = np.asarray(image)
         labels = np.asarray(labels)
         if labels.shape != image.shape[:2] and labels.shape != image.shape[-2:]:

@@ -139,10 +139,11 @@ def write_report(path: str | Path, result: dict[str, Any], *, case: str = "", mo
                      fontsize=8, color="#555555")
             fig.text(0.06, 0.915, t["iscn"], fontsize=20, weight="bold",
                      color="#c62828" if t["abnormal"] else "#2e7d32")
-            fig.text(0.50, 0.921, f"count: {t['count']}   flagged: {t['n_flagged']}", fontsize=10)
+            line = f"count: {t['count']}   flagged: {t['n_flagged']}"
             if t["findings"]:
-                fig.text(0.50, 0.905, "findings: " + "; ".join(t["findings"])[:80], fontsize=8)
-            y = 0.89
+                line += "   findings: " + "; ".join(t["findings"])[:90]
+            fig.text(0.06, 0.893, line, fontsize=9)  # under the ISCN string: a long one must not run into it
+            y = 0.872
             for w in t["warnings"]:
                 fig.text(0.06, y, w, fontsize=8, color="#b26a00", weight="bold", wrap=True)
                 y -= 0.02

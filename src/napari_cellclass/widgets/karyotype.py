@@ -120,6 +120,7 @@ class KaryotypeWidget(QWidget):
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["id", "class", "p", "flag"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.verticalHeader().setVisible(False)  # the id column says it
         header = self.table.horizontalHeader()
         for col in range(3):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
@@ -383,18 +384,29 @@ class KaryotypeWidget(QWidget):
     def _fill_table(self, res: dict[str, Any], names: list[str]) -> None:
         self.table.blockSignals(True)
         self.table.setRowCount(len(names))
+        def cell(text: str) -> QTableWidgetItem:  # read-only: classes change through the combo box
+            item = QTableWidgetItem(text)
+            item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+            return item
+
         for r, (lid, name) in enumerate(zip(res["ids"], names)):
-            self.table.setItem(r, 0, QTableWidgetItem(str(int(lid))))
-            box = QComboBox()
-            box.addItems(CLASS_NAMES + ["?"])
+            self.table.setItem(r, 0, cell(str(int(lid))))
+            box = self.table.cellWidget(r, 1)
+            if not isinstance(box, QComboBox):  # reused across refreshes: no pile of stale combo boxes
+                box = QComboBox()
+                box.addItems(CLASS_NAMES + ["?"])
+                box.currentTextChanged.connect(lambda text, b=box: self.set_class(int(b.property("lid")), text))
+                self.table.setCellWidget(r, 1, box)
+            box.blockSignals(True)
+            box.setProperty("lid", int(lid))
             box.setCurrentText(name)
-            box.currentTextChanged.connect(lambda text, lid=int(lid): self.set_class(lid, text))
-            self.table.setCellWidget(r, 1, box)
-            self.table.setItem(r, 2, QTableWidgetItem(f"{res['confidence'][r]:.2f}"))
-            item = QTableWidgetItem(res["reasons"][r] if r < len(res["reasons"]) else "")
+            box.blockSignals(False)
+            self.table.setItem(r, 2, cell(f"{res['confidence'][r]:.2f}"))
+            item = cell(res["reasons"][r] if r < len(res["reasons"]) else "")
             item.setToolTip(item.text())
             if res["flagged"][r]:
                 item.setBackground(QColor(255, 200, 200))
+                item.setForeground(QColor(40, 0, 0))  # readable on pink in napari's dark theme too
             self.table.setItem(r, 3, item)
         self.table.blockSignals(False)
 
