@@ -244,3 +244,20 @@ def test_generated_data_model_is_labelled(make_napari_viewer, qtbot, tmp_path):
     w._trained_on = "synthetic (napari-cellclass demo)"
     w._on_done(w.session.result | {"seconds": 0})
     assert w.warning_label.text() == SYNTHETIC_WARNING and w.warning_label.wordWrap()
+
+
+@pytest.mark.viewer
+def test_builtin_for_the_other_banding_is_warned(make_napari_viewer, qtbot):
+    from napari_cellclass import zoo
+    from napari_cellclass.widgets.karyotype import KaryotypeWidget
+
+    if not (zoo.is_builtin("gricol-qband-bioimlab") and zoo.is_builtin("gricol-gband-tseng")):
+        pytest.skip("the built-in chromosome classifiers are not installed")
+    viewer = make_napari_viewer()
+    w = KaryotypeWidget(viewer)
+    spread = make_spread(3, "46,XY", size=(384, 384))["image"]  # dark on light: G-band
+    w.model_edit.setText("gricol-qband-bioimlab")
+    assert "G-banded" in w._banding_mismatch(spread) and "gricol-gband-tseng" in w._banding_mismatch(spread)
+    w.model_edit.setText("gricol-gband-tseng")
+    assert w._banding_mismatch(spread) == ""
+    assert w._banding_mismatch(255 - spread) != ""  # light on dark: the Q-band model is the one

@@ -242,6 +242,7 @@ class KaryotypeWidget(QWidget):
                         segmenter=self.segmenter_box.currentText(),
                         detector_model=Path(detector) if detector else None, cancel=self.cancel_token)
         self._notes = list(check.notes)
+        self._banding_note = self._banding_mismatch(image)
         self.last_error = None
         if sync:
             from ..engine.progress import run_sync
@@ -298,10 +299,24 @@ class KaryotypeWidget(QWidget):
         classifier = model_classifier(self._models[0], self._device)
         self.session = KaryotypeSession.from_result(self._image, res, classify=classifier)
         shown = self.session.update()
-        self.warning_label.setText(synthetic_warning(self._trained_on))
+        self.warning_label.setText(" ".join(t for t in (synthetic_warning(self._trained_on),
+                                                        getattr(self, "_banding_note", "")) if t))
         self.status.setText(f"done in {res.get('seconds', 0)} s; classified {res.get('classified', n)} objects"
                             + "".join(f". Note: {t}" for t in getattr(self, "_notes", [])))
         self._show(shown)
+
+    def _banding_mismatch(self, image: np.ndarray) -> str:
+        """A warning when the chosen built-in classifier is for the other banding than the spread's."""
+        from ..tasks.karyotype import BUILTIN_CLASSIFIERS, banding
+
+        chosen = self.model_edit.text()
+        if chosen not in BUILTIN_CLASSIFIERS.values():
+            return ""
+        band = banding(image)
+        if BUILTIN_CLASSIFIERS[band] == chosen:
+            return ""
+        return (f"This spread looks {band}-banded but the classifier chosen is {chosen!r}; "
+                f"{BUILTIN_CLASSIFIERS[band]!r} is the built-in for {band}-band spreads.")
 
     def refresh(self) -> dict[str, Any] | None:
         """Re-pair and redraw after a correction (classifies only what changed); shows errors."""
