@@ -84,7 +84,7 @@ def main() -> None:
     if not sheets:
         raise SystemExit(f"no karyogram sheets under {args.data}")
     tally: dict[str, Counter] = {}
-    groups = {"A (1-3)": range(0, 3), "B (4-5)": range(3, 5), "C (6-12, X)": list(range(5, 12)) + [22],
+    groups = {"A (1-3)": range(3), "B (4-5)": range(3, 5), "C (6-12, X)": list(range(5, 12)) + [22],
               "D (13-15)": range(12, 15), "E (16-18)": range(15, 18), "F (19-20)": range(18, 20),
               "G (21-22, Y)": [20, 21, 23]}
     used = 0

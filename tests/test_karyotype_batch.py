@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_karyotype_task import tiny_checkpoint
 
 from napari_cellclass.synth.chromosomes import make_spread
-
-from test_karyotype_task import tiny_checkpoint  # noqa: E402  (tests dir is on sys.path)
 
 
 def _run(args, capsys):

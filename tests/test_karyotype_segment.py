@@ -8,7 +8,13 @@ import pytest
 
 from napari_cellclass.errors import InputError
 from napari_cellclass.karyotype.karyogram import (
-    KARYOGRAM_ROWS, chromosome_table, make_karyogram, orient_vertical, render_karyogram, save_png, write_csv,
+    KARYOGRAM_ROWS,
+    chromosome_table,
+    make_karyogram,
+    orient_vertical,
+    render_karyogram,
+    save_png,
+    write_csv,
 )
 from napari_cellclass.karyotype.metrics import box_iou, match_boxes
 from napari_cellclass.karyotype.segment import label_boxes, segment_spread

@@ -5,10 +5,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_karyotype_task import tiny_checkpoint
 
 from napari_cellclass.synth.chromosomes import make_spread
-
-from test_karyotype_task import tiny_checkpoint  # noqa: E402  (tests dir is on sys.path)
 
 
 class _Event:
@@ -23,7 +22,11 @@ class _Event:
 
 def drag(layer, start, end):
     """Press at ``start``, move and release at ``end`` (world coordinates) through napari's dispatch."""
-    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
 
     mouse_press_callbacks(layer, _Event(type="mouse_press", position=tuple(start)))
     if tuple(end) != tuple(start):

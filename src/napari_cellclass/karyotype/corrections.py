@@ -13,8 +13,9 @@ widget only forwards clicks to it; scripts and tests drive it the same way.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -341,7 +342,7 @@ class KaryotypeSession:
 
     @classmethod
     def from_result(cls, image: np.ndarray, result: dict[str, Any], classify: Classifier | None = None,
-                    **kw: Any) -> "KaryotypeSession":
+                    **kw: Any) -> KaryotypeSession:
         """Start correcting the output of :func:`napari_cellclass.tasks.karyotype.karyotype`."""
         labels = np.asarray(result["labels"])
         if "ids" in result:  # a session's own result: ids and fixed are by label id

@@ -14,9 +14,9 @@ last row marked "?".  A user's own rotation or mirror of a chromosome
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -420,10 +420,9 @@ def chromosome_table(labels: np.ndarray, classes: Sequence[int], confidence: Seq
 def write_csv(rows: list[dict], path: str | Path) -> Path:
     """Write :func:`chromosome_table` rows as CSV atomically."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
     return path

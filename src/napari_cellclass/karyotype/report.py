@@ -11,8 +11,9 @@ TrueType so the PDF is searchable (and testable).
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

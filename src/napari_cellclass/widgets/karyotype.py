@@ -17,17 +17,29 @@ import pandas as pd
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
-    QPushButton, QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
-from ._errors import error_message
-from ._model_chooser import ModelChooser
 from ..engine.device import DEVICE_CHOICES
 from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 from ..karyotype.assign import CLASS_NAMES
 from ..zoo.provenance import synthetic_warning
+from ._errors import error_message
+from ._model_chooser import ModelChooser
 
 LABELS_NAME = "chromosomes"
 SHAPES_NAME = "chromosome classes"
@@ -273,7 +285,6 @@ class KaryotypeWidget(QWidget):
         self.last_error = msg
         self.status.setText(msg)
         _show_error(msg)
-        return None
 
     def _on_progress(self, p: Progress) -> None:
         if p.total:
