@@ -312,7 +312,9 @@ class KaryotypeWidget(QWidget):
         shown = self.session.update()
         self.warning_label.setText(" ".join(t for t in (synthetic_warning(self._trained_on),
                                                         getattr(self, "_banding_note", "")) if t))
+        warning = synthetic_warning(self._trained_on)
         self.status.setText(f"done in {res.get('seconds', 0)} s; classified {res.get('classified', n)} objects"
+                            + (f". {warning}" if warning else "")
                             + "".join(f". Note: {t}" for t in getattr(self, "_notes", [])))
         self._show(shown)
 
