@@ -35,6 +35,8 @@ def _items(n=24):
 
 @pytest.fixture
 def bf16_cpu(monkeypatch):
+    monkeypatch.setattr(inf, "_CPU_LOW", {})  # each test measures bf16 against fp32 afresh
+    monkeypatch.setattr(inf, "_TRIALS", {})
     monkeypatch.setattr(dev_mod, "cpu_supports_bf16", lambda: True)
     monkeypatch.delenv(dev_mod.FAST_ENV, raising=False)
     monkeypatch.delenv(dev_mod.COMPILE_ENV, raising=False)
@@ -71,7 +73,8 @@ def test_cpu_flags_are_read_not_guessed(tmp_path, monkeypatch):
     dev_mod.cpu_supports_bf16.cache_clear()
 
 
-def test_predict_batches_runs_bf16_when_fast_and_fp32_when_not(bf16_cpu):
+def test_predict_batches_runs_bf16_when_fast_and_fp32_when_not(bf16_cpu, monkeypatch):
+    monkeypatch.setattr(inf, "_record_trial", lambda *a: None)  # no fp32 trial batch: bf16 throughout
     model = Probe()
     fast = run_sync(inf.predict_batches(model, _items(), policy=resolve_device("cpu"), preprocess=lambda t: t,
                                         batch_size=8))
@@ -163,6 +166,7 @@ def test_cuda_training_step_with_amp_and_channels_last(tmp_path):
 
 def test_near_tied_rows_are_recomputed_in_fp32(bf16_cpu, monkeypatch):
     """Rows whose top-2 logits are closer than the margin come from fp32, so bf16 cannot reorder them."""
+    monkeypatch.setattr(inf, "_record_trial", lambda *a: None)  # stay in bf16
     class Tied(torch.nn.Module):
         def forward(self, x):  # classes 0 and 1 tied on odd rows, 0.01 apart on even rows
             logits = torch.tensor([1.0, 1.0, -3.0]).repeat(x.shape[0], 1) + 0 * x.mean((1, 2, 3))[:, None]
@@ -172,8 +176,30 @@ def test_near_tied_rows_are_recomputed_in_fp32(bf16_cpu, monkeypatch):
     items = _items(8)
     fast = torch.stack(run_sync(inf.predict_batches(Tied(), items, policy=resolve_device("cpu"),
                                                     preprocess=lambda t: t, batch_size=8)))
-    assert inf.LAST_RECHECK == {"rows": 8, "rechecked": 8}  # every row is a near-tie (gap 0 or 0.01)
+    assert inf.LAST_RECHECK["rows"] == inf.LAST_RECHECK["rechecked"] == 8  # every row is a near-tie
     assert (fast.argmax(1) == torch.tensor([1, 0] * 4)).all()
     monkeypatch.setenv(dev_mod.RECHECK_ENV, "0")
     run_sync(inf.predict_batches(Tied(), items, policy=resolve_device("cpu"), preprocess=lambda t: t, batch_size=8))
-    assert inf.LAST_RECHECK["rechecked"] == 0
+    assert inf.LAST_RECHECK["low_rows"] == 8 and inf.LAST_RECHECK["rechecked"] == 0
+
+
+def test_cpu_bf16_is_kept_only_where_it_measured_faster(bf16_cpu, monkeypatch):
+    """First full batch in bf16, second in fp32 (both are results); the faster one is kept."""
+    clock = iter([0.0, 1.0, 10.0, 10.2] + [20.0] * 40)  # bf16 batch: 1.0 s, fp32 batch: 0.2 s
+    monkeypatch.setattr(inf.time, "process_time", lambda: next(clock))
+    model = Probe()
+    run_sync(inf.predict_batches(model, _items(32), policy=resolve_device("cpu"), preprocess=lambda t: t,
+                                 batch_size=8))
+    assert model.seen == [torch.bfloat16, torch.float32, torch.float32, torch.float32]
+    assert list(inf._CPU_LOW.values()) == [False]
+    model.seen.clear()  # the choice is remembered for this architecture and input size
+    run_sync(inf.predict_batches(model, _items(8), policy=resolve_device("cpu"), preprocess=lambda t: t,
+                                 batch_size=8))
+    assert model.seen == [torch.float32]
+    inf._CPU_LOW.clear()
+    clock = iter([0.0, 0.2, 10.0, 11.0] + [20.0] * 40)  # bf16 5x faster: kept
+    monkeypatch.setattr(inf.time, "process_time", lambda: next(clock))
+    model.seen.clear()
+    run_sync(inf.predict_batches(model, _items(32), policy=resolve_device("cpu"), preprocess=lambda t: t,
+                                 batch_size=8))
+    assert model.seen == [torch.bfloat16, torch.float32, torch.bfloat16, torch.bfloat16]

@@ -3,8 +3,9 @@
 Mixed precision and channels-last are switched on for training only on CUDA, where
 they pay.  Inference has its own fast path (docs/performance.md): channels-last on
 CPUs too, and bf16 autocast on CPUs that do bf16 arithmetic natively (AVX512-BF16 or
-AMX, read from the CPU flags); rows whose two best classes are nearly tied are
-recomputed in fp32, so the top-1 class is fp32's.  ``CELLCLASS_FAST=0`` (CLI
+AMX, read from the CPU flags) for the models where it measures faster than fp32
+(engine/inference.py); rows whose two best classes are nearly tied are recomputed in
+fp32, so the top-1 class is fp32's.  ``CELLCLASS_FAST=0`` (CLI
 ``--no-fast``, or ``resolve_device(fast=False)``) turns it off.  ``torch.compile`` is
 opt-in (``CELLCLASS_COMPILE=1``): on this project's CPU it compiled for minutes.  ``describe()`` is what the widgets and the CLI
 show the user, so nobody has to guess where their model runs.
