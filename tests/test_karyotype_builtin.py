@@ -51,3 +51,21 @@ def test_bright_on_dark_spread_picks_the_q_band_model(shared_data):
     inverted = 255 - np.asarray(img)
     assert kt.banding(inverted) == "Q"
     assert kt.default_classifier(inverted).name.startswith("gricol-qband")
+
+
+@pytest.mark.parametrize("zoom", [0.6, 2.5])
+def test_builtin_detector_finds_the_chromosomes_of_a_spread_at_another_magnification(shared_data, zoom):
+    """A spread imaged at another magnification is normalised to the training size (was 3 of 45 at 3x)."""
+    from skimage.transform import rescale
+
+    from napari_cellclass import zoo
+    from napari_cellclass.karyotype.detector import detect_chromosomes
+
+    img_path, side = _held_out_spread(shared_data, 1)
+    img = kt._read_spread(img_path)
+    truth, _ = kt._truth(img_path, side)
+    model = zoo.resolve_model("chromdet-tseng", task="karyotype")
+    big = rescale(img, zoom, order=1, channel_axis=-1 if img.ndim == 3 else None, preserve_range=True).astype(img.dtype)
+    res = run_sync(detect_chromosomes(big, model, device="cpu"))
+    found = match_boxes(res["boxes"] / zoom, truth, 0.5)
+    assert len(found) >= 0.75 * len(truth)

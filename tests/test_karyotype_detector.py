@@ -83,3 +83,17 @@ def test_train_and_segment(spreads, tmp_path):
     labels = run_sync(kt.segment(kt._read_spread(img), "detector", Path(res["checkpoint"])))
     assert labels.shape == kt._read_spread(img).shape[:2] and labels.dtype == np.int32
 
+
+
+def test_blob_size_follows_magnification():
+    """The scale estimate the detector normalises by grows linearly with the zoom of a spread."""
+    from skimage.transform import rescale
+
+    from napari_cellclass.karyotype.detector import blob_size, spread_input
+    from napari_cellclass.synth.chromosomes import make_spread
+
+    img = make_spread(seed=3)["image"]
+    base = blob_size(spread_input(img))
+    for z in (0.5, 2.0):
+        big = rescale(img.astype(np.float32), z, order=1, channel_axis=-1 if img.ndim == 3 else None)
+        assert blob_size(spread_input(big)) == pytest.approx(base * z, rel=0.2)
