@@ -1,20 +1,79 @@
 """Python API for scripts, notebooks and scripted ``viewer`` sessions.
 
-Each function takes numpy arrays (or napari layers, whose ``.data`` is used) and
-returns plain results (dicts, arrays, lists) that the widgets turn into layers.
-The work is done by the task modules; these are the stable, documented doors.
+Each function takes numpy arrays, image file paths or napari layers (whose
+``.data`` is used) and returns plain results (dicts, arrays, lists).
+``classify``, ``detect`` and ``karyotype`` also take ``viewer=`` (the result's
+layers are added to that viewer and returned) or ``as_layers=True`` (the
+layer-data tuples are returned); the layers are the ones the widgets show
+(:mod:`napari_cellclass.layers`), named after the input layer and placed on it
+(its scale and translate).  The work is done by the task modules; these are
+the stable, documented doors.  See docs/scripting.md.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .engine.progress import run_sync
 from .tasks.base import TaskOptions, task_function
 
 
+class ResultLayers(list):
+    """The layers (``viewer=``) or layer-data tuples (``as_layers=True``) of one result.
+
+    A plain list, plus ``.result``: the task's result dict (ISCN string, classes,
+    scores...), which the layers alone would lose.
+    """
+
+    def __init__(self, items: Any, result: dict[str, Any]):
+        super().__init__(items)
+        self.result = result
+
+
+def _is_layer(x: Any) -> bool:
+    return hasattr(x, "data") and hasattr(x, "name") and hasattr(x, "scale")
+
+
 def _data(x: Any) -> Any:
+    """An array from an array, a napari layer (its data; level 0 of a multiscale one) or an image path."""
+    if isinstance(x, (str, Path)):
+        from .io.limits import read_image
+
+        return read_image(x)
+    if isinstance(x, np.ndarray):  # an array stays itself (ndarray.data is a raw buffer, not the pixels)
+        return x
+    if _is_layer(x) and getattr(x, "multiscale", False):
+        return x.data[0]
     return getattr(x, "data", x)
+
+
+def _source(x: Any) -> Any:
+    """What the output layers take their name and place from: the input layer, or a path's name."""
+    if isinstance(x, (list, tuple)) and x:
+        x = x[0]
+    if _is_layer(x):
+        return x
+    if isinstance(x, (str, Path)):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(name=Path(x).stem, scale=None, translate=None)
+    return None
+
+
+def _deliver(res: dict[str, Any], task: str, source: Any, viewer: Any, as_layers: bool,
+             **layer_options: Any) -> Any:
+    """The result as asked: the dict (default), its layer-data tuples, or its layers in ``viewer``."""
+    if viewer is None and not as_layers:
+        return res
+    from . import layers as L
+    from .errors import InputError
+
+    if viewer is not None and as_layers:
+        raise InputError("give viewer= (add the layers to it) or as_layers=True (return the layer data), not both")
+    tuples = L.result_layers(res, task, source=source, **layer_options)
+    return ResultLayers(tuples if as_layers else L.add_layers(viewer, tuples), res)
 
 
 def _model(model: str | Path, task: str | None) -> Path:
@@ -25,40 +84,90 @@ def _model(model: str | Path, task: str | None) -> Path:
 
 
 def classify(image: Any, model: str | Path, *, task: str | None = None, cells: Any = None,
-             device: str | None = None, **kwargs) -> dict[str, Any]:
+             device: str | None = None, viewer: Any = None, as_layers: bool = False, **kwargs) -> Any:
     """Classify a whole image or each cell of it.
 
     ``model`` is a built-in model name (see ``napari_cellclass.zoo.list_models()``) or a checkpoint path;
     ``task`` defaults to the task named in the checkpoint ("hpa" or "wbc").
-    ``cells`` is a labels array, a list of (y0, x0, y1, x1) boxes, or a shapes layer.
+    ``cells`` is a labels array, a list of (y0, x0, y1, x1) boxes, or a shapes or labels layer.
+    Returns the result dict; with ``viewer=`` the layers added to it (HPA cells: the ``HPA cells``
+    labels; white cells: ``<cells> (classified)`` shapes keeping a shapes layer's own features),
+    with ``as_layers=True`` their layer-data tuples (both a :class:`ResultLayers`).
     """
     from .engine.checkpoint import read_meta
 
     model = _model(model, task)
     task = task or read_meta(model).task
     fn = task_function(task, "classify")
+    source = _source(image)
     if isinstance(image, (list, tuple)):
         image = [_data(i) for i in image]
     else:
         image = _data(image)
-    return run_sync(fn(image, Path(model), cells=cells, device=device, **kwargs))
+    res = run_sync(fn(image, Path(model), cells=cells, device=device, **kwargs))
+    options = {"cells": cells if _is_layer(cells) else None} if task == "wbc" else {}
+    return _deliver(res, task, source, viewer, as_layers, **options)
 
 
-def detect(image: Any, model: str | Path, *, device: str | None = None, **kwargs) -> dict[str, Any]:
-    """Detect objects; returns boxes (y0, x0, y1, x1), labels, scores and optional masks."""
-    return run_sync(task_function("detect", "detect")(_data(image), _model(model, "detect"), device=device,
-                                                      **kwargs))
+def detect(image: Any, model: str | Path, *, device: str | None = None, viewer: Any = None,
+           as_layers: bool = False, **kwargs) -> Any:
+    """Detect objects; returns boxes (y0, x0, y1, x1), labels, scores and optional masks.
+
+    With ``viewer=``: the ``<image> detections`` shapes (and ``<image> instances`` labels when
+    the model has masks) added to it; with ``as_layers=True``: their layer-data tuples.
+    """
+    res = run_sync(task_function("detect", "detect")(_data(image), _model(model, "detect"), device=device,
+                                                     **kwargs))
+    return _deliver(res, "detect", _source(image), viewer, as_layers)
 
 
 def karyotype(image: Any, model: str | Path | None = None, *, device: str | None = None,
-              **kwargs) -> dict[str, Any]:
+              viewer: Any = None, as_layers: bool = False, **kwargs) -> Any:
     """Segment, classify and pair the chromosomes of a metaphase spread.
 
     ``model`` None uses the built-in classifier for the spread's banding (G or Q) and the
-    built-in chromosome detector.
+    built-in chromosome detector.  ``labels=`` (an array or a labels layer) skips the
+    segmentation.  With ``viewer=``: the ``chromosomes`` labels, ``chromosome classes``
+    shapes and ``karyogram`` image added to it; with ``as_layers=True``: their tuples
+    (both a :class:`ResultLayers`, whose ``.result["summary"]`` is the ISCN string).
     """
-    return run_sync(task_function("karyotype", "karyotype")(
+    if kwargs.get("labels") is not None:
+        kwargs["labels"] = _data(kwargs["labels"])
+    res = run_sync(task_function("karyotype", "karyotype")(
         _data(image), None if model is None else _model(model, "karyotype"), device=device, **kwargs))
+    return _deliver(res, "karyotype", _source(image), viewer, as_layers)
+
+
+def karyotype_session(image: Any, result: dict[str, Any], model: str | Path | None = None, *,
+                      device: str | None = None):
+    """A :class:`~napari_cellclass.karyotype.corrections.KaryotypeSession` to correct ``result`` by script.
+
+    Cut, merge, delete, set classes or hand it an edited labels array
+    (``apply_labels``); ``update()`` classifies only the changed chromosomes again
+    with ``model`` (None: the built-in for the spread's banding) and re-pairs.
+    Show the new result with :func:`show`.
+    """
+    from .karyotype.corrections import KaryotypeSession, model_classifier
+    from .tasks.karyotype import default_classifier
+
+    img = _data(image)
+    path = default_classifier(img) if model is None else _model(model, "karyotype")
+    return KaryotypeSession.from_result(img, getattr(result, "result", result),
+                                        classify=model_classifier(path, device))
+
+
+def show(result: dict[str, Any], viewer: Any = None, *, source: Any = None, task: str | None = None,
+         **options: Any) -> ResultLayers:
+    """Any task result (or a session's ``update()``) as layers in ``viewer``, or as tuples without one.
+
+    ``source`` is the input layer (name prefix and placement); earlier layers of the
+    same result are updated in place, the user's own layers are never touched.
+    """
+    from . import layers as L
+
+    result = getattr(result, "result", result)
+    tuples = L.result_layers(result, task, source=_source(source), **options)
+    return ResultLayers(tuples if viewer is None else L.add_layers(viewer, tuples), result)
 
 
 def train(task: str, data: str | Path, **options) -> dict[str, Any]:
