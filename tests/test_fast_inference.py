@@ -203,3 +203,34 @@ def test_cpu_bf16_is_kept_only_where_it_measured_faster(bf16_cpu, monkeypatch):
     run_sync(inf.predict_batches(model, _items(32), policy=resolve_device("cpu"), preprocess=lambda t: t,
                                  batch_size=8))
     assert model.seen == [torch.bfloat16, torch.float32, torch.bfloat16, torch.bfloat16]
+
+
+def test_batchnorm_is_folded_for_inference_and_refolded_after_a_weight_change():
+    """The fast path runs a Conv-BN-folded copy: same outputs, and never stale weights."""
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=5)
+    with torch.no_grad():  # non-trivial BN statistics, so folding has something to fold
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = torch.rand(3, 3, 64, 64)
+    f = inf.folded(net)
+    assert f is not net and not any(isinstance(m, torch.nn.BatchNorm2d) for m in f.modules())
+    with torch.inference_mode():
+        assert torch.allclose(f(x), net(x), atol=1e-4)
+    assert inf.folded(net) is f  # cached
+    with torch.no_grad():
+        net.fc.weight.mul_(2.0)  # an optimiser step / load_state_dict changes weights in place
+    f2 = inf.folded(net)
+    assert f2 is not f
+    with torch.inference_mode():
+        assert torch.allclose(f2(x), net(x), atol=1e-4)
+    net.train()
+    assert inf.folded(net) is net  # training mode: BN must keep updating its statistics
+    out = run_sync(inf.predict_batches(net.eval(), list(x), policy=resolve_device("cpu", fast=False),
+                                       preprocess=lambda t: t, batch_size=2))
+    with torch.inference_mode():
+        assert torch.allclose(torch.stack(out), net(x), atol=1e-5)
