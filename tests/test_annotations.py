@@ -184,7 +184,7 @@ def test_voc_real_bccd(shared_data):
 
 def test_roundtrip_through_plugin_writers(tmp_path):
     """Files written by io/writers.py (VOC and COCO) read back with the same boxes, labels and scores."""
-    writers = pytest.importorskip("napari_cellclass.io.writers")
+    from napari_cellclass.io import writers
     import pandas as pd
 
     rects = [np.array([[10, 20], [10, 40], [30, 40], [30, 20]]), np.array([[50, 5], [50, 25], [60, 25], [60, 5]])]

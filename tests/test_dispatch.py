@@ -1,8 +1,6 @@
 """viewer.open / layer.save reach the right napari-cellclass reader and writer (real viewer, npe2)."""
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,10 +26,6 @@ def prefer_ours():
                                           ("*.zarr", "*.zarr/", "*.tif", "*.csv", "*.xml", "*.json", "*_red.png")}}
     yield
     plugins.extension2reader = old
-
-
-def _has(mod: str) -> bool:
-    return importlib.util.find_spec(f"napari_cellclass.io.{mod}") is not None
 
 
 def _labels() -> np.ndarray:
@@ -93,11 +87,12 @@ def test_hpa_tiff_is_not_claimed_by_layer_reader(tmp_path):
 
     for c in ("red", "green", "blue", "yellow"):
         tifffile.imwrite(tmp_path / f"s_{c}.tif", np.ones((8, 8), np.uint16))
-    assert get_reader(str(tmp_path / "s_red.tif")) is None
-    assert get_reader(str(tmp_path)) is None
+    assert get_reader(str(tmp_path / "s_red.tif")) is None  # no marker: the HPA reader's file
+    from napari_cellclass.io.hpa_reader import read_hpa
+
+    assert get_reader(str(tmp_path)) is read_hpa  # the plugin's one folder reader hands HPA sets on
 
 
-@pytest.mark.skipif(not _has("hpa_reader"), reason="HPA reader not in the tree yet")
 def test_open_hpa_set(make_napari_viewer, tmp_path, prefer_ours):
     import imageio.v3 as iio
 
@@ -111,23 +106,27 @@ def test_open_hpa_set(make_napari_viewer, tmp_path, prefer_ours):
     assert len(layers) == 4
 
 
-@pytest.mark.skipif(not _has("spread_reader"), reason="spread reader not in the tree yet")
-def test_open_spread_with_sidecar(make_napari_viewer, tmp_path):
+def test_open_spread_then_its_sidecar(make_napari_viewer, tmp_path):
+    """A colour smear opens with napari's own reader (no dialog, in colour); dropping its VOC
+    sidecar adds the boxes with typed features (our only reader for *.xml)."""
     import imageio.v3 as iio
 
     viewer = make_napari_viewer()
-    iio.imwrite(tmp_path / "spread.png", np.full((32, 40), 200, np.uint8))
+    smear = np.zeros((32, 40, 3), np.uint8)
+    smear[..., 0] = 200
+    iio.imwrite(tmp_path / "spread.png", smear)
     W.write_shapes_voc(str(tmp_path / "spread.xml"), [RECT], {"shape_type": "rectangle",
-                                                              "features": pd.DataFrame({"label": ["21"]}),
-                                                              "metadata": {"image_shape": (32, 40)}})
-    layers = viewer.open(str(tmp_path / "spread.png"), plugin="napari-cellclass")
-    kinds = sorted(lay._type_string for lay in layers)
-    assert kinds == ["image", "shapes"]
+                                                              "features": pd.DataFrame({"label": ["21"],
+                                                                                        "flag": [True]}),
+                                                              "metadata": {"image_shape": (32, 40, 3)}})
+    (img,) = viewer.open(str(tmp_path / "spread.png"), plugin=None)
+    assert img.rgb and img.data.shape == (32, 40, 3)
+    layers = viewer.open(str(tmp_path / "spread.xml"), plugin=None)
     shapes = next(lay for lay in layers if lay._type_string == "shapes")
     assert shapes.features["label"].astype(str).tolist() == ["21"]
+    assert shapes.features["flag"].tolist() == [True]
 
 
-@pytest.mark.skipif(not _has("annotation_reader"), reason="annotation reader not in the tree yet")
 @pytest.mark.parametrize("name, writer", [("a.xml", W.write_shapes_voc), ("a.json", W.write_shapes_coco)])
 def test_open_voc_and_coco(make_napari_viewer, tmp_path, name, writer, prefer_ours):
     viewer = make_napari_viewer()

@@ -58,7 +58,7 @@ def test_coco_sidecar(tmp_path):
                              "segmentation": [[10, 10, 16, 10, 16, 40, 10, 40]], "area": 180, "iscrowd": 0}]}
     (tmp_path / "c.json").write_text(json.dumps(coco))
     layers = get_reader(str(p))(str(p))
-    assert layers[1][1]["features"]["label"] == ["21"]
+    assert layers[1][1]["features"]["label"].tolist() == ["21"]
 
 
 def test_images_without_sidecar_are_not_claimed(tmp_path):

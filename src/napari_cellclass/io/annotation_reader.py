@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 
 from .limits import check_pixels
 from .annotations import AnnotatedImage, is_coco, is_voc, polygon_to_mask, read_coco, read_voc
@@ -38,18 +39,50 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
     return None
 
 
-def _features(ann: AnnotatedImage) -> dict[str, list]:
-    feats: dict[str, list] = {"label": list(ann.labels)}
+def features_of(ann: AnnotatedImage) -> pd.DataFrame:
+    """The shapes layer's feature table: ``label`` first, then every per-object attribute.
+
+    Types survive a round trip through our writers: the dtypes they record come back
+    (bool stays bool, int stays int, lists stay lists, ``id`` is kept).  For other tools'
+    files the type is inferred per column: all bool -> bool, all whole numbers -> int,
+    numbers with gaps -> float (NaN), anything else -> text.
+    """
+    from .writers import column_from_values
+
+    n = len(ann)
+    dtypes = ann.feature_dtypes or {}
     keys = list(dict.fromkeys(k for a in ann.attributes for k in a))
+    cols: dict[str, pd.Series] = {}
+    if "label" in dtypes and all("label" in a for a in ann.attributes):
+        cols["label"] = _column([a["label"] for a in ann.attributes], dtypes["label"], column_from_values)
+    else:
+        cols["label"] = pd.Series(list(ann.labels), dtype=object)
     for k in keys:
         if k == "label":
             continue
         vals = [a.get(k) for a in ann.attributes]
-        if all(isinstance(v, (int, float, bool)) or v is None for v in vals):
-            feats[k] = [np.nan if v is None else float(v) for v in vals]
-        else:
-            feats[k] = ["" if v is None else str(v) for v in vals]
-    return feats
+        cols[k] = _column(vals, dtypes[k], column_from_values) if k in dtypes else _inferred(vals)
+    return pd.DataFrame(cols, index=pd.RangeIndex(n))
+
+
+def _column(vals: list, dtype: str, column_from_values) -> pd.Series:
+    if dtype == "category":  # VOC/COCO do not carry the category list: the values seen are it
+        return pd.Series(pd.Categorical(vals))
+    if dtype.startswith(("float", "Float")):
+        vals = [np.nan if v is None else v for v in vals]
+    return column_from_values(vals, dtype)
+
+
+def _inferred(vals: list) -> pd.Series:
+    present = [v for v in vals if v is not None]
+    if present and all(isinstance(v, (bool, np.bool_)) for v in present) and len(present) == len(vals):
+        return pd.Series(vals, dtype=bool)
+    if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present) \
+            and len(present) == len(vals):
+        return pd.Series(vals, dtype=np.int64)
+    if all(isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) for v in present):
+        return pd.Series([np.nan if v is None else float(v) for v in vals], dtype=np.float64)
+    return pd.Series(["" if v is None else str(v) for v in vals], dtype=object)
 
 
 def shapes_layer(ann: AnnotatedImage, name: str, classes: list[str] | None = None) -> tuple:
@@ -60,7 +93,7 @@ def shapes_layer(ann: AnnotatedImage, name: str, classes: list[str] | None = Non
     kwargs = {
         "name": name,
         "shape_type": "rectangle",
-        "features": _features(ann),
+        "features": features_of(ann),
         # explicit per-object colours (same class -> same colour in every layer we make)
         "edge_color": [colors.get(lab, PALETTE[0]) for lab in ann.labels],
         "face_color": "transparent",

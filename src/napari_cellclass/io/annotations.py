@@ -67,6 +67,8 @@ class AnnotatedImage:
     masks: list[np.ndarray | None] = field(default_factory=list)
     source: Path | None = None  # the annotation file
     notes: list[str] = field(default_factory=list)  # objects dropped on reading, and why
+    #: feature name -> pandas dtype recorded by our writers (empty for other tools' files)
+    feature_dtypes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -110,6 +112,56 @@ def _number(text: str | None) -> Any:
         return float(t)
     except ValueError:
         return t
+
+
+def typed_value(v: Any, dtype: str) -> Any:
+    """A feature value read from VOC text or COCO JSON, back in the type our writer recorded.
+
+    bool stays bool ("true"/"false"), int stays int, floats come back as floats (missing
+    -> None, shown as NaN), object columns (lists, arrays) are decoded from JSON.
+    """
+    from .writers import decode_value
+
+    kind = str(dtype).lower()
+    if isinstance(v, str) and kind not in ("object", "str", "string", "category"):
+        v = v.strip()
+        if v == "":
+            return None
+    if v is None:
+        return None
+    if kind in ("bool", "boolean"):
+        if isinstance(v, str):
+            if v.lower() in ("true", "1"):
+                return True
+            if v.lower() in ("false", "0"):
+                return False
+            raise ValueError(f"expected true or false, got {v!r}")
+        return bool(v)
+    if kind.startswith(("int", "uint")):
+        f = float(v)
+        if not f.is_integer():
+            raise ValueError(f"expected a whole number, got {v!r}")
+        return int(f)
+    if kind.startswith(("float", "double")):
+        return float(v)
+    if kind == "object":
+        if isinstance(v, str):
+            try:
+                return decode_value(json.loads(v))
+            except ValueError:
+                return v
+        return decode_value(v)
+    return v
+
+
+def _typed_attrs(raw: dict[str, Any], dtypes: dict[str, str], where: str, path: Path) -> dict[str, Any]:
+    out = {}
+    for k, v in raw.items():
+        try:
+            out[k] = typed_value(v, dtypes[k]) if k in dtypes else v
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"{where}: feature {k!r} value {v!r} is not {dtypes[k]} ({exc})", path) from None
+    return out
 
 
 class _ZeroBox(Exception):
@@ -275,6 +327,8 @@ def read_voc(path: str | Path) -> AnnotatedImage:
     polygons: list[np.ndarray | None] = []
     attributes: list[dict[str, Any]] = []
     notes: list[str] = []
+    ours = (root.findtext("source/database") or "").strip() == "napari-cellclass"
+    dtypes: dict[str, str] = {}
     for i, obj in enumerate(root.findall("object")):
         where = f"object {i + 1}"
         name = (obj.findtext("name") or "").strip()
@@ -303,14 +357,22 @@ def read_voc(path: str | Path) -> AnnotatedImage:
             _drop(notes, exc, path)
             continue
         attrs: dict[str, Any] = {}
-        for child in obj:
-            if child.tag in _VOC_OBJECT_SKIP or len(child):
-                continue
-            if child.text is not None and child.text.strip():
-                attrs[child.tag] = _number(child.text)
-        for att in obj.findall("attributes/attribute"):
+        typed = obj.findall("attributes/attribute")
+        if not (ours and typed):  # our files: the typed block is the whole feature row
+            for child in obj:
+                if child.tag in _VOC_OBJECT_SKIP or len(child):
+                    continue
+                if child.text is not None and child.text.strip():
+                    attrs[child.tag] = _number(child.text)
+        for att in typed:
             key = (att.findtext("name") or "").strip()
-            if key:
+            if not key:
+                continue
+            dtype = att.get("dtype")
+            if dtype:
+                dtypes.setdefault(key, dtype)
+                attrs.update(_typed_attrs({key: att.findtext("value") or ""}, {key: dtype}, where, path))
+            else:
                 attrs[key] = _number(att.findtext("value"))
         if clipped:
             attrs["clipped"] = True
@@ -330,6 +392,7 @@ def read_voc(path: str | Path) -> AnnotatedImage:
         attributes=attributes,
         source=path,
         notes=notes,
+        feature_dtypes=dtypes,
     )
 
 
@@ -487,6 +550,9 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[An
         per_image[ann["image_id"]].append(ann)
 
     out: list[AnnotatedImage] = []
+    marker = data.get("napari-cellclass")
+    dtypes = marker.get("feature_dtypes") if isinstance(marker, dict) else None
+    dtypes = {str(k): str(v) for k, v in dtypes.items()} if isinstance(dtypes, dict) else {}
     mask_budget = [4 * max_pixels()]  # full-size masks decoded for this file, all images together
     for image_id in order:
         im = images[image_id]
@@ -536,10 +602,7 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[An
             except _ZeroBox as exc:
                 _drop(notes, exc, path)
                 continue
-            attrs = {
-                k: v for k, v in ann.items()
-                if k not in _COCO_ANN_SKIP and isinstance(v, (int, float, str, bool)) and v is not None
-            }
+            attrs = _coco_attrs(ann, dtypes, where, path)
             if clipped:
                 attrs["clipped"] = True
             boxes.append(box)
@@ -559,9 +622,30 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[An
                 masks=masks,
                 source=path,
                 notes=notes,
+                feature_dtypes=dict(dtypes),
             )
         )
     return out
+
+
+def _coco_attrs(ann: dict[str, Any], dtypes: dict[str, str], where: str, path: Path) -> dict[str, Any]:
+    """Per-object features of one COCO annotation.
+
+    Our files (``dtypes`` from the ``napari-cellclass`` marker): exactly the recorded
+    features, in their recorded types; names that clash with COCO's own keys (``id``...)
+    come from the nested ``attributes`` object.  Other tools' files: every scalar field
+    that is not COCO's own, plus the scalars of a CVAT-style ``attributes`` object.
+    """
+    nested = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+    if dtypes:
+        raw = {k: (nested[k] if k in nested else ann.get(k)) for k in dtypes if k in nested or k in ann}
+        return _typed_attrs(raw, dtypes, where, path)
+    attrs = {k: v for k, v in ann.items()
+             if k not in _COCO_ANN_SKIP and k != "attributes" and isinstance(v, (int, float, str, bool))}
+    for k, v in nested.items():
+        if isinstance(v, (int, float, str, bool)) and str(k) not in attrs:
+            attrs[str(k)] = v
+    return attrs
 
 
 def coco_categories(path: str | Path) -> list[str]:

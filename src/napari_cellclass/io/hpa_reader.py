@@ -28,6 +28,8 @@ CHANNEL_ROLES = {
 }
 COLORMAPS = {"red": "red", "green": "green", "blue": "blue", "yellow": "yellow"}
 EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: Sets one viewer open may read (a folder of a whole HPA download would be thousands of layers).
+MAX_SETS_PER_OPEN = 16
 _NAME_RE = re.compile(r"^(?P<id>.+)_(?P<colour>red|green|blue|yellow)\.(?P<ext>png|tif|tiff|jpg|jpeg)$", re.IGNORECASE)
 
 
@@ -238,6 +240,10 @@ def read_hpa(path: str | Path | list) -> list[tuple[Any, dict[str, Any], str]]:
             sets.setdefault(str(next(iter(s.paths.values())).parent / s.set_id), s)
     if not sets:
         raise InputError("no HPA channel files (<id>_red|green|blue|yellow.<png|tif|jpg>) found", paths[0])
+    if len(sets) > MAX_SETS_PER_OPEN:
+        raise InputError(f"holds {len(sets)} HPA sets; the viewer opens at most {MAX_SETS_PER_OPEN} at once "
+                         "(4 layers each): open one channel file of a set, or classify the folder with "
+                         "`cellclass predict hpa`", paths[0])
     layers: list = []
     for s in sets.values():
         arrays, _ = read_set(s)

@@ -1,7 +1,8 @@
 """npe2 reader for our own outputs: OME-Zarr labels, TIFF labels and shapes CSV.
 
 ``get_reader`` only claims what it can recognise cheaply and for sure: an OME-Zarr
-folder with ``image-label`` metadata (ours or any NGFF 0.4 writer's), a TIFF whose
+folder with ``image-label`` metadata (ours or any NGFF 0.4 writer's), a folder of HPA
+channel sets (handed to :mod:`.hpa_reader`; this is the plugin's only folder reader), a TIFF whose
 ImageDescription carries the napari-cellclass marker (so HPA ``*_red.tif`` files and
 spreads go to their own readers), and a CSV whose first line is our header.  Anything
 else gets ``None``.  Once claimed, a file that turns out to be damaged raises
@@ -51,6 +52,10 @@ def get_reader(path: str | list[str]) -> ReaderFunc | None:
         return None
     if kind is None:
         return None
+    if kind == "hpa":
+        from napari_cellclass.io.hpa_reader import read_hpa
+
+        return read_hpa
     return {"zarr": read_zarr_labels, "tiff": read_tiff_labels, "csv": read_shapes_csv}[kind]
 
 
@@ -60,7 +65,13 @@ def _sniff(p: Path) -> str | None:
 
         recover(p)  # an interrupted save: restore or finish it, drop dead temporaries
     if p.is_dir():
-        return "zarr" if _zarr_label_attrs(p) is not None else None
+        if _zarr_label_attrs(p) is not None:
+            return "zarr"
+        # the one folder reader of the plugin (npe2 offers every folder to every reader that
+        # accepts directories): a folder of HPA channel sets goes to the HPA reader
+        from napari_cellclass.io.hpa_reader import find_sets
+
+        return "hpa" if find_sets(p) else None
     suffix = p.suffix.lower()
     if suffix in (".tif", ".tiff") and p.is_file():
         return "tiff" if _tiff_marker(p) is not None else None

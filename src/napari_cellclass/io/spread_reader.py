@@ -5,8 +5,14 @@ annotation file exists: ``<name>.xml`` (Pascal VOC) or ``<name>.json`` (COCO)
 next to it, or in a sibling ``annotations``/``Annotations`` folder (the VOC
 ``JPEGImages``/``Annotations`` layout, used by the Tseng 2023 G-band set).
 Plain images are left to napari's own reader (we return ``None``).  The image
-opens as one gray layer and the annotations as a shapes layer whose ``label``
-feature holds each object's class name.
+opens as it is (a colour smear such as BCCD stays in colour; gray, or gray saved
+as RGB, opens gray) and the annotations as a shapes layer whose features keep
+their types.
+
+The manifest registers no file pattern for this reader: napari asks "which
+reader?" whenever two plugins match a pattern, and napari's own reader matches
+every image.  In the viewer, open the image and drop its sidecar (the annotation
+reader); from scripts and widgets, :func:`get_reader` / :func:`read_spread`.
 """
 from __future__ import annotations
 
@@ -53,9 +59,14 @@ def read_gray(path: str | Path) -> np.ndarray:
     Read through :func:`.limits.read_image` (size checked before decoding; stacks
     refused); other sample types (float, 32-bit) are rescaled to uint8 knowingly.
     """
-    from .limits import read_image, to_uint8
+    from .limits import read_image
 
-    arr = read_image(path)
+    return _gray_of(read_image(path), path)
+
+
+def _gray_of(arr: np.ndarray, path: str | Path) -> np.ndarray:
+    from .limits import to_uint8
+
     if arr.ndim == 3 and arr.shape[-1] == 2:  # gray + alpha
         arr = arr[..., 0]
     if arr.dtype not in (np.uint8, np.uint16):
@@ -66,6 +77,22 @@ def read_gray(path: str | Path) -> np.ndarray:
     if arr.ndim != 2:
         raise InputError(f"a spread must be a 2D gray or RGB image, got shape {arr.shape}", path)
     return arr
+
+
+def read_display(path: str | Path) -> tuple[np.ndarray, bool]:
+    """The spread as shown: ``(array, rgb)``; colour stays colour, gray (or gray-as-RGB) is 2-D.
+
+    Read through :func:`.limits.read_image`; 8- and 16-bit gray are kept, colour and
+    other sample types become uint8 (rescaled knowingly, never clipped).
+    """
+    from .limits import read_image, to_uint8
+
+    arr = read_image(path)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+            return to_uint8(rgb, path), True
+    return _gray_of(arr, path), False
 
 
 def _annotations(image_path: Path, sidecar: Path):
@@ -94,11 +121,12 @@ def annotation_shapes(ann, name: str = "annotations") -> LayerData:
             x0, y0, x1, y1 = box
             shapes.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float))
             types.append("rectangle")
-    features = {"label": list(ann.labels)}
+    from .annotation_reader import features_of
+
     kwargs = {
         "name": name,
         "shape_type": types,
-        "features": features,
+        "features": features_of(ann),
         "edge_color": "yellow",
         "face_color": "transparent",
         "edge_width": 2,
@@ -114,14 +142,14 @@ def read_spread(path: str | Path | list) -> list[LayerData]:
         path = path[0]
     p = Path(path)
     sidecar = find_sidecar(p)
-    gray = read_gray(p)
-    layers: list[LayerData] = [
-        (gray, {"name": p.stem, "colormap": "gray", "metadata": {"path": str(p), "sidecar": str(sidecar)}}, "image")
-    ]
+    img, rgb = read_display(p)
+    meta = {"path": str(p), "sidecar": str(sidecar)}
+    kwargs: dict[str, Any] = {"name": p.stem, "rgb": True} if rgb else {"name": p.stem, "colormap": "gray"}
+    layers: list[LayerData] = [(img, {**kwargs, "metadata": meta}, "image")]
     if sidecar is not None:
         from .annotations import check_declared_size
 
         ann = _annotations(p, sidecar)
-        check_declared_size(ann, gray.shape[:2])
+        check_declared_size(ann, img.shape[:2])
         layers.append(annotation_shapes(ann, name=f"{p.stem} annotations"))
     return layers
