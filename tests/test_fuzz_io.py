@@ -1,6 +1,6 @@
 """Bad input, generated: every reader either declines (None) or raises a CellClassError naming the file.
 
-Targets are every reader/loader in the tree (modules not present yet are skipped):
+Targets are every reader/loader in the tree (a module that fails to import fails the suite):
 layer_reader, hpa_reader, spread_reader, annotations (+ annotation_reader), the dataset
 loaders (hpa/wbc/chromosome/detection), recipes and the checkpoint load paths.  Cases:
 truncated or bit-flipped files, random bytes, wrong bit depth, channel files of different
@@ -30,11 +30,10 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
-from napari_cellclass.errors import CellClassError  # noqa: E402
+from napari_cellclass.errors import CellClassError
 
 # generate only (no shrinking: a raw exception is recorded with its case, not minimised), fixed seed
 FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
@@ -49,10 +48,8 @@ MIN_CASES = 600
 
 
 def _mod(name: str):
-    try:
-        return importlib.import_module(f"napari_cellclass.{name}")
-    except ImportError:
-        return None
+    """A plugin module; an ImportError fails the test (a reader that cannot import is a bug)."""
+    return importlib.import_module(f"napari_cellclass.{name}")
 
 
 # ----------------------------------------------------------------------------- the check
@@ -114,31 +111,17 @@ def run_reader(label: str, get_reader: Callable, path: Path, root: Path) -> None
             assert isinstance(layers, list)
 
 
-# Raw exceptions found in modules this suite's author does not own, reported to their owners
-# (see docs/io.md "Known gaps").  Only these exact problems turn a test into an xfail; any
-# other raw exception still fails it.
-KNOWN = {
-}
-
-
 def _no_new_raw(fn: Callable[[], None]) -> None:
     start = len(RAW)
     fn()
     new = sorted(set(RAW[start:]))
-    unknown = [r for r in new if not any(k in r for k in KNOWN)]
-    if new and not unknown:
-        pytest.xfail("known issue(s) in other modules: " + "; ".join(
-            v for k, v in KNOWN.items() if any(k in r for r in new)))
-    new = unknown
     assert not new, f"{len(new)} input(s) gave something other than None or a CellClassError:\n" + "\n".join(new[:15])
 
 
 def all_readers() -> list[tuple[str, Callable]]:
     out = []
     for name in ("io.layer_reader", "io.hpa_reader", "io.spread_reader", "io.annotation_reader"):
-        m = _mod(name)
-        if m is not None and hasattr(m, "get_reader"):
-            out.append((name, m.get_reader))
+        out.append((name, _mod(name).get_reader))
     return out
 
 
@@ -276,9 +259,9 @@ def _fuzz_damaged_files_every_reader(kind, mutation):
 
 def _direct_parsers(path: Path, root: Path) -> None:
     ann = _mod("io.annotations")
-    if ann is not None and path.suffix == ".xml":
+    if path.suffix == ".xml":
         expect_clean("annotations.read_voc", lambda: ann.read_voc(path), root, [path])
-    if ann is not None and path.suffix == ".json":
+    if path.suffix == ".json":
         expect_clean("annotations.read_coco", lambda: ann.read_coco(path), root, [path])
 
 
@@ -395,8 +378,7 @@ def _fuzz_hpa_sets_sizes_depths_missing(chans):
             run_all_readers(p, root)
         run_all_readers(root, root)
         hd = _mod("io.hpa_dataset")
-        if hd is not None:
-            expect_clean("hpa_dataset.load_set", lambda: hd.load_set(root, "s1"), root, [root, *files])
+        expect_clean("hpa_dataset.load_set", lambda: hd.load_set(root, "s1"), root, [root, *files])
 
 
 # ----------------------------------------------------------------------------- 5. our own formats, hostile metadata
@@ -445,11 +427,9 @@ def _fuzz_our_csv_hostile_rows(first, header, row):
         p.write_text("\n".join(lines), encoding="utf-8")
         run_all_readers(p, root)
         hd = _mod("io.hpa_dataset")
-        if hd is not None:
-            expect_clean("hpa_dataset.read_labels", lambda: hd.read_labels(p), root, [p])
+        expect_clean("hpa_dataset.read_labels", lambda: hd.read_labels(p), root, [p])
         wd = _mod("io.wbc_dataset")
-        if wd is not None:
-            expect_clean("wbc_dataset.find_records", lambda: wd.find_records(p), root, [p])
+        expect_clean("wbc_dataset.find_records", lambda: wd.find_records(p), root, [p])
 
 
 @FUZZ
@@ -491,13 +471,12 @@ def _fuzz_our_zarr_hostile_metadata(shape, dtype, axes, chunk, attrs_bad):
 
 def _dataset_loaders(path: Path, root: Path) -> None:
     dd = _mod("io.detection_dataset")
-    if dd is not None:
-        ds = expect_clean("detection_dataset.load_dataset", lambda: dd.load_dataset(path), root, [path])
-        if ds is not None:
-            for i in range(len(ds)):
-                expect_clean("detection_dataset.image", lambda: ds.image(i), root, [path])
+    ds = expect_clean("detection_dataset.load_dataset", lambda: dd.load_dataset(path), root, [path])
+    if ds is not None:
+        for i in range(len(ds)):
+            expect_clean("detection_dataset.image", lambda: ds.image(i), root, [path])
     cd = _mod("io.chromosome_dataset")
-    if cd is not None and path.is_dir():
+    if path.is_dir():
         samples = expect_clean("chromosome_dataset.scan_dataset", lambda: cd.scan_dataset(path), root, [path])
         for s in samples or []:
             expect_clean("chromosome_dataset.load_crop", lambda: cd.load_crop(s), root, [path, s.path])
@@ -523,11 +502,10 @@ def _fuzz_dataset_folders(files, table):
         if table is not None:
             (root / "wbc_labels.csv").write_text(table, encoding="utf-8", errors="replace")
         wd = _mod("io.wbc_dataset")
-        if wd is not None:
-            recs = expect_clean("wbc_dataset.find_records", lambda: wd.find_records(root), root, [root])
-            if recs:
-                expect_clean("wbc_dataset.load_crops", lambda: wd.load_crops(recs, 16), root,
-                             [root, *[r.path for r in recs]])
+        recs = expect_clean("wbc_dataset.find_records", lambda: wd.find_records(root), root, [root])
+        if recs:
+            expect_clean("wbc_dataset.load_crops", lambda: wd.load_crops(recs, 16), root,
+                         [root, *[r.path for r in recs]])
         _dataset_loaders(root, root)
 
 
@@ -541,17 +519,13 @@ def _plain_missing_paths_and_non_utf8():
         bad = root / "train.csv"
         bad.write_bytes(b"Id,Target\n\xff\xfe\x00bad,1\n")
         hd = _mod("io.hpa_dataset")
-        if hd is not None:
-            expect_clean("hpa_dataset.read_labels(non-UTF-8)", lambda: hd.read_labels(bad), root, [bad])
+        expect_clean("hpa_dataset.read_labels(non-UTF-8)", lambda: hd.read_labels(bad), root, [bad])
         for loader in ("wbc_dataset.find_records", "chromosome_dataset.scan_dataset", "detection_dataset.load_dataset"):
-            m = _mod("io." + loader.split(".")[0])
-            if m is not None:
-                fn = getattr(m, loader.split(".")[1])
-                expect_clean(loader, lambda: fn(ghost), root, [ghost])
+            fn = getattr(_mod("io." + loader.split(".")[0]), loader.split(".")[1])
+            expect_clean(loader, lambda: fn(ghost), root, [ghost])
         ann = _mod("io.annotations")
-        if ann is not None:
-            expect_clean("read_voc(missing)", lambda: ann.read_voc(ghost.with_suffix(".xml")), root, [ghost])
-            expect_clean("read_coco(missing)", lambda: ann.read_coco(ghost.with_suffix(".json")), root, [ghost])
+        expect_clean("read_voc(missing)", lambda: ann.read_voc(ghost.with_suffix(".xml")), root, [ghost])
+        expect_clean("read_coco(missing)", lambda: ann.read_coco(ghost.with_suffix(".json")), root, [ghost])
 
 
 def _plain_huge_declared_spread_image():
@@ -704,9 +678,7 @@ def _image_loaders(p: Path) -> list[tuple[str, Callable]]:
     for mod, fn in (("io.wbc_dataset", "read_rgb"), ("io.detection_dataset", "read_image"),
                     ("io.spread_reader", "read_gray"), ("io.chromosome_dataset", "read_gray8"),
                     ("io.hpa_reader", "read_channel")):
-        m = _mod(mod)
-        if m is not None and hasattr(m, fn):
-            out.append((f"{mod}.{fn}", (lambda f=getattr(m, fn): f(p))))
+        out.append((f"{mod}.{fn}", (lambda f=getattr(_mod(mod), fn): f(p))))
     return out
 
 
@@ -870,8 +842,6 @@ def _fuzz_bit_depth_rescale(dtype, lo, span, channels, seed):
         a = np.clip(np.round(a), info.min, info.max)
     a = a.astype(dtype)
     wd = _mod("io.wbc_dataset")
-    if wd is None:
-        return
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         p = root / "img.tif"

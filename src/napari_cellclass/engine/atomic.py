@@ -14,6 +14,11 @@ Crash consistency beyond one write:
   (:func:`recover`);
 * a full disk or a read-only folder is an :class:`~napari_cellclass.errors.OutputError`
   that names the target, never the hidden temporary.
+
+Permissions: ``mkstemp``/``mkdtemp`` create private temporaries (0600/0700).  Before the
+rename the result gets the mode a plain ``open()``/``mkdir()`` would give it: the mode of
+the file it replaces, else 0666/0777 less the user's umask (0644/0755 under umask 022),
+so colleagues on a shared server can read results, checkpoints and OME-Zarr folders.
 """
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +44,35 @@ _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 _ACTIVE: set[str] = set()  # temporaries this process is writing right now (never stale)
 _FULL_TEXT = ("no space left", "storagefull", "code: 28", "basic_ios::clear", "file write failed",
               "failed writing file", "unexpected pos", "disk quota")
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore at once (os.umask has no getter)
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+def public_mode(target: Path, *, directory: bool) -> int:
+    """Mode a plain open()/mkdir() would give ``target``: the replaced file's mode, else by umask."""
+    try:
+        st = os.stat(target)
+        if stat.S_ISDIR(st.st_mode) == directory:
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return (0o777 if directory else 0o666) & ~current_umask()
 
 
 def _backup_of(target: Path) -> Path:
@@ -175,11 +211,14 @@ def atomic_path(target: str | Path, *, directory: bool = False) -> Iterator[Path
     _ACTIVE.add(str(tmp))
     try:
         yield tmp
+        mode = public_mode(target, directory=directory)
         if not directory:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(tmp, mode)
             os.replace(tmp, target)
         else:
+            os.chmod(tmp, mode)
             backup = None
             if target.exists():
                 backup = _backup_of(target)
