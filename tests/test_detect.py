@@ -188,7 +188,7 @@ def test_widget_predict_layers_and_finetune(make_napari_viewer, trained, tmp_pat
     viewer = make_napari_viewer()
     viewer.add_image(ds.image(0), name="img", rgb=True)
     w = DetectWidget(viewer)
-    assert "using:" in w.device_label.text() and "cpu" in w.device_label.text()
+    assert "device:" in w.device_label.text() and "cpu" in w.device_label.text()
     w.model_edit.setText(str(ckpt))
     w.score_spin.setValue(0.5)
     w.run_predict(sync=True)

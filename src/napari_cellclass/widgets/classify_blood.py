@@ -26,26 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
+    QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QTableWidget, QTableWidgetItem, QWidget,
 )
 
-from ..engine.device import DEVICE_CHOICES
-from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 from ..synth.blood import CLASS_COLOURS, boxes_to_rectangles
-from ._errors import error_message
+from ._forms import DeviceChoice, LayerChoice, add_all, form, scrolling_layout
 from ._model_chooser import ModelChooser
+from ._runner import JobRunner
 
 NO_CELLS = ""
 RESULT_SUFFIX = " smear analysis"
@@ -83,13 +71,6 @@ def result_features(res: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
-class _Failure:
-    """A job's CellClassError carried back from the worker thread as its result."""
-
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
 def _tag(row: pd.Series) -> str:
     c = row.get("reviewed_class") or ""
     if not c:
@@ -103,17 +84,20 @@ class ClassifyBloodWidget(QWidget):
     """Dock widget: Analyse smear (detect + classify white cells + count), review, export."""
 
     def __init__(self, napari_viewer: Any):
+        from napari.layers import Image, Labels, Shapes
+
         super().__init__()
         self.viewer = napari_viewer
-        self.cancel_token: CancelToken | None = None
-        self.worker = None
         self.result: dict[str, Any] | None = None  # the last analysis (tasks.blood result or classify result)
         self.result_image: np.ndarray | None = None
         self.output_layer = None
         self.gallery = None
         self.folder_summary: dict[str, Any] | None = None
 
-        self.image_combo = QComboBox()
+        self.image_combo = LayerChoice(napari_viewer, Image)
+        # shapes/labels layers that hold cells (empty layers and our own results are not offered)
+        self.cells_combo = LayerChoice(napari_viewer, (Shapes, Labels), watch_data=True,
+                                       where=lambda ly: not self._is_empty(ly) and not self._is_ours(ly))
         self.detector_chooser = ModelChooser("detect")
         self.model_edit = ModelChooser("wbc")  # the white-cell classifier (name kept for scripts)
         self.score_spin = QDoubleSpinBox()
@@ -123,40 +107,35 @@ class ClassifyBloodWidget(QWidget):
         self.score_spin.setToolTip("detector score threshold; starts at the value the detector was validated at")
         self.detector_chooser.changed.connect(self._detector_changed)
         self._detector_changed()
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICE_CHOICES))
-        self.device_label = QLabel(f"device: {self._device_text('auto')}")
-        self.device_label.setWordWrap(True)
-        self.device_combo.currentTextChanged.connect(lambda t: self.device_label.setText(f"device: {self._device_text(t)}"))
+        self.device_combo = DeviceChoice()
+        self.device_label = self.device_combo.label
 
         self.analyse_button = QPushButton("Analyse smear")
         self.analyse_button.setToolTip("detect red cells, white cells and platelets; classify the white cells; count")
         self.analyse_button.clicked.connect(lambda: self.analyse())
-        self.cells_combo = QComboBox()
         self.run_button = QPushButton("Classify white cells in layer")
         self.run_button.clicked.connect(lambda: self.run())
         self.folder_button = QPushButton("Analyse folder...")
         self.folder_button.clicked.connect(lambda: self.analyse_folder())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.progress = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.runner = JobRunner([self.analyse_button, self.run_button, self.folder_button],
+                                context="blood smear analysis failed",
+                                cancelled_text="cancelled; files already written are complete")
+        self.progress, self.status, self.cancel_button = (self.runner.progress, self.runner.status,
+                                                          self.runner.cancel_button)
         self.counts_label = QLabel("")
         self.counts_label.setWordWrap(True)
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["white-cell class", "count", "percent"])
         self.table.setMinimumHeight(190)  # the four classes and the total without scrolling
         self.gallery_button = QPushButton("Review gallery")
-        self.gallery_button.setEnabled(False)
         self.gallery_button.clicked.connect(lambda: self.open_gallery())
         self.export_button = QPushButton("Export differential (CSV)...")
-        self.export_button.setEnabled(False)
         self.export_button.clicked.connect(lambda: self.export_csv())
         self.report_button = QPushButton("Export report (PDF)...")
-        self.report_button.setEnabled(False)
         self.report_button.clicked.connect(lambda: self.export_report())
+        self.result_buttons = (self.gallery_button, self.export_button, self.report_button)
+        for b in self.result_buttons:  # nothing to review or export before there is a result
+            b.setEnabled(False)
 
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -165,53 +144,29 @@ class ClassifyBloodWidget(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(140)
 
-        form = QFormLayout()
-        form.addRow("image", self.image_combo)
-        form.addRow("detector", self.detector_chooser)
-        form.addRow("white-cell model", self.model_edit)
-        form.addRow("score threshold", self.score_spin)
-        form.addRow("device", self.device_combo)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.device_label)
-        row = QHBoxLayout()
-        row.addWidget(self.analyse_button)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        own = QFormLayout()
-        own.addRow("own boxes", self.cells_combo)
-        layout.addLayout(own)
-        row2 = QHBoxLayout()
-        row2.addWidget(self.run_button)
-        row2.addWidget(self.folder_button)
-        layout.addLayout(row2)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.counts_label)
-        layout.addWidget(self.table)
-        layout.addWidget(self.canvas)
-        row3 = QHBoxLayout()
-        row3.addWidget(self.gallery_button)
-        row3.addWidget(self.export_button)
-        layout.addLayout(row3)
-        layout.addWidget(self.report_button)
+        def row(*widgets) -> QHBoxLayout:
+            box = QHBoxLayout()
+            for w in widgets:
+                box.addWidget(w)
+            return box
 
-        self.viewer.layers.events.inserted.connect(self._on_inserted)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        for layer in self.viewer.layers:
-            self._watch(layer)
-        self._refresh_layers()
+        add_all(scrolling_layout(self), [
+            form(("image", self.image_combo), ("detector", self.detector_chooser),
+                 ("white-cell model", self.model_edit), ("score threshold", self.score_spin),
+                 ("device", self.device_combo)),
+            self.device_label, row(self.analyse_button, self.cancel_button), form(("own boxes", self.cells_combo)),
+            row(self.run_button, self.folder_button), self.progress, self.status, self.counts_label, self.table,
+            self.canvas, row(self.gallery_button, self.export_button), self.report_button])
+
+    @property
+    def last_error(self) -> str | None:
+        return self.runner.last_error
+
+    @property
+    def worker(self):
+        return self.runner.worker
 
     # ------------------------------------------------------------------ inputs
-    @staticmethod
-    def _device_text(choice: str) -> str:
-        from ..engine.device import resolve_device
-
-        try:
-            return resolve_device(choice).describe()
-        except CellClassError as exc:
-            return f"unavailable ({exc})"
-
     def _detector_changed(self) -> None:
         """Start from the threshold the chosen detector was validated at."""
         try:
@@ -228,16 +183,6 @@ class ClassifyBloodWidget(QWidget):
         except CellClassError:
             pass
 
-    def _watch(self, layer: Any) -> None:
-        # a layer that gets its first shapes later becomes usable then
-        if layer._type_string in ("shapes", "labels"):
-            layer.events.data.connect(self._refresh_layers)
-
-    def _on_inserted(self, event: Any = None) -> None:
-        if event is not None and getattr(event, "value", None) is not None:
-            self._watch(event.value)
-        self._refresh_layers()
-
     @staticmethod
     def _is_empty(layer: Any) -> bool:
         if layer._type_string == "shapes":
@@ -252,31 +197,10 @@ class ClassifyBloodWidget(QWidget):
         return layer.name.endswith((RESULT_SUFFIX, CLASSIFIED_SUFFIX)) and "reviewed_class" in getattr(
             layer, "features", {})
 
-    def _refresh_layers(self, event: Any = None) -> None:
-        """Images, and shapes/labels layers that hold cells (empty layers are not offered)."""
-        img, cells = self.image_combo.currentText(), self.cells_combo.currentText()
-        self.image_combo.blockSignals(True)
-        self.cells_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.cells_combo.clear()
-        for layer in self.viewer.layers:
-            kind = layer._type_string
-            if kind == "image":
-                self.image_combo.addItem(layer.name)
-            elif kind in ("shapes", "labels") and not self._is_empty(layer) and not self._is_ours(layer):
-                self.cells_combo.addItem(layer.name)
-        if img and self.image_combo.findText(img) >= 0:
-            self.image_combo.setCurrentText(img)
-        if cells and self.cells_combo.findText(cells) >= 0:
-            self.cells_combo.setCurrentText(cells)
-        self.image_combo.blockSignals(False)
-        self.cells_combo.blockSignals(False)
-
     def _image(self) -> tuple[Any, np.ndarray]:
-        name = self.image_combo.currentText()
-        if not name or name not in self.viewer.layers:
+        layer = self.image_combo.layer
+        if layer is None:
             raise CellClassError("choose an image layer (an RGB smear)")
-        layer = self.viewer.layers[name]
         image = np.asarray(layer.data)
         if image.ndim == 3 and not layer.rgb and image.shape[0] in (3, 4):  # channel-first stack
             image = np.moveaxis(image, 0, -1)
@@ -295,86 +219,39 @@ class ClassifyBloodWidget(QWidget):
         return path
 
     # ------------------------------------------------------------------ running
-    def _start(self, job: Any, on_done: Any, sync: bool, busy_text: str) -> None:
-        self._set_busy(True)
-        self.progress.setValue(0)
-        self.status.setText(busy_text)
-        if sync:
-            from ..engine.progress import run_sync
-
-            try:
-                on_done(run_sync(job, self._on_progress))
-            except CellClassError as exc:
-                self._error(exc)
-            finally:
-                self._set_busy(False)
-            return
-        from napari.qt.threading import create_worker
-
-        def guarded():  # the user's problems (and Cancel) come back as a result, not a worker crash
-            try:
-                return (yield from job)
-            except CellClassError as exc:
-                return _Failure(exc)
-
-        def done(result: Any) -> None:
-            if isinstance(result, _Failure):
-                self._error(result.exc)
-            else:
-                on_done(result)
-
-        self.worker = create_worker(guarded, _start_thread=False)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(done)
-        self.worker.errored.connect(self._error)
-        self.worker.finished.connect(lambda: self._set_busy(False))
-        self.worker.start()
-
-    def _set_busy(self, busy: bool) -> None:
-        for b in (self.analyse_button, self.run_button, self.folder_button):
-            b.setEnabled(not busy)
-        self.cancel_button.setEnabled(busy)
-
     def analyse(self, sync: bool = False) -> None:
         """Analyse smear: detect, classify the white cells, count (a worker thread unless ``sync``)."""
         from ..tasks.blood import analyse_smear
 
-        try:
+        def job():
             layer, image = self._image()
             detector, classifier = self._detector(), self._classifier()
-        except CellClassError as exc:
-            self._error(exc)
-            return
-        self.cancel_token = CancelToken()
-        self._source_layer = layer
-        self._pending_image = image
-        job = analyse_smear(image, detector, classifier, device=self.device_combo.currentText(),
-                            score_threshold=self.score_spin.value(), cancel=self.cancel_token)
-        self._start(job, self._analysed, sync, "analysing the smear...")
+            self._source_layer, self._pending_image = layer, image
+            return analyse_smear(image, detector, classifier, device=self.device_combo.device,
+                                 score_threshold=self.score_spin.value(), cancel=self.runner.new_token())
+
+        self.runner.start(job, self._analysed, sync=sync, busy_text="analysing the smear...")
 
     def run(self, sync: bool = False) -> None:
         """Classify the white cells in the chosen shapes/labels layer (a worker thread unless ``sync``)."""
         from ..tasks.wbc import classify
 
-        try:
+        def job():
             layer, image = self._image()
-            name = self.cells_combo.currentText()
-            if not name or name not in self.viewer.layers:
-                raise CellClassError("no layer with cells: draw rectangles around the white cells in a shapes layer, "
-                                     "or use Analyse smear to find them")
-            cells_layer = self.viewer.layers[name]
+            cells_layer = self.cells_combo.layer
+            if cells_layer is None:
+                raise CellClassError("no layer with cells: draw rectangles around the white cells in a shapes "
+                                     "layer, or use Analyse smear to find them")
             if self._is_empty(cells_layer):
-                raise CellClassError(f"layer {name!r} has no cells; draw rectangles around the white cells")
+                raise CellClassError(f"layer {cells_layer.name!r} has no cells; draw rectangles around the "
+                                     "white cells")
             classifier = self._classifier()
             cells, selected = self._cells_of(cells_layer)
-        except CellClassError as exc:
-            self._error(exc)
-            return
-        self.cancel_token = CancelToken()
-        self._cells_layer, self._selected, self._pending_image = cells_layer, selected, image
-        job = classify(image, classifier, cells=cells, device=self.device_combo.currentText(),
-                       cancel=self.cancel_token)
-        self._start(job, self._classified, sync, "classifying white cells...")
+            self._cells_layer, self._selected, self._pending_image = cells_layer, selected, image
+            return classify(image, classifier, cells=cells, device=self.device_combo.device,
+                            cancel=self.runner.new_token())
+
+        self.runner.start(job, self._classified, sync=sync, busy_text="classifying white cells...")
 
     @staticmethod
     def _cells_of(layer: Any) -> tuple[Any, np.ndarray | None]:
@@ -395,27 +272,7 @@ class ClassifyBloodWidget(QWidget):
         return [data[i] for i in idx], idx
 
     def cancel(self) -> None:
-        if self.cancel_token is not None:
-            self.cancel_token.cancel()
-        self.status.setText("cancelling...")
-
-    def _on_progress(self, p: Progress) -> None:
-        if p.fraction is not None:
-            self.progress.setValue(int(100 * p.fraction))
-        if p.message:
-            self.status.setText(p.message)
-
-    def _error(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        from ..errors import Cancelled
-
-        if isinstance(exc, Cancelled):
-            self.status.setText("cancelled; files already written are complete")
-            return
-        msg = error_message(exc, "blood smear analysis failed")
-        self.status.setText(f"error: {msg}")
-        show_error(msg)
+        self.runner.cancel()
 
     # ------------------------------------------------------------------ results
     def _analysed(self, res: dict[str, Any]) -> None:
@@ -426,10 +283,9 @@ class ClassifyBloodWidget(QWidget):
         name = f"{base.name if base is not None else 'smear'}{RESULT_SUFFIX}"
         self._add_result_layer(name, boxes_to_rectangles(res["boxes"]), features)
         self._show_counts()
-        self.progress.setValue(100)
         self.device_label.setText(f"device: {res['device']}")
         self.status.setText(f"{res['message']}; {res['seconds']['total']:.2f} s")
-        for b in (self.gallery_button, self.export_button, self.report_button):
+        for b in self.result_buttons:
             b.setEnabled(True)
         if self.gallery is not None:
             self.gallery.rebuild()
@@ -472,12 +328,11 @@ class ClassifyBloodWidget(QWidget):
         self.result_image = self._pending_image
         self._add_result_layer(f"{layer.name}{CLASSIFIED_SUFFIX}", rects, features, shape_types)
         self._show_counts()
-        self.progress.setValue(100)
         skipped = n - len(idx)
         self.status.setText(f"{len(idx)} white cell(s) classified" + (f"; {skipped} other box(es) left as they are"
                                                                         if skipped else "")
                             + f"; model trained on: {res.get('trained_on', 'unknown')}")
-        for b in (self.gallery_button, self.export_button, self.report_button):
+        for b in self.result_buttons:
             b.setEnabled(True)
         if self.gallery is not None:
             self.gallery.rebuild()
@@ -560,7 +415,7 @@ class ClassifyBloodWidget(QWidget):
         from .blood_gallery import ReviewGallery
 
         if self.result is None:
-            self._error(CellClassError("analyse a smear first"))
+            self.runner.fail(CellClassError("analyse a smear first"))
             return None
         if self.gallery is None:
             self.gallery = ReviewGallery(self)
@@ -615,19 +470,16 @@ class ClassifyBloodWidget(QWidget):
             out = QFileDialog.getExistingDirectory(self, "Folder for the results (CSV, PDF reports)")
             if not out:
                 return
-        try:
+
+        def job():
             detector, classifier = self._detector(), self._classifier()
-        except CellClassError as exc:
-            self._error(exc)
-            return
-        self.cancel_token = CancelToken()
-        job = analyse_folder([Path(folder)], Path(out), detector, classifier, device=self.device_combo.currentText(),
-                             score_threshold=self.score_spin.value(), cancel=self.cancel_token)
-        self._start(job, self._folder_done, sync, f"analysing smears in {folder}...")
+            return analyse_folder([Path(folder)], Path(out), detector, classifier, device=self.device_combo.device,
+                                  score_threshold=self.score_spin.value(), cancel=self.runner.new_token())
+
+        self.runner.start(job, self._folder_done, sync=sync, busy_text=f"analysing smears in {folder}...")
 
     def _folder_done(self, summary: dict[str, Any]) -> None:
         self.folder_summary = summary
-        self.progress.setValue(100)
         refused = f", {len(summary['refused'])} refused" if summary["refused"] else ""
         self.status.setText(f"{summary['analysed']} of {summary['smears']} smear(s) analysed{refused}; "
                             f"{summary['seconds_per_smear']:.2f} s per smear; results in {summary['out']}")

@@ -7,19 +7,15 @@ run methods runs the job in the calling thread (tests, scripts).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QProgressBar,
-    QPushButton, QSpinBox, QVBoxLayout, QWidget,
-)
+from qtpy.QtWidgets import QDoubleSpinBox, QPushButton, QSpinBox, QWidget
 
-from ._errors import error_message
+from ._forms import DeviceChoice, LayerChoice, add_all, form, scrolling_layout
 from ._model_chooser import ModelChooser
-from ..engine.device import DEVICE_CHOICES, resolve_device
-from ..engine.progress import CancelToken, Progress, run_sync
+from ._runner import JobRunner
 from ..errors import CellClassError
 from ..io.annotation_reader import PALETTE
 from ..tasks.base import TaskOptions
@@ -31,19 +27,18 @@ def class_colour_map(classes: list[str]) -> dict[str, str]:
 
 class DetectWidget(QWidget):
     def __init__(self, napari_viewer):
+        from napari.layers import Image, Shapes
+
         super().__init__()
         self.viewer = napari_viewer
-        self._worker = None
-        self._cancel: CancelToken | None = None
         self.last_result: dict[str, Any] | None = None
         self.last_train: dict[str, Any] | None = None
         self.classes: list[str] = []
 
-        self.image_combo = QComboBox()
-        self.boxes_combo = QComboBox()
+        self.image_combo = LayerChoice(napari_viewer, Image)
+        self.boxes_combo = LayerChoice(napari_viewer, Shapes)
         # built-in detectors first (the best is the default), or any checkpoint via Browse...
         self.model_edit = ModelChooser("detect")
-        row = self.model_edit
         self.score_spin = QDoubleSpinBox(); self.score_spin.setRange(0.0, 1.0); self.score_spin.setSingleStep(0.05)
         self.score_spin.setValue(0.7)
         self.model_edit.changed.connect(self._model_changed)
@@ -53,64 +48,32 @@ class DetectWidget(QWidget):
         self.tile_spin = QSpinBox(); self.tile_spin.setRange(0, 8192); self.tile_spin.setSpecialValueText("auto")
         self.tile_spin.setSingleStep(128)
         self.epochs_spin = QSpinBox(); self.epochs_spin.setRange(1, 1000); self.epochs_spin.setValue(10)
-        self.device_combo = QComboBox(); self.device_combo.addItems(list(DEVICE_CHOICES))
-        self.device_label = QLabel()
-        self._show_device()
-        self.device_combo.currentTextChanged.connect(self._show_device)
+        self.device_combo = DeviceChoice()
+        self.device_label = self.device_combo.label
 
         self.predict_btn = QPushButton("Detect")
         self.predict_btn.clicked.connect(lambda: self.run_predict())
         self.train_btn = QPushButton("Train / fine-tune on edited boxes")
         self.train_btn.clicked.connect(lambda: self.run_train())
-        self.cancel_btn = QPushButton("Cancel"); self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.progress = QProgressBar(); self.progress.setRange(0, 100); self.progress.setValue(0)
-        self.status = QLabel(""); self.status.setWordWrap(True)
+        self.runner = JobRunner([self.predict_btn, self.train_btn], context="detection failed")
+        self.progress, self.status, self.cancel_btn = (self.runner.progress, self.runner.status,
+                                                       self.runner.cancel_button)
 
-        form = QFormLayout()
-        form.addRow("image", self.image_combo)
-        form.addRow("model", row)
-        form.addRow("score threshold", self.score_spin)
-        form.addRow("NMS IoU", self.nms_spin)
-        form.addRow("tile (px)", self.tile_spin)
-        form.addRow("device", self.device_combo)
-        form.addRow("", self.device_label)
-        form.addRow("boxes to train on", self.boxes_combo)
-        form.addRow("epochs", self.epochs_spin)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addWidget(self.predict_btn)
-        lay.addWidget(self.train_btn)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.cancel_btn)
-        lay.addWidget(self.status)
+        fields = form(("image", self.image_combo), ("model", self.model_edit), ("score threshold", self.score_spin),
+                      ("NMS IoU", self.nms_spin), ("tile (px)", self.tile_spin), ("device", self.device_combo),
+                      ("", self.device_label), ("boxes to train on", self.boxes_combo),
+                      ("epochs", self.epochs_spin))
+        lay = scrolling_layout(self)
+        add_all(lay, [fields, self.predict_btn, self.train_btn, self.progress, self.cancel_btn, self.status])
         lay.addStretch(1)
 
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self._refresh_layers()
-
-    # ------------------------------------------------------------------ helpers
-    def _refresh_layers(self, *_: Any) -> None:
-        from napari.layers import Image, Shapes
-
-        for combo, kind in ((self.image_combo, Image), (self.boxes_combo, Shapes)):
-            current = combo.currentText()
-            combo.clear()
-            names = [ly.name for ly in self.viewer.layers if isinstance(ly, kind)]
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-
-    def _show_device(self, *_: Any) -> None:
-        try:
-            self.device_label.setText(f"using: {resolve_device(self.device).describe()}")
-        except CellClassError as exc:
-            self.device_label.setText(str(exc))
+    @property
+    def device(self) -> str | None:
+        return self.device_combo.device
 
     @property
-    def device(self) -> str:
-        return self.device_combo.currentText()
+    def last_error(self) -> str | None:
+        return self.runner.last_error
 
     def _model_changed(self, *_: Any) -> None:
         """Start from the score threshold the chosen detector was validated at."""
@@ -124,11 +87,8 @@ class DetectWidget(QWidget):
         except CellClassError:
             pass  # the summary line under the field already says what is wrong
 
-    def _layer(self, name: str):
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
-
     def _image_data(self) -> Any:
-        layer = self._layer(self.image_combo.currentText())
+        layer = self.image_combo.layer
         if layer is None:
             raise CellClassError("open or choose an image layer first")
         data = np.asarray(layer.data)
@@ -136,71 +96,24 @@ class DetectWidget(QWidget):
             data = data[int(self.viewer.dims.current_step[0])]  # a stack: use the slice shown
         return data
 
-    def _on_progress(self, p: Progress) -> None:
-        if p.fraction is not None:
-            self.progress.setValue(int(100 * p.fraction))
-        metrics = " ".join(f"{k}={v:.3g}" for k, v in p.metrics.items() if k in ("loss", "mAP50"))
-        self.status.setText(f"{p.stage} {p.message} {metrics}".strip())
-
-    def _run(self, job, on_done: Callable[[Any], None], sync: bool) -> Any:
-        from napari.utils.notifications import show_error
-
-        if sync:
-            try:
-                result = run_sync(job, self._on_progress)
-            except CellClassError as exc:
-                show_error(str(exc))
-                self.status.setText(str(exc))
-                return None
-            on_done(result)
-            return result
-        from napari.qt.threading import create_worker
-
-        self._set_busy(True)
-        worker = create_worker(lambda: (yield from job), _start_thread=False)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(on_done)
-
-        def failed(exc: Exception) -> None:
-            msg = error_message(exc)
-            show_error(msg)
-            self.status.setText(msg)
-
-        worker.errored.connect(failed)
-        worker.finished.connect(lambda: self._set_busy(False))
-        self._worker = worker
-        worker.start()
-        return worker
-
-    def _set_busy(self, busy: bool) -> None:
-        self.predict_btn.setEnabled(not busy)
-        self.train_btn.setEnabled(not busy)
-        self.cancel_btn.setEnabled(busy)
-
     def cancel(self) -> None:
-        if self._cancel is not None:
-            self._cancel.cancel()
-        self.status.setText("cancelling...")
+        self.runner.cancel()
 
     # ------------------------------------------------------------------ predict
     def run_predict(self, sync: bool = False) -> Any:
-        from napari.utils.notifications import show_error
-
+        """Detect on the chosen image (the slice shown, for a stack); returns the result when ``sync``."""
         from ..tasks.detect import detect
 
-        try:
+        def job():
             image = self._image_data()
             model = self.model_edit.value  # a built-in name or a path -> verified checkpoint
             if model is None:
                 raise CellClassError("choose a detector (a built-in or a checkpoint .safetensors) first")
-        except CellClassError as exc:
-            show_error(str(exc))
-            self.status.setText(str(exc))
-            return None
-        self._cancel = CancelToken()
-        job = detect(image, model, device=self.device, score_threshold=self.score_spin.value(),
-                     nms_iou=self.nms_spin.value(), tile=self.tile_spin.value() or None, cancel=self._cancel)
-        return self._run(job, self._show_result, sync)
+            return detect(image, model, device=self.device, score_threshold=self.score_spin.value(),
+                          nms_iou=self.nms_spin.value(), tile=self.tile_spin.value() or None,
+                          cancel=self.runner.new_token())
+
+        return self.runner.start(job, self._show_result, sync=sync, busy_text="detecting...")
 
     def _show_result(self, r: dict[str, Any]) -> None:
         self.last_result = r
@@ -229,7 +142,6 @@ class DetectWidget(QWidget):
             self.viewer.add_labels(r["instance_labels"], name=lname, opacity=0.4)
         if rects:  # an empty result is not offered as training boxes
             self.boxes_combo.setCurrentText(name)
-        self.progress.setValue(100)
         counts = {c: r["labels"].count(c) for c in self.classes}
         per_class = f" ({', '.join(f'{k}: {v}' for k, v in counts.items())})" if rects else ""
         self.status.setText(f"{r.get('message', f'{len(rects)} object(s)')}{per_class}; {r['tiles']} tile(s); "
@@ -242,13 +154,11 @@ class DetectWidget(QWidget):
         Fine-tunes the model in the model field when there is one; the new
         checkpoint path replaces it in the field when training ends.
         """
-        from napari.utils.notifications import show_error
-
         from ..tasks.detect import train_from_layers
 
-        try:
+        def job():
             image = self._image_data()
-            layer = self._layer(self.boxes_combo.currentText())
+            layer = self.boxes_combo.layer
             if layer is None or len(layer.data) == 0:
                 raise CellClassError("draw boxes in a shapes layer (with a 'label' feature) and choose it first")
             if "label" not in layer.features:
@@ -259,22 +169,17 @@ class DetectWidget(QWidget):
                 boxes.append([d[:, 0].min(), d[:, 1].min(), d[:, 0].max(), d[:, 1].max()])
                 polygons.append(d if kind == "polygon" else None)
             labels = [str(v) for v in layer.features["label"]]
-        except CellClassError as exc:
-            show_error(str(exc))
-            self.status.setText(str(exc))
-            return None
-        model_text = str(self.model_edit.value or "") if self.model_edit.text().strip() else ""
-        self._cancel = CancelToken()
-        opts = TaskOptions(epochs=self.epochs_spin.value(), device=self.device, out=out,
-                           model=Path(model_text) if model_text else None, quick=not model_text,
-                           cancel=self._cancel, extra=dict(extra))
-        job = train_from_layers(image, np.asarray(boxes), labels, opts, polygons=polygons)
-        return self._run(job, self._trained, sync)
+            model_text = str(self.model_edit.value or "") if self.model_edit.text().strip() else ""
+            opts = TaskOptions(epochs=self.epochs_spin.value(), device=self.device, out=out,
+                               model=Path(model_text) if model_text else None, quick=not model_text,
+                               cancel=self.runner.new_token(), extra=dict(extra))
+            return train_from_layers(image, np.asarray(boxes), labels, opts, polygons=polygons)
+
+        return self.runner.start(job, self._trained, sync=sync, busy_text="training...")
 
     def _trained(self, r: dict[str, Any]) -> None:
         self.last_train = r
         self.model_edit.setText(r["checkpoint"])
-        self.progress.setValue(100)
         loss = r["best_metrics"].get("loss", float("nan"))
         self.status.setText(f"trained {len(r['history'])} epoch(s) in {r['seconds']} s, loss {loss:.3g}; "
                             f"saved {r['checkpoint']} ({r['device']})")

@@ -20,26 +20,21 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QHeaderView,
-    QLabel,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
-from ..engine.device import DEVICE_CHOICES
-from ..engine.progress import CancelToken, Progress
 from ..errors import CellClassError
 from ..karyotype.assign import CLASS_NAMES
 from ..zoo.provenance import synthetic_warning
-from ._errors import error_message
+from ._forms import Choice, DeviceChoice, LayerChoice, add_all, form, scrolling_layout
 from ._model_chooser import ModelChooser
+from ._runner import JobRunner, wrapping_label as _wrapping_label
 
 LABELS_NAME = "chromosomes"
 SHAPES_NAME = "chromosome classes"
@@ -50,22 +45,6 @@ CUT_NAME = "cut line"
 def _wrappable(text: str) -> str:
     """ISCN strings have no spaces; a zero-width space after each comma lets a label wrap them."""
     return text.replace(",", ",\u200b")
-
-
-def _wrapping_label(text: str = "", style: str = "") -> QLabel:
-    label = QLabel(text)
-    label.setWordWrap(True)
-    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # never widens the dock
-    label.setMinimumWidth(120)
-    if style:
-        label.setStyleSheet(style)
-    return label
-
-
-def _show_error(msg: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(msg)
 
 
 def _trained_on(model: Path) -> str:
@@ -81,12 +60,11 @@ class KaryotypeWidget(QWidget):
     """Spread layer + chromosome classifier -> labels, class boxes, karyogram and ISCN summary."""
 
     def __init__(self, napari_viewer):
+        from napari.layers import Image
+
         super().__init__()
         self.viewer = napari_viewer
         self.result: dict[str, Any] | None = None
-        self.last_error: str | None = None
-        self.worker = None
-        self.cancel_token: CancelToken | None = None
         self.session = None  # KaryotypeSession of the shown result: all corrections go through it
         self._image: np.ndarray | None = None
         self._image_name = ""
@@ -99,33 +77,26 @@ class KaryotypeWidget(QWidget):
         self._edit_timer.setInterval(600)
         self._edit_timer.timeout.connect(self.labels_edited)
 
-        form = QFormLayout()
-        self.image_box = QComboBox()
-        form.addRow("spread", self.image_box)
+        self.image_box = LayerChoice(napari_viewer, Image, where=lambda ly: ly.name != KARYOGRAM_NAME)
         self.model_edit = ModelChooser("chromosome")  # built-in chromosome classifiers first, Browse...
-        form.addRow("model", self.model_edit)
-        self.device_box = QComboBox()
-        self.device_box.addItems(list(DEVICE_CHOICES))
-        form.addRow("device", self.device_box)
-        self.segmenter_box = QComboBox()
-        self.segmenter_box.addItems(["auto", "threshold", "detector"])  # auto: the detector, else threshold
-        form.addRow("segmenter", self.segmenter_box)
+        self.device_box = DeviceChoice()
+        self.device_label = self.device_box.label  # where the model runs, shown from the start
+        self.device_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.segmenter_box = Choice(choices=["auto", "threshold", "detector"])  # auto: the detector, else threshold
         # built-in chromosome detectors (task 'karyotype'); any detector checkpoint can be browsed
         self.detector_edit = ModelChooser("karyotype", optional=True, check_task=False,
                                           placeholder="detector (only for the 'detector' segmenter)")
-        form.addRow("detector", self.detector_edit)
+        fields = form(("spread", self.image_box), ("model", self.model_edit), ("device", self.device_box),
+                      ("segmenter", self.segmenter_box), ("detector", self.detector_edit))
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Karyotype")
         self.run_button.clicked.connect(lambda: self.run())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.runner = JobRunner([self.run_button], context="karyotyping failed")
+        self.progress, self.status, self.cancel_button = (self.runner.progress, self.runner.status,
+                                                          self.runner.cancel_button)
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar()
-        self.status = _wrapping_label()
-        self.device_label = _wrapping_label()
         self.warning_label = _wrapping_label(style="color: #e69500; font-weight: bold")  # generated-data models
         self.summary_label = _wrapping_label("no result yet", "font-size: 16pt; font-weight: bold")
         self.findings_label = _wrapping_label()
@@ -173,73 +144,53 @@ class KaryotypeWidget(QWidget):
             "Fix classes in the table or with K / Shift-K on a selected label. Paint the labels layer, or "
             "draw a line and press Cut, to fix the segmentation; only changed objects are classified again.")
 
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addLayout(buttons)
-        for w in (self.progress, self.status, self.device_label, self.warning_label, self.summary_label,
-                  self.findings_label, self.table):
-            lay.addWidget(w)
-        lay.addLayout(edit_row)
-        lay.addLayout(turn_row)
-        lay.addLayout(export_row)
-        lay.addWidget(hint)
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self._refresh_layers()
+        self.export_buttons = (self.export_png_button, self.export_csv_button, self.export_report_button)
+        for b in self.export_buttons:  # nothing to export before there is a result
+            b.setEnabled(False)
+
+        add_all(scrolling_layout(self), [
+            fields, buttons, self.progress, self.status, self.device_label, self.warning_label, self.summary_label,
+            self.findings_label, self.table, edit_row, turn_row, export_row, hint])
+
+    @property
+    def last_error(self) -> str | None:
+        return self.runner.last_error
+
+    @property
+    def worker(self):
+        return self.runner.worker
 
     # ------------------------------------------------------------------ helpers
-    def _refresh_layers(self, event=None) -> None:
-        from napari.layers import Image
-
-        current = self.image_box.currentText()
-        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Image) and ly.name != KARYOGRAM_NAME]
-        self.image_box.blockSignals(True)
-        self.image_box.clear()
-        self.image_box.addItems(names)
-        if current in names:
-            self.image_box.setCurrentText(current)
-        self.image_box.blockSignals(False)
-
     def _layer(self, name: str):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     # ------------------------------------------------------------------ running
     def run(self, labels: np.ndarray | None = None, sync: bool = False):
-        """Start the pipeline; returns the worker (or the result when ``sync``)."""
-        from napari.qt.threading import create_worker
+        """Start the pipeline; returns the worker (or the result when ``sync``; None on bad input)."""
+        self.device_box.show_device()
+        return self.runner.start(lambda: self._job(labels), self._on_done, sync=sync, busy_text="karyotyping...")
 
-        from ..engine.device import resolve_device
+    def _job(self, labels: np.ndarray | None):
+        """Read the form and check the spread on the GUI thread; the pipeline generator for the runner."""
         from ..tasks.karyotype import karyotype
 
-        name = self.image_box.currentText()
-        if not name or name not in self.viewer.layers:
-            return self._fail("choose a spread image layer first")
-        try:  # built-in names or paths -> verified checkpoints
-            model = self.model_edit.value
-            detector = self.detector_edit.value
-        except CellClassError as exc:
-            return self._fail(str(exc))
+        layer = self.image_box.layer
+        if layer is None:
+            raise CellClassError("choose a spread image layer first")
+        model = self.model_edit.value  # built-in names or paths -> verified checkpoints
+        detector = self.detector_edit.value
         if model is None:
-            return self._fail("choose a chromosome classifier checkpoint (task 'chromosome')")
+            raise CellClassError("choose a chromosome classifier checkpoint (task 'chromosome')")
         self._trained_on = _trained_on(model)
-        device = self.device_box.currentText()
-        device = None if device == "auto" else device
-        try:
-            self.device_label.setText(f"device: {resolve_device(device).describe()}")
-        except CellClassError as exc:
-            return self._fail(str(exc))
-        layer = self.viewer.layers[name]
+        device = self.device_box.device
         image = np.asarray(layer.data)
         if getattr(layer, "rgb", False) is False and image.ndim == 3 and image.shape[-1] not in (3, 4):
             image = image[int(self.viewer.dims.current_step[0])] if image.shape[0] > 1 else image[0]
-        try:  # blank, oversized, fluorescence: say so before any work, whatever the segmenter
-            from ..karyotype.segment import check_spread
+        from ..karyotype.segment import check_spread
 
-            check = check_spread(image)
-        except CellClassError as exc:
-            return self._fail(str(exc))
-        self._image, self._image_name = image, name
-        seg = self.segmenter_box.currentText()
+        check = check_spread(image)  # blank, oversized, fluorescence: say so before any work
+        self._image, self._image_name = image, layer.name
+        seg = self.segmenter_box.value
         if seg == "auto":  # what 'auto' will run, for the report
             from ..tasks.karyotype import BUILTIN_DETECTOR, builtin_path
 
@@ -249,59 +200,17 @@ class KaryotypeWidget(QWidget):
             effective = Path(detector) if detector else None
         self._models = (Path(model), effective if seg == "detector" else None, seg)
         self._device = device
-        self.cancel_token = CancelToken()
-        job = karyotype(image, Path(model), device=device, labels=labels,
-                        segmenter=self.segmenter_box.currentText(),
-                        detector_model=Path(detector) if detector else None, cancel=self.cancel_token)
         self._notes = list(check.notes)
         self._banding_note = self._banding_mismatch(image)
-        self.last_error = None
-        if sync:
-            from ..engine.progress import run_sync
-
-            try:
-                res = run_sync(job, self._on_progress)
-            except CellClassError as exc:
-                return self._fail(str(exc))
-            self._on_done(res)
-            return res
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        # errors go to _on_error as one clear line; not re-raised into the event loop as a traceback
-        self.worker = create_worker(lambda: (yield from job), _start_thread=False, _ignore_errors=True)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_done)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
-        return self.worker
+        return karyotype(image, Path(model), device=device, labels=labels, segmenter=self.segmenter_box.value,
+                         detector_model=Path(detector) if detector else None, cancel=self.runner.new_token())
 
     def cancel(self) -> None:
-        if self.cancel_token is not None:
-            self.cancel_token.cancel()
-            self.status.setText("cancelling...")
+        self.runner.cancel()
 
     def _fail(self, msg: str):
-        self.last_error = msg
-        self.status.setText(msg)
-        _show_error(msg)
-
-    def _on_progress(self, p: Progress) -> None:
-        if p.total:
-            self.progress.setMaximum(int(p.total))
-            self.progress.setValue(int(p.step))
-        else:
-            self.progress.setMaximum(0)
-        self.status.setText(f"{p.stage}: {p.message}")
-
-    def _on_error(self, exc: BaseException) -> None:
-        self._fail(error_message(exc, "karyotyping failed"))
-
-    def _on_finished(self) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.progress.setMaximum(1)
-        self.progress.setValue(1)
+        """Bad input or a refused correction: one line in the status and one notification."""
+        return self.runner.fail(msg)
 
     def _on_done(self, res: dict[str, Any]) -> None:
         from ..karyotype.corrections import KaryotypeSession, model_classifier
@@ -317,6 +226,8 @@ class KaryotypeWidget(QWidget):
                             + (f". {warning}" if warning else "")
                             + "".join(f". Note: {t}" for t in getattr(self, "_notes", [])))
         self._show(shown)
+        for b in self.export_buttons:
+            b.setEnabled(True)
 
     def _banding_mismatch(self, image: np.ndarray) -> str:
         """A warning when the chosen built-in classifier is for the other banding than the spread's."""

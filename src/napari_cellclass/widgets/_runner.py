@@ -1,0 +1,215 @@
+"""The one way a widget runs a job.
+
+Every long job in the package is a generator that yields
+:class:`~napari_cellclass.engine.progress.Progress` and returns its result.  A
+:class:`JobRunner` drives one in a napari ``thread_worker`` and owns what every
+widget used to wire by hand:
+
+* one progress scale (0-100 %; a busy bar while the job does not know its total);
+* Cancel through the job's :class:`CancelToken` (or, for a job without one, by
+  stopping the worker at its next ``yield``), reported as information, not as an
+  error;
+* one error path: a :class:`CellClassError` in its own words, anything else by
+  its type, shown once (status line + one notification), never a traceback;
+* the widget's run buttons disabled while a job runs and enabled again after it,
+  whatever the outcome;
+* a synchronous mode for tests and scripts (``sync=True``, or the environment
+  variable ``CELLCLASS_SYNC_JOBS=1``) that drives the same generator in the
+  calling thread.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable
+
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
+
+from ..engine.progress import CancelToken, Progress, run_sync
+from ..errors import Cancelled
+from ._errors import error_message
+
+SYNC_ENV = "CELLCLASS_SYNC_JOBS"
+SCALE = 100  # the progress bar's maximum: percent, in every widget
+
+
+def sync_default() -> bool:
+    """True when ``CELLCLASS_SYNC_JOBS`` asks for jobs in the calling thread (tests, scripts)."""
+    return os.environ.get(SYNC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def progress_text(p: Progress) -> str:
+    """One status line for a progress report: stage, message and the headline metrics."""
+    metrics = " ".join(f"{k}={v:.4g}" for k, v in p.metrics.items()
+                       if k in ("loss", "mAP50", "accuracy", "macro_f1") and isinstance(v, (int, float)))
+    head = f"{p.stage}: {p.message}" if p.stage and p.message else (p.stage or p.message)
+    return f"{head} {metrics}".strip()
+
+
+class _Outcome:
+    """What came out of a job: its value or its exception (kept out of superqt's error handling,
+    which drops a RuntimeError raised by a job without a signal)."""
+
+    __slots__ = ("value", "error")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None):
+        self.value, self.error = value, error
+
+
+def _guarded(job):
+    try:
+        value = yield from job
+    except Exception as exc:  # noqa: BLE001 - shown to the user by JobRunner.fail
+        return _Outcome(error=exc)
+    return _Outcome(value=value)
+
+
+def wrapping_label(text: str = "", style: str = "") -> QLabel:
+    """A label that wraps long text instead of widening the dock."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    label.setMinimumWidth(120)
+    if style:
+        label.setStyleSheet(style)
+    return label
+
+
+class JobRunner:
+    """Runs a widget's jobs; creates its progress bar, status line and Cancel button.
+
+    ``buttons`` are disabled while a job runs.  ``context`` prefixes unexpected
+    errors ("classification failed: ValueError: ..."); ``cancelling_text`` and
+    ``cancelled_text`` say what Cancel does and did for this widget's jobs.
+    """
+
+    def __init__(self, buttons: Iterable[QWidget] = (), *, context: str | None = None,
+                 cancelling_text: str = "cancelling...", cancelled_text: str = "cancelled",
+                 status: QLabel | None = None, on_progress: Callable[[Progress], Any] | None = None):
+        self.buttons = list(buttons)
+        self.context = context
+        self.cancelling_text = cancelling_text
+        self.cancelled_text = cancelled_text
+        self.on_progress = on_progress
+        self.progress = QProgressBar()
+        self.progress.setRange(0, SCALE)
+        self.progress.setValue(0)
+        self.status = status if status is not None else wrapping_label()
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.busy = False
+        self.worker = None
+        self.token: CancelToken | None = None
+        self.last_error: str | None = None
+        self._outcome_seen = False
+        self._cancel_requested = False
+
+    # ------------------------------------------------------------------ starting
+    def new_token(self) -> CancelToken:
+        """A fresh cancel token for the job about to be built (Cancel sets it)."""
+        self.token = CancelToken()
+        return self.token
+
+    def start(self, make_job: Callable[[], Any], on_done: Callable[[Any], Any], *, sync: bool = False,
+              busy_text: str = "running...") -> Any:
+        """Build the job on this (GUI) thread and run it.
+
+        ``make_job`` reads the form and returns the generator; a problem with the
+        input (any exception) is reported through :meth:`fail` and nothing starts.
+        Returns the result (synchronous mode; None on error or cancel), else the
+        worker; a second start while a job runs returns the running worker.
+        """
+        if self.busy:
+            return None if sync else self.worker
+        self.last_error = None
+        self.token = None
+        try:
+            job = make_job()
+        except Exception as exc:  # noqa: BLE001 - bad input: one line, no traceback dialog
+            return self.fail(exc)
+        self._outcome_seen = False
+        self._cancel_requested = False
+        self._set_busy(True)
+        self.progress.setRange(0, SCALE)
+        self.progress.setValue(0)
+        self.status.setText(busy_text)
+        if sync or sync_default():
+            try:
+                outcome = run_sync(_guarded(job), self._progress)
+            finally:
+                self._set_busy(False)
+            return self._finish(outcome, on_done)
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_guarded, job, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._progress)
+        worker.returned.connect(lambda outcome: self._finish(outcome, on_done))
+        worker.errored.connect(lambda exc: self._finish(_Outcome(error=exc), on_done))
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running job to stop (its token; a job without one stops at its next ``yield``)."""
+        if not self.busy:
+            return
+        self._cancel_requested = True
+        if self.token is not None:
+            self.token.cancel()
+        elif self.worker is not None:
+            self.worker.quit()
+        self.status.setText(self.cancelling_text)
+
+    # ------------------------------------------------------------------ outcomes
+    def fail(self, exc: BaseException | str) -> None:
+        """The one error path: a status line and one notification; Cancel is information."""
+        from napari.utils.notifications import show_error, show_info
+
+        if isinstance(exc, Cancelled):
+            self.last_error = "cancelled"
+            self.status.setText(self.cancelled_text)
+            self.progress.setRange(0, SCALE)
+            self.progress.setValue(0)
+            show_info(self.cancelled_text)
+            return None
+        msg = exc if isinstance(exc, str) else error_message(exc, self.context)
+        self.last_error = msg
+        self.status.setText(f"error: {msg}")
+        show_error(msg)
+        return None
+
+    def _finish(self, outcome: _Outcome, on_done: Callable[[Any], Any]) -> Any:
+        self._outcome_seen = True
+        if outcome.error is not None:
+            return self.fail(outcome.error)
+        self.progress.setRange(0, SCALE)
+        self.progress.setValue(SCALE)
+        try:
+            on_done(outcome.value)
+        except Exception as exc:  # noqa: BLE001 - a bug in showing the result: one line too
+            return self.fail(exc)
+        return outcome.value
+
+    def _finished(self) -> None:
+        if not self._outcome_seen and self._cancel_requested:  # stopped at a yield: no outcome came back
+            self.fail(Cancelled("cancelled by the user"))
+        self._set_busy(False)
+
+    def _progress(self, p: Progress) -> None:
+        frac = p.fraction
+        if frac is None:
+            self.progress.setRange(0, 0)  # busy: the job does not know its total
+        else:
+            self.progress.setRange(0, SCALE)
+            self.progress.setValue(int(round(SCALE * frac)))
+        if not self._cancel_requested:
+            self.status.setText(progress_text(p))
+        if self.on_progress is not None:
+            self.on_progress(p)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        for b in self.buttons:
+            b.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
