@@ -76,56 +76,96 @@ def run_sync(
 
 
 class TextProgress:
-    """A dependency-free one-line progress bar for the CLI (writes to stderr)."""
+    """CLI progress on stderr, through tqdm.
 
-    def __init__(self, stream=None, width: int = 30, min_interval: float = 0.2):
+    On a terminal: one tqdm bar per stage (rate, elapsed and ETA from tqdm, metrics as
+    postfix).  In a log or CI (not a terminal): no bar redraws, one line per stage change,
+    per ``epoch`` report, at the end of a stage and at most every ``heartbeat_s`` seconds
+    otherwise, each with the ETA from the stage's own rate so far (``?`` until one step is
+    done; never ``0s`` because the clock was just reset).  ``clock`` is injectable for tests.
+    """
+
+    #: Log line: no bar, but counts, elapsed<remaining and the rate, as tqdm formats them.
+    LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]{postfix}"
+    LOG_FORMAT_NO_TOTAL = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}]{postfix}"
+
+    def __init__(self, stream=None, min_interval: float = 0.2, heartbeat_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, tty: bool | None = None):
         import sys
 
         self.stream = stream or sys.stderr
-        self.width = width
         self.min_interval = min_interval
-        self._last = 0.0
-        self._last_stage = None
-        self._t0 = time.monotonic()
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.heartbeat_s = heartbeat_s
+        self.clock = clock
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
+        self._bar = None
+        self._stage: str | None = None
+        #: per stage name: (time, step) when it began, and its last step; interleaved stages
+        #: (a batch's "spreads" around each spread's "segment"/"classify") keep their own clock
+        self._starts: dict[str, tuple[float, int]] = {}
+        self._steps: dict[str, int] = {}
+        self._last_line = 0.0
 
     def __call__(self, p: Progress) -> None:
-        if not self._tty:
-            self._plain(p)
-            return
-        now = time.monotonic()
-        final = p.total is not None and p.step >= p.total
-        if not final and p.stage == self._last_stage and now - self._last < self.min_interval:
-            return
-        if p.stage != self._last_stage:
-            self._t0 = now
-        self._last, self._last_stage = now, p.stage
-        self.stream.write(f"\r{self._line(p, now)}"[:160].ljust(100))
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
-
-    def _line(self, p: Progress, now: float) -> str:
-        frac = p.fraction
-        if frac is not None:
-            filled = int(round(frac * self.width))
-            bar = "#" * filled + "-" * (self.width - filled)
-            elapsed = now - self._t0
-            eta = elapsed / frac - elapsed if frac > 0 else float("nan")
-            head = f"[{bar}] {p.step}/{p.total} eta {eta:5.0f}s"
+        if self._tty:
+            self._bar_update(p)
         else:
-            head = f"[{p.step}]"
+            self._plain(p)
+
+    @staticmethod
+    def _postfix(p: Progress) -> str:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in p.metrics.items())
-        return f"{p.stage:>10} {head} {p.message} {metrics}"
+        return " ".join(t for t in (p.message, metrics) if t)
+
+    def _bar_update(self, p: Progress) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None or p.stage != self._stage:
+            self.close()
+            self._stage = p.stage
+            self._bar = tqdm(total=p.total, initial=p.step, desc=p.stage or None, file=self.stream,
+                             mininterval=self.min_interval, dynamic_ncols=True, leave=True, unit="step")
+        bar = self._bar
+        if p.total != bar.total:
+            bar.total = p.total
+        bar.set_postfix_str(self._postfix(p), refresh=False)
+        if p.step >= bar.n:
+            bar.update(p.step - bar.n)
+        else:  # a stage that went back (a retry): show where it is
+            bar.n = p.step
+            bar.refresh()
+        if p.total is not None and p.step >= p.total:
+            self.close()
+
+    def close(self) -> None:
+        """Finish the current terminal bar (a stage change or the end does this too)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def line(self, p: Progress, now: float | None = None) -> str:
+        """The log line for ``p``: counts, elapsed<remaining (ETA) and rate since the stage began."""
+        from tqdm import tqdm
+
+        now = self.clock() if now is None else now
+        t0, step0 = self._starts.get(p.stage, (now, p.step))
+        postfix = self._postfix(p)
+        return tqdm.format_meter(
+            n=p.step, total=p.total, elapsed=max(0.0, now - t0), initial=step0, unit="step",
+            prefix=p.stage or "progress", postfix=postfix or None,
+            bar_format=self.LOG_FORMAT if p.total else self.LOG_FORMAT_NO_TOTAL)
 
     def _plain(self, p: Progress) -> None:
-        """Logs and CI (no terminal): one line per stage change, epoch and end, no bar redraws."""
-        now = time.monotonic()
+        """Logs and CI (no terminal): stage changes, epochs, stage ends and a heartbeat."""
+        now = self.clock()
         final = p.total is not None and p.step >= p.total
-        if p.stage != self._last_stage:
-            self._t0 = now
-        elif not (final or p.stage == "epoch"):
+        if p.stage not in self._starts or p.step < self._steps.get(p.stage, 0):
+            self._starts[p.stage] = (now, p.step)  # a new run of this stage: its clock starts here
+        self._steps[p.stage] = p.step
+        if p.stage != self._stage:
+            self._stage = p.stage
+        elif not (final or p.stage == "epoch" or now - self._last_line >= self.heartbeat_s):
             return
-        self._last_stage = p.stage
-        self.stream.write(self._line(p, now).strip() + "\n")
+        self._last_line = now
+        self.stream.write(self.line(p, now).strip() + "\n")
         self.stream.flush()
