@@ -60,7 +60,22 @@ def test_evaluate_and_predict(trained, dataset, tmp_path, one_thread):
     cm = np.array(ev["confusion_matrix"])
     assert cm.shape == (24, 24) and cm.sum() == ev["n"] == 184
     assert ev["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    assert (tmp_path / "chromosome_eval.json").exists()
+    assert not (tmp_path / "chromosome_eval.json").exists()  # evaluate writes nothing; `--out x.json` is the CLI's
+
+
+def test_cli_evaluate_out_is_a_json_file(trained, dataset, tmp_path, one_thread, capsys):
+    """`evaluate chromosome --out x.json` writes the file x.json (it used to make a folder and crash)."""
+    from napari_cellclass import cli
+
+    ckpt = trained[0]["checkpoint"]
+    out = tmp_path / "sub" / "x.json"
+    assert cli.main(["evaluate", "chromosome", str(ckpt), str(dataset), "--out", str(out), "--quiet"]) == 0
+    assert out.is_file() and json.loads(out.read_text())["n"] == 184
+    assert json.loads(capsys.readouterr().out) == json.loads(out.read_text())
+    # a folder given as --out is refused in one line, exit 2, before any work
+    assert cli.main(["evaluate", "chromosome", str(ckpt), str(dataset), "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a folder" in err and len(err.splitlines()) == 1
     res = run_sync(task.predict(ckpt, [dataset / "1"], TaskOptions(out=tmp_path / "pred")))
     assert res["n"] == 8 and (tmp_path / "pred" / "predictions.csv").exists()
 

@@ -22,6 +22,29 @@ EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (and exit code 2), like every other CLI error."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's API
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class _TrainHelp(argparse.Action):
+    """``train --help`` lists the tasks; ``train TASK --help`` adds that task's ``--set`` options."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .tasks.options import format_help
+
+        parser.print_help()
+        task = getattr(namespace, "task", None)
+        if task:
+            print("\n" + format_help(task))
+        parser.exit()
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cuda, cuda:N, mps or cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -50,7 +73,9 @@ def _train_opts(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cellclass", description=__doc__.splitlines()[0])
+    from .tasks.base import TASKS
+
+    parser = _Parser(prog="cellclass", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true")
     sub = parser.add_subparsers(dest="command")
 
@@ -65,10 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _common(p)
 
-    p = sub.add_parser("train", help="train a model on a dataset folder")
-    p.add_argument("task")
+    p = sub.add_parser("train", help="train a model on a dataset folder", add_help=False,
+                       description=f"Train a model for TASK, one of: {', '.join(TASKS)}. "
+                                   "`cellclass train TASK --help` lists that task's --set options and defaults.")
+    p.add_argument("-h", "--help", action=_TrainHelp, help="show this help (after TASK: also the task's options)")
+    p.add_argument("task", help=f"one of: {', '.join(TASKS)}")
     p.add_argument("data", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="output folder (checkpoint + log)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (model.safetensors, resume.pt)")
     _train_opts(p)
     _common(p)
 
@@ -76,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task")
     p.add_argument("model", type=Path)
     p.add_argument("data", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--out", type=Path, default=None, help="also write the metrics JSON to this file")
     p.add_argument("--batch-size", type=int, default=None)
     _common(p)
 
@@ -124,22 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args: argparse.Namespace):
-    from .tasks.base import TaskOptions, parse_value
+#: which task's option table checks --set for each command (demo and synth pass them on unchecked)
+_OPTION_COMMAND = {"train": "train", "evaluate": "evaluate", "predict": "predict", "karyotype": "predict"}
 
-    extra: dict[str, Any] = {}
-    for item in getattr(args, "extra", []) or []:
-        if "=" not in item:
-            raise CellClassError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        extra[k.strip().replace("-", "_")] = parse_value(v.strip())
+
+def _options(args: argparse.Namespace):
+    from .tasks.base import TaskOptions
+    from .tasks.options import parse_settings
+
+    command = _OPTION_COMMAND.get(args.command)
+    task = "karyotype" if args.command == "karyotype" else getattr(args, "task", None)
+    # untyped (no task table) for demo/synth/info: the values are parsed as before
+    extra = parse_settings(task if command else "", command or "", getattr(args, "extra", []) or [])
     return TaskOptions(
         epochs=getattr(args, "epochs", None),
         batch_size=getattr(args, "batch_size", None),
         lr=getattr(args, "lr", None),
         device=args.device,
         arch=getattr(args, "arch", None),
-        out=getattr(args, "out", None),
+        out=None if args.command == "evaluate" else getattr(args, "out", None),  # evaluate: --out is the JSON file
         seed=args.seed,
         size=getattr(args, "size", None),
         recipe=getattr(args, "recipe", None),
@@ -158,16 +189,23 @@ def _drive(job, quiet: bool):
     return run_sync(job, None if quiet else TextProgress())
 
 
+def _check_json_out(out: Path | None) -> None:
+    """``evaluate --out`` names the JSON file to write: refused up front when it is a folder."""
+    if out is not None and Path(out).is_dir():
+        raise CellClassError(f"--out names the JSON file to write, but {out} is a folder; "
+                             f"give a file name such as {Path(out) / 'metrics.json'}")
+
+
 def _print_json(obj: Any, out: Path | None = None) -> None:
+    """Print ``obj`` as JSON; with ``out``, also write it to that file (parent folders made)."""
     text = json.dumps(obj, indent=2, default=str)
     print(text)
     if out is not None:
         from .engine.atomic import atomic_path
 
         out = Path(out)
-        if out.suffix != ".json":
-            out.mkdir(parents=True, exist_ok=True)
-            out = out / "metrics.json"
+        _check_json_out(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out) as tmp:
             tmp.write_text(text + "\n")
 
@@ -234,6 +272,7 @@ def run(argv: list[str] | None = None) -> int:
             _print_json(result)
         return 0
     if args.command == "evaluate":
+        _check_json_out(args.out)  # before minutes of work
         result = _drive(task_function(args.task, "evaluate")(args.model, args.data, opts), quiet)
         _print_json(result, args.out)
         return 0
@@ -359,6 +398,20 @@ def main(argv: list[str] | None = None) -> int:
         print("\ncellclass: interrupted; files already written are complete, nothing half-written was kept",
               file=sys.stderr)
         return EXIT_CANCELLED
+    except OSError as exc:  # a file or folder the system refused: one line naming it, never a traceback
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"cellclass: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except FloatingPointError as exc:  # training diverged: the message says what to change
+        print(f"cellclass: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:  # a bug: still one line (CELLCLASS_DEBUG=1 shows the traceback)
+        if os.environ.get("CELLCLASS_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"cellclass: error: {type(exc).__name__}: {text} (unexpected; rerun with "
+              "CELLCLASS_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -334,22 +334,27 @@ def detect_chromosomes(image: np.ndarray, model: Path | str | torch.nn.Module, d
 # ----------------------------------------------------------------------------- training
 def train(data: Path, opts) -> Job[dict[str, Any]]:
     """Train the detector on VOC-annotated spreads, split by spread (same rule and seed as the classifier)."""
-    from ..engine.checkpoint import CheckpointMeta
     from ..engine.device import resolve_device
-    from ..engine.training import fit, restore_resume_state
+    from ..engine.run import train_run
+
+    amp = opts.get("amp")
+    policy = resolve_device(opts.device, amp=None if amp is None else bool(amp))
+    return (yield from train_run(TASK, opts, lambda ctx: _train_spec(Path(data), ctx), policy=policy,
+                                 run_name="karyotype-detector"))
+
+
+def _train_spec(data: Path, ctx) -> Job[Any]:
+    """The detector's part of a run (:mod:`napari_cellclass.engine.run`): random patches, CenterNet-style loss."""
+    from ..engine.checkpoint import CheckpointMeta
+    from ..engine.run import TrainSpec
     from ..karyotype.metrics import match_boxes
     from ..models.registry import build_model
     from ..recipes import Recipe
     from ..tasks.karyotype import annotated_spreads
 
-    t0 = time.monotonic()
-    amp = opts.get("amp")
-    policy = resolve_device(opts.device, amp=None if amp is None else bool(amp))
-    out = Path(opts.out) if opts.out else Path("runs") / f"karyotype-detector-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(opts.seed)
+    opts = ctx.opts
     recipe = Recipe.from_options(opts, lr=2e-3, batch_size=8, optimizer="adamw", schedule="cosine",
-                                 epochs=2 if opts.quick else 60)
+                                 epochs=2 if opts.quick else 60, grad_clip=5.0)
     pairs = annotated_spreads(Path(data))
     train_p, val_p = split_spreads(pairs, float(opts.get("val_fraction", 0.2)), opts.seed)
     yield Progress(0, None, "load", f"{len(train_p)} training and {len(val_p)} validation spreads")
@@ -374,11 +379,6 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
         m.train()
         return metrics
 
-    optimizer = recipe.make_optimizer(model.parameters())
-    scheduler, per_batch = recipe.make_scheduler(optimizer, len(batches), recipe.epochs)
-    resume_path = out / "resume.pt"
-    start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
-
     def make_meta(best: dict[str, float], hist: list[dict[str, float]]) -> CheckpointMeta:
         return CheckpointMeta(
             task=TASK, arch=ARCH, class_names=["chromosome"], in_channels=1, input_size=[patch, patch],  # any size at inference
@@ -392,16 +392,9 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
 
     # the last epoch is kept (cosine schedule): choosing an epoch on the validation spreads would
     # make their numbers optimistic
-    result = yield from fit(
-        model, batches, loss_fn=loss_fn, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
-        evaluate=evaluate_fn, monitor="epoch", mode="max", scheduler=scheduler, scheduler_per_batch=per_batch,
-        checkpoint_path=out / "model.safetensors", make_meta=make_meta, cancel=opts.cancel,
-        regularizer=recipe.regularizer(), resume_path=resume_path, start_epoch=start_epoch, history=history,
-        grad_clip=recipe.grad_clip or 5.0,
-    )
-    return {"checkpoint": str(result.checkpoint), "best_metrics": result.best_metrics, "history": result.history,
-            "device": policy.describe(), "seconds": round(time.monotonic() - t0, 1),
-            "n_train": len(train_s), "n_val": len(val_s)}
+    return TrainSpec(model=model, batches=batches, loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
+                     evaluate=evaluate_fn, monitor="epoch", mode="max",
+                     summary={"n_train": len(train_s), "n_val": len(val_s)})
 
 
 def split_spreads(pairs: Sequence[tuple[Path, Path]], val_fraction: float, seed: int):

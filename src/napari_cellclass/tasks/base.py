@@ -9,6 +9,7 @@ from typing import Any
 
 from ..engine.progress import CancelToken
 from ..errors import CellClassError, NotImplementedTaskError
+from .options import parse_value  # noqa: F401  (the one --set value parser, re-exported)
 
 TASKS: dict[str, str] = {
     "hpa": "napari_cellclass.tasks.hpa",
@@ -61,20 +62,3 @@ def task_function(task: str, name: str):
     if fn is None:
         raise NotImplementedTaskError(f"'{name}' is not implemented for task {task!r} in this version")
     return fn
-
-
-def parse_value(text: str) -> Any:
-    """``--set`` values: ints, floats, booleans, comma lists, else strings."""
-    low = text.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if "," in text:
-        return [parse_value(t) for t in text.split(",") if t]
-    return text

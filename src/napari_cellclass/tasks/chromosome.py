@@ -21,7 +21,6 @@ from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, read_meta
 from ..engine.device import resolve_device
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
-from ..engine.training import fit, restore_resume_state
 from ..errors import InputError
 from ..io.chromosome_dataset import (
     ChromosomeSample,
@@ -270,15 +269,20 @@ def _metrics_from(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- train
 def train(data: Path, opts) -> Job[dict[str, Any]]:
     """Train GRiCoL (default), GRiL or ResNet-50 on a chromosome dataset folder, split by cell."""
-    from ..recipes import Recipe
+    from ..engine.run import train_run
 
-    t0 = time.monotonic()
-    arch = arch_name(opts.arch)
     amp = opts.get("amp")
     policy = resolve_device(opts.device, amp=None if amp is None else bool(amp))
-    out = Path(opts.out) if opts.out else Path("runs") / f"{TASK}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(opts.seed)
+    return (yield from train_run(TASK, opts, lambda ctx: _train_spec(data, ctx), policy=policy))
+
+
+def _train_spec(data: Path, ctx) -> Job[Any]:
+    """The chromosome task's part of a run (:mod:`napari_cellclass.engine.run`): GRiCoL loss, accuracy."""
+    from ..engine.run import TrainSpec
+    from ..recipes import Recipe
+
+    opts, policy = ctx.opts, ctx.policy
+    arch = arch_name(opts.arch)
     recipe = Recipe.from_options(opts, lr=1e-3, batch_size=28, optimizer="adam",
                                  epochs=3 if opts.quick else 30)
     samples = scan_dataset(data)
@@ -328,11 +332,6 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
             total += len(y)
         return {"accuracy": correct / max(total, 1)}
 
-    optimizer = recipe.make_optimizer(model.parameters())
-    scheduler, per_batch = recipe.make_scheduler(optimizer, len(batches), recipe.epochs)
-    resume_path = out / "resume.pt"
-    start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
-
     def make_meta(best: dict[str, float], hist: list[dict[str, float]]) -> CheckpointMeta:
         return CheckpointMeta(
             task=TASK, arch=arch, class_names=list(CHROMOSOME_CLASSES), in_channels=1, input_size=list(size),
@@ -348,17 +347,10 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
             metrics=dict(best), trained_on=str(opts.get("trained_on", data)),
         )
 
-    result = yield from fit(
-        model, batches, loss_fn=loss_fn, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
-        evaluate=evaluate_fn, monitor="accuracy", mode="max", scheduler=scheduler, scheduler_per_batch=per_batch,
-        checkpoint_path=out / "model.safetensors", make_meta=make_meta, cancel=opts.cancel,
-        early_stopping_patience=recipe.early_stopping_patience, regularizer=recipe.regularizer(),
-        resume_path=resume_path, start_epoch=start_epoch, history=history, grad_clip=recipe.grad_clip,
-    )
-    return {"checkpoint": str(result.checkpoint), "arch": arch, "arch_config": cfg,
-            "best_metrics": result.best_metrics, "history": result.history, "device": policy.describe(),
-            "seconds": round(time.monotonic() - t0, 1), "n_train": len(train_s), "n_val": len(val_s),
-            "pad_to": pad_to, "pad_rel": pad_rel}
+    return TrainSpec(model=model, batches=batches, loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
+                     evaluate=evaluate_fn, monitor="accuracy", mode="max",
+                     summary={"arch": arch, "arch_config": cfg, "n_train": len(train_s), "n_val": len(val_s),
+                              "pad_to": pad_to, "pad_rel": pad_rel})
 
 
 # ----------------------------------------------------------------------------- inference
@@ -456,14 +448,7 @@ def evaluate(model: Path, data: Path, opts) -> Job[dict[str, Any]]:
     res.update({"model": str(model), "data": str(data), "device": resolve_device(opts.device).describe(),
                 "cells": len({s.cell for s in samples}), "seconds": round(time.monotonic() - t0, 1),
                 "full_model": bool(opts.get("full_model", False))})
-    if opts.out:
-        from ..engine.atomic import atomic_path
-
-        out = Path(opts.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "chromosome_eval.json") as tmp:
-            tmp.write_text(json.dumps(res, indent=1) + "\n")
-    return res
+    return res  # the CLI prints it and writes `evaluate --out FILE.json`, as for every task
 
 
 def _input_files(inputs: Sequence[Path]) -> list[Path]:

@@ -25,11 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine import distributed
-from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, load_checkpoint, save_checkpoint
+from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, load_checkpoint
 from ..engine.device import resolve_device
 from ..engine.progress import CancelToken, Job, Progress, check_cancel, run_sync
-from ..engine.training import fit, restore_resume_state
 from ..errors import InputError
 from ..io.detection_dataset import DetectionDataset, from_layers, load_dataset, read_image, to_rgb_uint8
 from ..models import detection as detection_models  # registers the archs (incl. fasterrcnn_tiny)
@@ -181,11 +179,19 @@ def _default_config(arch: str, opts: TaskOptions, n_classes: int, image_size: in
 def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts: TaskOptions, *,
                source: str, trained_on: str, init_from: Path | None = None) -> Job[dict]:
     """Shared by ``train`` (folders) and ``train_from_layers`` (the widget's fine-tune)."""
+    from ..engine.run import train_run
+
+    return (yield from train_run(TASK, opts, lambda ctx: _train_spec(ctx, train_ds, val_ds, source=source,
+                                                                      trained_on=trained_on, init_from=init_from)))
+
+
+def _train_spec(ctx, train_ds: DetectionDataset, val_ds: DetectionDataset | None, *, source: str, trained_on: str,
+                init_from: Path | None) -> Job[Any]:
+    """Detection's part of a run (:mod:`napari_cellclass.engine.run`): R-CNN or CenterNet, mAP50."""
+    from ..engine.run import TrainSpec
     from ..recipes import Recipe
 
-    t0 = time.monotonic()
-    policy = resolve_device(opts.device)
-    torch.manual_seed(opts.seed)
+    opts, policy = ctx.opts, ctx.policy
     classes = list(train_ds.classes)
     init_state = None
     if init_from is not None:  # fine-tune: keep the checkpoint's architecture and classes (plus new ones)
@@ -216,6 +222,7 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
     elif opts.pretrained:
         transfer = detection_models.load_coco_transfer(model, arch)
     masks = detection_models.has_masks(model)
+    yield Progress(0, None, "model", f"{arch}: {len(classes)} classes; device {policy.describe()}")
     if centernet:
         recipe = Recipe.from_options(opts, optimizer="adamw", lr=2e-3, weight_decay=1e-4,
                                      epochs=8 if opts.quick else 80, schedule="cosine",
@@ -232,11 +239,6 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
                                      batch_size=4 if not opts.quick else 2, grad_clip=10.0)
         batches = _Batches(train_ds, recipe.batch_size, masks=masks, augment=recipe.augment, seed=opts.seed)
         scale = _pixel_scale(train_ds, cfg["min_size"], cfg["max_size"])
-    optimizer = recipe.make_optimizer([p for p in model.parameters() if p.requires_grad])
-    scheduler, per_batch = recipe.make_scheduler(optimizer, len(batches), recipe.epochs)
-    out = Path(opts.out) if opts.out else Path("runs") / f"{TASK}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, resume_path = out / "model.safetensors", out / "resume.pt"
     validate = val_ds is not None and len(val_ds) > 0 and opts.get("validate", True)
     evaluate_fn = None
     if validate:
@@ -254,8 +256,6 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
                 f1 = dc.best_f1_threshold(val_ds, preds)
                 res.update({"score_threshold": f1["score_threshold"], "f1_at_threshold": f1["f1"]})
             return res
-
-    start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
 
     def make_meta(best: dict[str, float], hist: list[dict[str, float]]) -> CheckpointMeta:
         input_size = list(batches.canvas) if centernet else [cfg["min_size"], cfg["max_size"]]
@@ -276,45 +276,12 @@ def _train_job(train_ds: DetectionDataset, val_ds: DetectionDataset | None, opts
             metrics=best, trained_on=trained_on,
         )
 
-    job = fit(model, batches, loss_fn=dc.loss_fn if centernet else _detection_loss, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
-              evaluate=evaluate_fn, monitor="mAP50" if validate else "loss", mode="max" if validate else "min",
-              scheduler=scheduler, scheduler_per_batch=per_batch, checkpoint_path=ckpt_path, make_meta=make_meta,
-              cancel=opts.cancel, early_stopping_patience=recipe.early_stopping_patience,
-              resume_path=resume_path, start_epoch=start_epoch, history=history, grad_clip=recipe.grad_clip)
-    budget = opts.get("time_budget_s")
-    epochs_seen: list[dict[str, float]] = []
-    result = None
-    while True:
-        try:
-            p = next(job)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        yield p
-        if p.stage == "epoch":
-            epochs_seen.append(dict(p.metrics))
-        if budget and distributed.any_rank(time.monotonic() - t0 > float(budget)):  # torchrun: all ranks stop alike
-            # checked after every batch, so the budget also holds when one epoch is long
-            job.close()  # the best checkpoint of the finished epochs is already on disk
-            if not ckpt_path.exists():  # not even one epoch finished: keep what was learned
-                save_checkpoint(ckpt_path, model, make_meta({"note": "stopped by the time budget within the first "
-                                                                      "epoch; not validated"}, []))
-            break
-    hist = result.history if result is not None else history + epochs_seen
-    key = "mAP50" if validate else "loss"
-    best = (max if validate else min)(hist, key=lambda h: h.get(key, float("nan"))) if hist else {}
-    return {
-        "checkpoint": str(ckpt_path),
-        "best_metrics": best,
-        "history": hist,
-        "classes": classes,
-        "arch": arch,
-        "train_images": len(train_ds),
-        "val_images": len(val_ds) if val_ds is not None else 0,
-        "device": policy.describe(),
-        "seconds": round(time.monotonic() - t0, 1),
-        "stopped_by_time_budget": result is None,
-    }
+    return TrainSpec(
+        model=model, batches=batches, loss_fn=dc.loss_fn if centernet else _detection_loss, recipe=recipe,
+        make_meta=make_meta, evaluate=evaluate_fn, monitor="mAP50" if validate else "loss",
+        mode="max" if validate else "min",
+        summary={"classes": classes, "arch": arch, "train_images": len(train_ds),
+                 "val_images": len(val_ds) if val_ds is not None else 0})
 
 
 def _image_names(ds: DetectionDataset) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,19 +42,22 @@ def _budget(opts: TaskOptions) -> dict[str, Any]:
 
 def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     """Train on a Kaggle-layout folder; best checkpoint (macro F1 on validation) in ``opts.out``."""
-    from ..engine.training import fit, restore_resume_state
+    from ..engine.run import train_run
+
+    return (yield from train_run(TASK, opts, lambda ctx: _train_spec(Path(data), ctx)))
+
+
+def _train_spec(data: Path, ctx) -> Job[Any]:
+    """HPA's part of a run (:mod:`napari_cellclass.engine.run`): ResNet-RGBY, BCE, macro F1."""
+    from ..engine.run import TrainSpec
     from ..recipes import Recipe
 
-    t0 = time.monotonic()
+    opts, policy = ctx.opts, ctx.policy
     b = _budget(opts)
     recipe = Recipe.from_options(opts, loss="cross_entropy", optimizer="adam", schedule="cosine", lr=b["lr"], epochs=b["epochs"],
                                  batch_size=b["batch_size"])
     size = int(opts.size or b["size"])
     depth, width = int(opts.get("depth", b["depth"])), int(opts.get("width", b["width"]))
-    out = Path(opts.out) if opts.out else Path("runs") / f"{TASK}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    policy = resolve_device(opts.device)
-    torch.manual_seed(opts.seed)
 
     csv_path = D.find_csv(data)
     items = D.read_labels(csv_path)
@@ -77,8 +79,6 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
                                          generator=torch.Generator().manual_seed(opts.seed), drop_last=len(train_ds) > recipe.batch_size)
     recipe.apply_to_model(model)
     loss_mod = recipe.make_loss(D.NUM_CLASSES, multilabel=True)
-    optimizer = recipe.make_optimizer(model.parameters())
-    scheduler, per_batch = recipe.make_scheduler(optimizer, len(loader), recipe.epochs)
     val_truth = val_ds.targets()
     last: dict[str, Any] = {}
 
@@ -109,17 +109,8 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
             metrics=dict(best), trained_on=str(opts.get("trained_on", "user data")),
         )
 
-    resume_path = out / "resume.pt"
-    start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
-    result = yield from fit(
-        model, loader, loss_fn=loss_fn, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
-        evaluate=evaluate, monitor="val_macro_f1", mode="max", scheduler=scheduler, scheduler_per_batch=per_batch,
-        checkpoint_path=out / "model.safetensors", make_meta=make_meta, cancel=opts.cancel,
-        early_stopping_patience=recipe.early_stopping_patience, regularizer=recipe.regularizer(),
-        resume_path=resume_path, start_epoch=start_epoch, history=history, grad_clip=recipe.grad_clip,
-    )
-    return {"checkpoint": str(result.checkpoint), "best_metrics": result.best_metrics, "history": result.history,
-            "device": policy.describe(), "seconds": round(time.monotonic() - t0, 1), "recipe": recipe.summary()}
+    return TrainSpec(model=model, batches=loader, loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
+                     evaluate=evaluate, monitor="val_macro_f1", mode="max")
 
 
 def _build_model(arch_config: dict[str, Any], pretrained: bool) -> torch.nn.Module:

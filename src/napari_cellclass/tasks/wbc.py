@@ -33,7 +33,6 @@ from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint
 from ..engine.device import resolve_device
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
-from ..engine.training import fit, restore_resume_state
 from ..errors import InputError
 from ..io import wbc_dataset as D
 from .base import TaskOptions
@@ -167,6 +166,14 @@ def model_crops(image: np.ndarray, boxes: np.ndarray, meta: CheckpointMeta) -> n
 # ----------------------------------------------------------------------------- train
 
 def _without(opts: TaskOptions, *keys: str) -> TaskOptions:
+    from ..engine.run import train_run
+
+    return (yield from train_run(TASK, opts, lambda ctx: _train_spec(Path(data), ctx)))
+
+
+def _train_spec(data: Path, ctx) -> Job[Any]:
+    """WBC's part of a run (:mod:`napari_cellclass.engine.run`): IBN-ResNet, CE + centre-triplet."""
+    from ..engine.run import TrainSpec
     return dataclasses.replace(opts, extra={k: v for k, v in opts.extra.items() if k not in keys})
 
 
@@ -176,12 +183,7 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     from ..models.wbc_losses import WBCLoss, canonical_wbc_loss
     from ..recipes import Recipe
 
-    t0 = time.monotonic()
-    data = Path(data)
-    policy = resolve_device(opts.device)
-    torch.manual_seed(opts.seed)
-    out = Path(opts.out) if opts.out is not None else Path("runs") / f"{TASK}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+    opts, policy = ctx.opts, ctx.policy
     size = int(opts.size or (QUICK_SIZE if opts.quick else DEFAULT_SIZE))
     try:
         loss_kind = canonical_wbc_loss(opts.get("loss", "triplet"))
@@ -249,7 +251,6 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
         batches = D.CropBatches(x_train, y_train, recipe.batch_size, augment=recipe.augment,
                                 balance="sampler" if balance == "sampler" else "none", seed=opts.seed,
                                 num_classes=len(class_names))
-    scheduler, per_batch = recipe.make_scheduler(optimizer, len(batches), recipe.epochs)
 
     def loss_fn(m: torch.nn.Module, batch: Any, epoch: int) -> torch.Tensor:
         x, y = batch
@@ -299,28 +300,17 @@ def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
             training={**training, "epochs_run": len(history)}, metrics=dict(best), trained_on=trained_on,
         )
 
-    ckpt_path = out / "model.safetensors"
-    resume_path = out / "resume.pt"
-    start_epoch, history = restore_resume_state(resume_path, model, optimizer, enabled=opts.resume)
     has_val = x_val_t is not None
     # "last" keeps the final (annealed) epoch, so the validation score is not picked on the
     # validation set itself; "best" keeps the epoch with the best validation macro F1
     monitor, mode = ("epoch", "max") if select == "last" else (("macro_f1", "max") if has_val else ("loss", "min"))
-    result = yield from fit(
-        model, batches, loss_fn=loss_fn, optimizer=optimizer, epochs=recipe.epochs, policy=policy,
-        evaluate=evaluate if has_val else None, monitor=monitor,
-        mode=mode, scheduler=scheduler, scheduler_per_batch=per_batch,
-        checkpoint_path=ckpt_path, make_meta=make_meta, cancel=opts.cancel,
-        early_stopping_patience=recipe.early_stopping_patience, regularizer=recipe.regularizer(),
-        resume_path=resume_path, start_epoch=start_epoch, history=history, grad_clip=recipe.grad_clip,
+    return TrainSpec(
+        model=model, batches=batches, loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
+        evaluate=evaluate if has_val else None, monitor=monitor, mode=mode, optimizer=optimizer,
+        summary={"class_names": class_names, "n_train": len(train_recs), "n_val": len(val_recs), "loss": loss_kind,
+                 "arch": arch, "crop": crop,
+                 "left_out": {n: f"{k} cell(s): {why}" for n, (k, why) in left_out.items()}},
     )
-    return {
-        "checkpoint": str(result.checkpoint or ckpt_path), "best_metrics": result.best_metrics,
-        "history": result.history, "device": policy.describe(), "seconds": round(time.monotonic() - t0, 1),
-        "class_names": class_names, "n_train": len(train_recs), "n_val": len(val_recs), "loss": loss_kind,
-        "arch": arch, "recipe": recipe.summary(), "crop": crop,
-        "left_out": {n: f"{k} cell(s): {why}" for n, (k, why) in left_out.items()},
-    }
 
 
 MIN_CELLS_TO_LEARN = 5
