@@ -73,6 +73,18 @@ def test_detect_from_a_path_names_layers_after_the_file():
     assert len(data) == len(out.result["boxes"]) and list(kw["features"]["label"]) == list(out.result["labels"])
 
 
+def test_analyse_smear_as_layers_is_the_blood_widgets_layer():
+    from napari_cellclass.samples import bccd_samples
+
+    sample = bccd_samples()[0]
+    out = api.analyse_smear(_fake_layer(sample.read(), "smear 1"), device="cpu", as_layers=True)
+    [(data, kw, kind)] = out
+    assert kind == "shapes" and kw["name"] == "smear 1 smear analysis" and len(data) == len(out.result["labels"])
+    f = kw["features"]
+    assert list(f["wbc_class"]) == list(out.result["wbc_class"]) and "tag" in f.columns
+    assert sum(k == "WBC" for k in f["kind"]) == out.result["counts"]["WBC"]
+
+
 @pytest.mark.viewer
 def test_karyotype_into_a_viewer_then_correct_and_show_again(make_napari_viewer, spread):
     viewer = make_napari_viewer()

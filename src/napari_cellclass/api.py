@@ -188,14 +188,16 @@ def evaluate(task: str, model: str | Path, data: str | Path, **options) -> dict[
 
 
 def analyse_smear(image: Any, detector: str | Path | None = None, classifier: str | Path | None = None, *,
-                  device: str | None = None, **kwargs) -> dict[str, Any]:
+                  device: str | None = None, viewer: Any = None, as_layers: bool = False, **kwargs) -> Any:
     """Blood smear end to end: detect cells, classify only the white ones, count.
 
     Models default to the built-in blood-cell detector and white-cell classifier.
     Returns boxes (y0, x0, y1, x1), detector labels and scores, the white-cell class
     of each white cell, ``counts`` (RBC, WBC, Platelets) and the ``differential``;
-    see :func:`napari_cellclass.tasks.blood.analyse_smear`.
+    see :func:`napari_cellclass.tasks.blood.analyse_smear`.  With ``viewer=`` /
+    ``as_layers=True``: the Blood widget's ``<image> smear analysis`` shapes layer.
     """
     from .tasks.blood import analyse_smear as job
 
-    return run_sync(job(_data(image), detector, classifier, device=device, **kwargs))
+    res = run_sync(job(_data(image), detector, classifier, device=device, **kwargs))
+    return _deliver(res, "blood", _source(image), viewer, as_layers)
