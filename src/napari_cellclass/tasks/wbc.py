@@ -166,6 +166,11 @@ def model_crops(image: np.ndarray, boxes: np.ndarray, meta: CheckpointMeta) -> n
 # ----------------------------------------------------------------------------- train
 
 def _without(opts: TaskOptions, *keys: str) -> TaskOptions:
+    return dataclasses.replace(opts, extra={k: v for k, v in opts.extra.items() if k not in keys})
+
+
+def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
+    """Train a WBC classifier on a class-per-folder or BCCD-style dataset."""
     from ..engine.run import train_run
 
     return (yield from train_run(TASK, opts, lambda ctx: _train_spec(Path(data), ctx)))
@@ -174,11 +179,6 @@ def _without(opts: TaskOptions, *keys: str) -> TaskOptions:
 def _train_spec(data: Path, ctx) -> Job[Any]:
     """WBC's part of a run (:mod:`napari_cellclass.engine.run`): IBN-ResNet, CE + centre-triplet."""
     from ..engine.run import TrainSpec
-    return dataclasses.replace(opts, extra={k: v for k, v in opts.extra.items() if k not in keys})
-
-
-def train(data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
-    """Train a WBC classifier on a class-per-folder or BCCD-style dataset."""
     from ..models.registry import build_model
     from ..models.wbc_losses import WBCLoss, canonical_wbc_loss
     from ..recipes import Recipe
