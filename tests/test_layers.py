@@ -228,5 +228,8 @@ def test_add_layers_updates_ours_and_leaves_the_users(make_napari_viewer, karyot
     assert again[0] is first[0] and again[2] is first[2]  # labels and karyogram updated in place
     assert not (again[0].data == 2).any()
     assert len(viewer.layers) == 4
+    # the replaced shapes layer keeps its place in the layer list
+    assert [ly.name for ly in viewer.layers] == ["chromosomes", "chromosomes [1]", "chromosome classes",
+                                                 "karyogram"]
     det = L.add_layers(viewer, L.detect_layers(_detect_result(0)))
     assert len(det[0].data) == 0 and det[0].name == "image detections"
