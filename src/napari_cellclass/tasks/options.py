@@ -217,7 +217,7 @@ def parse_settings(task: str, command: str, items: Iterable[str] | str) -> dict[
     raw: dict[str, str] = {}
     for item in _split_items(items):
         if "=" not in item:
-            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+            raise InputError(f"setting {item!r} is not key=value (--set KEY=VALUE)")
         k, v = item.split("=", 1)
         raw[k.strip().replace("-", "_")] = v.strip()
     return coerce_settings(task, command, raw)
