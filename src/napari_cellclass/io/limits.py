@@ -4,7 +4,8 @@ One place decides what the plugin is willing to read, so a 200-byte file that
 declares a 60000x60000 image, a FIFO named ``x.png`` or a macOS ``._x.png`` metadata
 file is handled the same way by every reader:
 
-* :func:`read_image` reads the header first (TIFF tags or the PIL header) and refuses
+* :func:`read_image` is the plugin's one image reader: ``imageio.v3`` (its pillow plugin)
+  for PNG/JPEG/BMP/GIF..., ``tifffile`` for TIFF.  It reads the header first and refuses
   an image whose *declared* size, all pages and channels counted, is over the pixel
   budget (:func:`max_pixels`, ``CELLCLASS_MAX_PIXELS``).  Multi-page TIFFs/GIFs are
   refused (one image per file) instead of silently using page 1.  The bit depth is
@@ -200,6 +201,7 @@ class ImageInfo:
     shape: tuple[int, ...]  # (rows, cols[, channels]) of one page
     dtype: str
     pages: int = 1
+    mode: str = ""  # PIL mode of a non-TIFF image (decides the conversion on decoding)
 
 
 def probe(path: str | Path) -> ImageInfo:
@@ -250,29 +252,36 @@ _PIL_DTYPES = {"1": "bool", "L": "uint8", "P": "uint8", "RGB": "uint8", "RGBA": 
 
 
 def _probe_pil(p: Path) -> ImageInfo:
-    from PIL import Image, UnidentifiedImageError
+    """Header of a non-TIFF image through imageio.v3's pillow plugin (no pixels decoded)."""
+    import imageio.v3 as iio
+    from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's own bomb warning: our budget decides
-            with _pil_limit(), Image.open(p) as im:
-                w, h = im.size
-                bands = len(im.getbands())
-                frames = int(getattr(im, "n_frames", 1) or 1)
-                if im.format == "MPO":  # camera JPEGs: the primary image plus previews, one picture
-                    frames = 1
-                mode = im.mode
+            with _pil_limit(), iio.imopen(p, "r", plugin="pillow") as f:
+                meta = f.metadata(index=0, exclude_applied=False)
+                h, w = (int(v) for v in meta["shape"][:2])
+                mode = str(meta["mode"])
+                frames = int(f.properties(index=...).n_images or 1)
+                bands = len(Image.new(mode, (1, 1)).getbands())
+                if mode == "P" and "transparency" in meta:
+                    mode = "PA"  # a palette with a transparent entry decodes to RGBA
     except Image.DecompressionBombError as exc:
         raise InputError(f"image declares implausibly large dimensions ({_short(exc)}); over the pixel "
                          f"budget of {max_pixels():,} ({ENV_MAX_PIXELS})", p) from None
-    except UnidentifiedImageError:
-        raise InputError(_unreadable_reason(p), p) from None
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, EOFError) as exc:
+        if type(exc).__name__ == "InitializationError" or "cannot identify" in str(exc):
+            raise InputError(_unreadable_reason(p), p) from None
+        raise InputError(f"cannot read image ({_short(exc)})", p) from None
     except Exception as exc:
         raise InputError(f"cannot read image ({_short(exc)})", p) from None
+    if frames > 1 and (p.suffix.lower() in (".jpg", ".jpeg", ".mpo") or any(k.startswith("mp") for k in meta)):
+        frames = 1  # camera JPEGs (MPO): the primary image plus previews, one picture
     shape = (h, w) if bands == 1 else (h, w, bands)
     check_pixels((frames, *shape) if frames > 1 else shape, p,
                  what="image" if frames == 1 else f"image ({frames} frames)")
-    return ImageInfo(shape, _PIL_DTYPES.get(mode, "uint8"), frames)
+    return ImageInfo(shape, _PIL_DTYPES.get(mode, "uint8"), frames, mode)
 
 
 class _pil_limit:
@@ -351,33 +360,33 @@ def _decode_tiff(p: Path, info: ImageInfo, allow_pages: bool) -> np.ndarray:
     return arr
 
 
+#: PIL modes decoded as another mode (imageio.v3 ``mode=``): colour spaces to RGB, 1-bit to 0/255
+_DECODE_MODE = {"CMYK": "RGB", "YCbCr": "RGB", "RGBX": "RGB", "RGBa": "RGB", "La": "RGB", "LAB": "RGB",
+                "HSV": "RGB", "1": "L", "PA": "RGBA"}
+
+
 def _decode_pil(p: Path, info: ImageInfo, allow_pages: bool) -> np.ndarray:
-    from PIL import Image, ImageSequence
+    """Pixels of a non-TIFF image through imageio.v3 (pillow plugin), after :func:`probe`."""
+    import imageio.v3 as iio
+    from PIL import Image
 
-    def one(im) -> np.ndarray:
-        mode = im.mode
-        if mode in ("P", "PA"):
-            im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
-        elif mode in ("CMYK", "YCbCr", "RGBX", "RGBa", "La", "LAB", "HSV"):
-            im = im.convert("RGB")
-        elif mode == "1":
-            return np.array(im.convert("L"))
-        elif mode.startswith("I;16"):
-            return np.array(im).astype(np.uint16, copy=False)
-        return np.array(im)  # a writable copy (PIL's buffer view is read-only)
-
+    mode = "RGB" if info.mode == "P" else _DECODE_MODE.get(info.mode)
+    index = ... if (info.pages > 1 and allow_pages) else 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with _pil_limit(), Image.open(p) as im:
-                if info.pages > 1 and allow_pages:
-                    return np.stack([one(fr) for fr in ImageSequence.Iterator(im)])
-                im.load()
-                return one(im)
+            with _pil_limit():
+                arr = iio.imread(p, plugin="pillow", index=index, mode=mode)
     except Image.DecompressionBombError as exc:
         raise InputError(f"image declares implausibly large dimensions ({_short(exc)})", p) from None
     except Exception as exc:
         raise InputError(f"image data could not be read (truncated or corrupt): {_short(exc)}", p) from None
+    arr = np.array(arr)  # a writable copy
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if info.mode.startswith("I;16"):
+        arr = arr.astype(np.uint16, copy=False)
+    return arr
 
 
 # ----------------------------------------------------------------------------- values

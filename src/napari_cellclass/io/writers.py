@@ -24,6 +24,7 @@ import pandas as pd
 from napari_cellclass._version import __version__
 from napari_cellclass.engine.atomic import atomic_path
 from napari_cellclass.errors import InputError
+from napari_cellclass.io import ngff
 
 # --------------------------------------------------------------------------- feature table codec
 # A lossless JSON form of ``layer.features`` so that dtypes (int/float/bool/str/category and
@@ -147,15 +148,6 @@ def dumps(obj: Any) -> str:
 
 # --------------------------------------------------------------------------- shared helpers
 
-_AXES_BY_NDIM = {
-    2: ["y", "x"],
-    3: ["z", "y", "x"],
-    4: ["t", "z", "y", "x"],
-    5: ["t", "c", "z", "y", "x"],
-}
-_AXIS_TYPE = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
-
-
 def _marker(kind: str, **extra: Any) -> dict[str, Any]:
     return {"marker": MARKER, "kind": kind, "format_version": FORMAT_VERSION, "writer_version": __version__, **extra}
 
@@ -215,7 +207,8 @@ def write_labels_zarr(path: str, data: Any, attributes: dict) -> list[str]:
     """Save a labels layer as an OME-Zarr (NGFF 0.4, zarr v2 format) image-label group.
 
     The root group carries ``multiscales`` (one level, dataset ``0``) and ``image-label``
-    so OME-Zarr tools open it as labels; the class table (``features``) and the layer's
+    (built and checked against the NGFF 0.4 schemas by :mod:`.ngff`) so OME-Zarr tools
+    open it as labels; the class table (``features``) and the layer's
     name/scale/translate sit under the ``napari-cellclass`` key.
     """
     import zarr
@@ -225,27 +218,19 @@ def write_labels_zarr(path: str, data: Any, attributes: dict) -> list[str]:
     arr = _labels_array(data, target)
     attributes = attributes or {}
     ndim = arr.ndim
-    axes = _AXES_BY_NDIM[ndim]
     scale = _float_list(attributes.get("scale"), ndim, 1.0, "scale", target)
     translate = _float_list(attributes.get("translate"), ndim, 0.0, "translate", target)
     feats = features_frame(attributes)
-    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
-    if any(t != 0.0 for t in translate):
-        transforms.append({"type": "translation", "translation": translate})
     name = _layer_name(attributes, target.stem)
     attrs = {
-        "multiscales": [{
-            "version": "0.4",
-            "name": name,
-            "axes": [{"name": a, "type": _AXIS_TYPE[a]} for a in axes],
-            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
-        }],
-        "image-label": {"version": "0.4", **_label_properties(feats)},
+        "multiscales": ngff.multiscales(name, ndim, scale, translate),
+        "image-label": {"version": ngff.VERSION, **_label_properties(feats)},
         MARKER: _marker(
             "labels", name=name, dtype=str(np.asarray(data[0] if isinstance(data, (list, tuple)) else data).dtype),
             features=table_to_json(feats), metadata=_jsonable(attributes.get("metadata") or {})),
     }
     dumps(attrs)  # fail before writing if anything is not strict JSON
+    ngff.validate_labels_attrs(attrs, ndim)  # ... or not OME-NGFF 0.4 (a writer bug, caught here)
     chunks = tuple(1 if i < ndim - 2 else min(s, 1024) for i, s in enumerate(arr.shape))
     with atomic_path(target, directory=True) as tmp:
         root = zarr.open_group(store=str(tmp), mode="w", zarr_format=2)
