@@ -23,10 +23,15 @@ PEAK = 0.12  # phase-correlation peak above which two fields are treated as the 
 def _thumbnails(paths: Sequence[Path]) -> np.ndarray:
     from PIL import Image
 
+    from .limits import read_image, to_uint8
+
     out = []
     for p in paths:
-        with Image.open(p) as im:
-            a = np.asarray(im.convert("L").resize(THUMB, Image.BILINEAR), dtype=np.float64)
+        a = read_image(p)  # the plugin's one image reader (size checked first)
+        if a.ndim == 3 and a.shape[-1] in (2, 4):
+            a = a[..., :-1]  # drop alpha
+        im = Image.fromarray(np.ascontiguousarray(to_uint8(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a)))
+        a = np.asarray(im.convert("L").resize(THUMB, Image.BILINEAR), dtype=np.float64)
         out.append((a - a.mean()) / (a.std() + 1e-6))
     stack = np.array(out)
     return stack - stack.mean(0)  # dust and vignetting are the same in every field: remove them
