@@ -27,7 +27,3 @@ def match_boxes(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> list[t
     rows, cols = linear_sum_assignment(-m)
     return [(int(r), int(c)) for r, c in zip(rows, cols) if m[r, c] >= iou]
 
-
-def detection_counts(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> dict[str, int]:
-    matches = match_boxes(pred, truth, iou)
-    return {"tp": len(matches), "n_pred": int(len(pred)), "n_true": int(len(truth))}
