@@ -26,4 +26,3 @@ def match_boxes(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> list[t
     m = box_iou(pred, truth)
     rows, cols = linear_sum_assignment(-m)
     return [(int(r), int(c)) for r, c in zip(rows, cols) if m[r, c] >= iou]
-
