@@ -69,3 +69,12 @@ def test_builtin_detector_finds_the_chromosomes_of_a_spread_at_another_magnifica
     res = run_sync(detect_chromosomes(big, model, device="cpu"))
     found = match_boxes(res["boxes"] / zoom, truth, 0.5)
     assert len(found) >= 0.75 * len(truth)
+
+
+def test_no_held_out_spread_at_its_own_size_is_read_as_magnified(shared_data):
+    """Clumped spreads have large blobs but normal widths: both measures must agree before rescaling."""
+    from napari_cellclass.karyotype.detector import magnification, split_spreads, spread_input
+
+    pairs = kt.annotated_spreads(shared_data / "chromosomes" / "tseng2023_gband_spreads")
+    held = split_spreads(pairs, 0.2, 0)[1]
+    assert [magnification(spread_input(kt._read_spread(p))) for p, _ in held] == [1.0] * len(held)
