@@ -184,8 +184,9 @@ def test_voc_real_bccd(shared_data):
 
 def test_roundtrip_through_plugin_writers(tmp_path):
     """Files written by io/writers.py (VOC and COCO) read back with the same boxes, labels and scores."""
-    from napari_cellclass.io import writers
     import pandas as pd
+
+    from napari_cellclass.io import writers
 
     rects = [np.array([[10, 20], [10, 40], [30, 40], [30, 20]]), np.array([[50, 5], [50, 25], [60, 25], [60, 5]])]
     attrs = {"features": pd.DataFrame({"label": ["A", "B"], "score": [0.9, 0.5]}),

@@ -69,8 +69,7 @@ def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
 
 
 def test_failed_write_leaves_nothing(tmp_path, umask):
-    with pytest.raises(RuntimeError):
-        with atomic_path(tmp_path / "x.bin") as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "x.bin") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []

@@ -29,7 +29,6 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -522,7 +521,7 @@ def _plain_missing_paths_and_non_utf8():
         expect_clean("hpa_dataset.read_labels(non-UTF-8)", lambda: hd.read_labels(bad), root, [bad])
         for loader in ("wbc_dataset.find_records", "chromosome_dataset.scan_dataset", "detection_dataset.load_dataset"):
             fn = getattr(_mod("io." + loader.split(".")[0]), loader.split(".")[1])
-            expect_clean(loader, lambda: fn(ghost), root, [ghost])
+            expect_clean(loader, lambda fn=fn: fn(ghost), root, [ghost])
         ann = _mod("io.annotations")
         expect_clean("read_voc(missing)", lambda: ann.read_voc(ghost.with_suffix(".xml")), root, [ghost])
         expect_clean("read_coco(missing)", lambda: ann.read_coco(ghost.with_suffix(".json")), root, [ghost])

@@ -116,7 +116,7 @@ def test_smear_with_voc_sidecar_opens_in_colour(pm, tmp_path):
         "metadata": {"image_path": "smear.png", "image_shape": (24, 32, 3)}})
     reader = get_reader(str(tmp_path / "smear.png"))
     assert reader is not None
-    (data, kw, kind), (shapes, skw, skind) = reader(str(tmp_path / "smear.png"))
+    (data, kw, kind), (_, skw, skind) = reader(str(tmp_path / "smear.png"))
     assert kind == "image" and kw.get("rgb") is True and np.array_equal(data, img)
     assert skind == "shapes" and skw["features"]["flag"].tolist() == [True]
     assert _claims(pm, tmp_path / "smear.xml") == ["napari-cellclass.read_annotations"]
@@ -124,6 +124,20 @@ def test_smear_with_voc_sidecar_opens_in_colour(pm, tmp_path):
     # the same smear without a sidecar is declined
     _smear(tmp_path / "other.png")
     assert get_reader(str(tmp_path / "other.png")) is None
+
+
+def test_spread_tiff_with_sidecar_is_read_when_cell_class_is_chosen(pm, tmp_path):
+    """*.tif is one of our patterns (our labels), so napari offers Cell Class for any TIFF:
+    accepting it on a spread with a sidecar opens the spread, not "refused the file"."""
+    import npe2
+
+    gray = _smear(tmp_path / "sp.tif", rgb=False)
+    W.write_shapes_voc(str(tmp_path / "sp.xml"), [RECT], {"shape_type": "rectangle",
+                                                          "features": pd.DataFrame({"label": ["1"]}),
+                                                          "metadata": {"image_shape": (24, 32)}})
+    assert _claims(pm, tmp_path / "sp.tif") == ["napari-cellclass.read_layers"]
+    (img, _, kind), (_, _, kind2) = npe2.read([str(tmp_path / "sp.tif")], plugin_name=PLUGIN, stack=False)
+    assert kind == "image" and kind2 == "shapes" and np.array_equal(img, gray)
 
 
 def test_gray_spread_stays_gray(tmp_path):

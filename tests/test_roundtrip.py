@@ -1,8 +1,6 @@
 """What the writers write, the plugin's readers read back: arrays exactly, vertices and features too."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest

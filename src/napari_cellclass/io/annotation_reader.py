@@ -15,8 +15,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .limits import check_pixels
 from .annotations import AnnotatedImage, is_coco, is_voc, polygon_to_mask, read_coco, read_voc
+from .limits import check_pixels
 
 PALETTE = ["#ff4040", "#40c0ff", "#ffd000", "#40ff80", "#ff60ff", "#ff9020", "#a080ff", "#80ffff"]
 

@@ -56,6 +56,10 @@ def get_reader(path: str | list[str]) -> ReaderFunc | None:
         from napari_cellclass.io.hpa_reader import read_hpa
 
         return read_hpa
+    if kind == "spread":
+        from napari_cellclass.io.spread_reader import read_spread
+
+        return read_spread
     return {"zarr": read_zarr_labels, "tiff": read_tiff_labels, "csv": read_shapes_csv}[kind]
 
 
@@ -74,7 +78,13 @@ def _sniff(p: Path) -> str | None:
         return "hpa" if find_sets(p) else None
     suffix = p.suffix.lower()
     if suffix in (".tif", ".tiff") and p.is_file():
-        return "tiff" if _tiff_marker(p) is not None else None
+        if _tiff_marker(p) is not None:
+            return "tiff"
+        # *.tif is in our patterns (for our labels), so "Cell Class" is offered for every TIFF:
+        # a spread TIFF with a VOC/COCO sidecar is ours to read; a plain TIFF stays napari's
+        from napari_cellclass.io.spread_reader import find_sidecar
+
+        return "spread" if find_sidecar(p) is not None else None
     if suffix == ".csv" and p.is_file():
         with open(p, encoding="utf-8", errors="replace") as fh:
             first = fh.readline(_MAX_HEADER)
