@@ -73,3 +73,14 @@ def test_failed_write_leaves_nothing(tmp_path, umask):
         tmp.write_bytes(b"half")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_zoo_weight_copy_and_card_follow_the_umask(tmp_path, umask):
+    from zoo_utils import add, tiny_checkpoint
+
+    ck = tiny_checkpoint(tmp_path / "src.safetensors")
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    add(ck, "perm_test", folder)
+    for name in ("perm_test.safetensors", "perm_test.json"):
+        assert _mode(folder / name) == 0o666 & ~umask, name
