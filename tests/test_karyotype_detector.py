@@ -97,3 +97,27 @@ def test_blob_size_follows_magnification():
     for z in (0.5, 2.0):
         big = rescale(img.astype(np.float32), z, order=1, channel_axis=-1 if img.ndim == 3 else None)
         assert blob_size(spread_input(big)) == pytest.approx(base * z, rel=0.2)
+
+
+def test_flip_tta_flips_outputs_back_and_averages():
+    """An equivariant network gives the same map with and without TTA; a position-dependent one is averaged."""
+    from contextlib import nullcontext
+
+    class Copy(torch.nn.Module):  # flip-equivariant: every output channel is the input
+        def forward(self, x):
+            return x.repeat(1, 4, 1, 1)
+
+    class Ramp(torch.nn.Module):  # adds the column index: not equivariant under left-right flips
+        def forward(self, x):
+            ramp = torch.arange(x.shape[-1], dtype=x.dtype).view(1, 1, 1, -1)
+            return (x + ramp).repeat(1, 4, 1, 1)
+
+    x = np.random.default_rng(0).random((20, 30)).astype(np.float32)
+    one = D._forward_padded(Copy(), x, nullcontext, 1)
+    assert np.allclose(D._forward_padded(Copy(), x, nullcontext, 4), one, atol=1e-6)
+    assert np.allclose(one[0], x)
+    two = D._forward_padded(Ramp(), x, nullcontext, 2)
+    W = 32  # padded to a multiple of 16: the flipped ramp is W-1-col on the padded canvas
+    assert np.allclose(two[0], x + (W - 1) / 2, atol=1e-5)  # the ramp averages to a constant
+    with pytest.raises(InputError, match="tta"):
+        D._forward_padded(Copy(), x, nullcontext, 3)

@@ -235,14 +235,30 @@ def detector_loss(out: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------- inference
-def _forward_padded(model: torch.nn.Module, x: np.ndarray, autocast) -> np.ndarray:
+TTA_FLIPS = {1: [()], 2: [(), (3,)], 4: [(), (3,), (2,), (2, 3)]}  # flip dims of NCHW: none, left-right, up-down
+# Chosen by F1 on 36 *training* spreads among tta 1/4 x threshold 0.2/0.25/0.3 (4 flips at 0.2: 0.919;
+# the old 1 pass at 0.3: 0.908); on the 36 held-out spreads recall 0.888 -> 0.928, precision 0.948 -> 0.931
+DEFAULT_TTA = 4
+DEFAULT_SCORE = 0.2
+
+
+def _forward_padded(model: torch.nn.Module, x: np.ndarray, autocast, tta: int = 1) -> np.ndarray:
+    """The (4, H, W) output; with ``tta`` 2 or 4 the mean over flipped copies (flipped back).
+
+    Flips leave box heights and widths as they are, so every channel averages as is.
+    """
     m = getattr(model, "multiple", 16)
     H, W = x.shape
     ph, pw = (-H) % m, (-W) % m
     t = torch.from_numpy(np.pad(x, [(0, ph), (0, pw)]))[None, None]
+    flips = TTA_FLIPS.get(int(tta))
+    if flips is None:
+        raise InputError(f"tta must be 1, 2 or 4, got {tta}")
+    batch = torch.cat([t.flip(f) if f else t for f in flips])
     with torch.inference_mode(), autocast():
-        out = model(t).float()
-    return out[0, :, :H, :W].numpy()
+        out = model(batch).float()
+    out = torch.stack([o.flip([d - 1 for d in f]) if f else o for o, f in zip(out, flips)]).mean(0)
+    return out[:, :H, :W].numpy()
 
 
 def decode(out: np.ndarray, score_threshold: float = 0.3, nms_iou: float = 0.5
@@ -311,8 +327,8 @@ def _tidy(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def detect_chromosomes(image: np.ndarray, model: Path | str | torch.nn.Module, device: str | None = None,
-                       score_threshold: float = 0.3, cancel: CancelToken | None = None,
-                       work_scale: float | None = None) -> Job[dict[str, Any]]:
+                       score_threshold: float = DEFAULT_SCORE, cancel: CancelToken | None = None,
+                       work_scale: float | None = None, tta: int = DEFAULT_TTA) -> Job[dict[str, Any]]:
     """``{"labels", "boxes", "scores", "seconds"}`` for one spread.
 
     Magnification is normalised (:func:`magnification`): a spread imaged larger or
@@ -348,7 +364,7 @@ def detect_chromosomes(image: np.ndarray, model: Path | str | torch.nn.Module, d
     f = min(float(work_scale), MAX_SIDE / max(H, W))
     xs = resize(x, (round(H * f), round(W * f)), order=1, anti_aliasing=True).astype(np.float32) if f != 1 else x
     check_cancel(cancel)
-    out = _forward_padded(net.cpu() if policy.device.type == "cpu" else net, xs, policy.autocast)
+    out = _forward_padded(net.cpu() if policy.device.type == "cpu" else net, xs, policy.autocast, tta)
     yield Progress(1, 2, "detect", "separating chromosomes")
     boxes, scores = decode(out, score_threshold)
     fg = 1 / (1 + np.exp(-out[0])) > 0.5
