@@ -151,7 +151,7 @@ def test_reader_voc_coco_and_foreign(tmp_path):
     assert kinds == ["shapes", "labels"]
     rect = layers[0][0][0]
     np.testing.assert_allclose(rect.min(0), [3, 2]) and np.testing.assert_allclose(rect.max(0), [8, 12])  # (row, col)
-    assert layers[0][1]["features"]["score"] == [0.5]
+    assert layers[0][1]["features"]["score"].tolist() == [0.5]
     assert layers[1][0].max() == 1
     other = tmp_path / "o.json"
     other.write_text(json.dumps({"hello": 1}))
