@@ -315,6 +315,8 @@ def shard_batches(batches: Iterable[Any]) -> Any:
     if not active():
         return batches
     r, w = rank(), world_size()
+    if getattr(batches, "shard_after_fetch", False):  # engine/data.py: the global batch, then this rank's share
+        return ShardedBatches(batches, r, w)
     if isinstance(batches, torch.utils.data.DataLoader) and batches.batch_sampler is not None:
         return ShardedLoader(batches, r, w)
     return ShardedBatches(batches, r, w)

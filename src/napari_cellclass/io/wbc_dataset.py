@@ -27,6 +27,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..engine.augment import affine_colour_batch, dihedral, dihedral_batch  # noqa: F401  (dihedral: also for TTA)
+from ..engine.augment import affine_colour_batch as augment_batch  # noqa: F401  (the old name)
+from ..engine.data import SeededBatches
 from ..errors import InputError
 from .limits import ScanReport, read_image, safe_relative, scan_files, to_uint8
 
@@ -262,15 +265,8 @@ def to_tensor(crops: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """One of the 8 flips/90-degree rotations/transposes of a (..., H, W) tensor."""
-    if k >= 4:
-        x = x.transpose(-1, -2)
-    return torch.rot90(x, k % 4, dims=(-2, -1))
-
-
-class CropBatches:
-    """Batches of (images, targets) over in-memory crops, reshuffled every epoch.
+class CropBatches(SeededBatches):
+    """Batches of (images, targets) over in-memory crops, reshuffled every epoch (the seed's flips/turns).
 
     ``balance="sampler"`` draws with probability inversely proportional to the
     class frequency (with replacement), so rare classes (monocytes in BCCD) are
@@ -285,25 +281,23 @@ class CropBatches:
         self.gen = torch.Generator().manual_seed(int(seed))
         counts = torch.bincount(self.y, minlength=num_classes or int(self.y.max()) + 1).float()
         self.sample_weights = (1.0 / counts.clamp_min(1))[self.y]
+        self.min_batch = 2  # batch norm needs two samples
 
     def __len__(self) -> int:
         return max(1, (len(self.y) + self.batch_size - 1) // self.batch_size)
 
-    def __iter__(self):
+    def order(self) -> torch.Tensor:
         n = len(self.y)
         if self.balance == "sampler":
-            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=self.gen)
-        else:
-            order = torch.randperm(n, generator=self.gen)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            if len(idx) < 2 and n >= 2:  # batch norm needs two samples
-                continue
-            xb = self.x[idx]
-            if self.augment:
-                ks = torch.randint(0, 8, (len(idx),), generator=self.gen).tolist()
-                xb = torch.stack([dihedral(img, k) for img, k in zip(xb, ks)])
-            yield xb, self.y[idx]
+            return torch.multinomial(self.sample_weights, n, replacement=True, generator=self.gen)
+        return torch.randperm(n, generator=self.gen)
+
+    def fetch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        xb = self.x[idx]
+        if self.augment:
+            xb = dihedral_batch(xb, self.gen)
+        return xb, self.y[idx]
 
 
 def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -367,63 +361,6 @@ def load_fixed_crops(records: Sequence[WBCRecord], window: float, size: int, mar
     return out
 
 
-def augment_batch(x: torch.Tensor, size: int, gen: torch.Generator, *, rotate: bool = True,
-                  shift: float = 0.06, scale: float = 0.08, colour: float = 0.12, hue: float = 0.03,
-                  blur_p: float = 0.25) -> torch.Tensor:
-    """Random rotation (0-360), mirror, shift, mild scale, colour jitter and blur for a batch.
-
-    ``x`` is (N, 3, S, S) in [0, 1] with S >= size * sqrt(2) margin; the output is
-    the centre ``size`` x ``size`` view, so a rotation never shows invented corners.
-    Colour changes stay mild: the stain (orange eosinophil granules, blue
-    lymphocyte cytoplasm) is part of the class.
-    """
-    import math
-
-    import torch.nn.functional as F
-
-    n, _, s, _ = x.shape
-    u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
-    theta_ang = u(n) * 2 * math.pi if rotate else torch.zeros(n)
-    flip = torch.where(u(n) < 0.5, -1.0, 1.0)
-    zoom = 1.0 + (u(n) * 2 - 1) * scale
-    frac = size / s  # the view covers this fraction of the stored crop
-    cos, sin = torch.cos(theta_ang), torch.sin(theta_ang)
-    a = torch.zeros(n, 2, 3)
-    a[:, 0, 0] = cos * frac / zoom * flip
-    a[:, 0, 1] = -sin * frac / zoom
-    a[:, 1, 0] = sin * frac / zoom * flip
-    a[:, 1, 1] = cos * frac / zoom
-    a[:, :, 2] = (u(n, 2) * 2 - 1) * shift * 2 * frac
-    grid = F.affine_grid(a, [n, 3, size, size], align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    if colour:
-        b = 1.0 + (u(n, 1, 1, 1) * 2 - 1) * colour
-        c = 1.0 + (u(n, 1, 1, 1) * 2 - 1) * colour
-        sat = 1.0 + (u(n, 1, 1, 1) * 2 - 1) * colour
-        mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        out = (out - mean) * c + mean
-        gray = out.mean(dim=1, keepdim=True)
-        out = (out - gray) * sat + gray
-        out = out * b
-    if hue:
-        # small hue rotation: mix channels with a rotation about the gray axis
-        ang = (u(n) * 2 - 1) * hue * 2 * math.pi
-        k = torch.full((3,), 1 / math.sqrt(3))
-        cos_h, sin_h = torch.cos(ang), torch.sin(ang)
-        kx = torch.tensor([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-        outer = torch.outer(k, k)
-        rot = (cos_h[:, None, None] * torch.eye(3) + sin_h[:, None, None] * kx
-               + (1 - cos_h)[:, None, None] * outer)
-        out = torch.einsum("nij,njhw->nihw", rot, out)
-    if blur_p:
-        sel = u(n) < blur_p
-        if bool(sel.any()):
-            kern = torch.tensor([1.0, 2.0, 1.0]) / 4
-            k2 = (kern[:, None] * kern[None, :]).expand(3, 1, 3, 3)
-            out[sel] = F.conv2d(F.pad(out[sel], (1, 1, 1, 1), mode="replicate"), k2, groups=3)
-    return out.clamp_(0.0, 1.0)
-
-
 def normalise(x01: torch.Tensor) -> torch.Tensor:
     """[0, 1] NCHW -> ImageNet-normalised (what :func:`to_tensor` gives for uint8 crops)."""
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -431,7 +368,7 @@ def normalise(x01: torch.Tensor) -> torch.Tensor:
     return (x01 - mean) / std
 
 
-class AugmentedCropBatches:
+class AugmentedCropBatches(SeededBatches):
     """Batches over wide fixed-scale crops with :func:`augment_batch`; class-balanced by default.
 
     ``epoch_size`` (default: the number of crops) sets how many samples one epoch
@@ -452,22 +389,22 @@ class AugmentedCropBatches:
     def __len__(self) -> int:
         return max(1, self.epoch_size // self.batch_size)
 
-    def __iter__(self):
+    def order(self) -> torch.Tensor:
         n = len(self.y)
         total = len(self) * self.batch_size
         if self.balance == "sampler":
-            order = torch.multinomial(self.sample_weights, total, replacement=True, generator=self.gen)
+            return torch.multinomial(self.sample_weights, total, replacement=True, generator=self.gen)
+        return torch.cat([torch.randperm(n, generator=self.gen) for _ in range(total // n + 1)])[:total]
+
+    def fetch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        xb = self.x[idx].float().div_(255.0)
+        if self.augment:
+            xb = affine_colour_batch(xb, self.size, self.gen)
         else:
-            order = torch.cat([torch.randperm(n, generator=self.gen) for _ in range(total // n + 1)])[:total]
-        for start in range(0, total, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            xb = self.x[idx].float().div_(255.0)
-            if self.augment:
-                xb = augment_batch(xb, self.size, self.gen)
-            else:
-                off = (xb.shape[-1] - self.size) // 2
-                xb = xb[..., off : off + self.size, off : off + self.size]
-            yield normalise(xb), self.y[idx]
+            off = (xb.shape[-1] - self.size) // 2
+            xb = xb[..., off : off + self.size, off : off + self.size]
+        return normalise(xb), self.y[idx]
 
 
 def require_stained_rgb(image: np.ndarray, what: str = "the blood classifier") -> np.ndarray:

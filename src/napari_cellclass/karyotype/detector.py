@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.data import SeededBatches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
 from ..errors import InputError
 
@@ -156,7 +157,7 @@ def load_spreads(pairs: Sequence[tuple[Path, Path]], cancel: CancelToken | None 
     return out
 
 
-class PatchBatches:
+class PatchBatches(SeededBatches):
     """Random scaled, flipped, rotated patches with their targets; ``per_spread`` patches per epoch."""
 
     def __init__(self, spreads: Sequence[Spread], batch_size: int = 8, per_spread: int = 4,
@@ -201,14 +202,16 @@ class PatchBatches:
             t["size"] = t["size"][::-1].copy()
         return geo(xp.astype(np.float32)), t
 
-    def __iter__(self):
+    def order(self) -> list[int]:
         order = [i for i in range(len(self.spreads)) for _ in range(self.per_spread)]
         self.rng.shuffle(order)
-        for start in range(0, len(order), self.batch_size):
-            items = [self._sample(self.spreads[i]) for i in order[start:start + self.batch_size]]
-            x = torch.from_numpy(np.stack([it[0] for it in items]))[:, None]
-            t = {key: torch.from_numpy(np.stack([it[1][key] for it in items])) for key in items[0][1]}
-            yield x, t
+        return order
+
+    def fetch(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        items = [self._sample(self.spreads[i]) for i in indices]
+        x = torch.from_numpy(np.stack([it[0] for it in items]))[:, None]
+        t = {key: torch.from_numpy(np.stack([it[1][key] for it in items])) for key in items[0][1]}
+        return x, t
 
 
 def _clip_boxes(boxes: np.ndarray, P: int) -> np.ndarray:
@@ -438,7 +441,7 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
 
     # the last epoch is kept (cosine schedule): choosing an epoch on the validation spreads would
     # make their numbers optimistic
-    return TrainSpec(model=model, batches=batches, loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
+    return TrainSpec(model=model, batches=batches.loader(), loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
                      evaluate=evaluate_fn, monitor="epoch", mode="max",
                      summary={"n_train": len(train_s), "n_val": len(val_s)})
 

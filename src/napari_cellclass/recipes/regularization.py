@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.augment import flips_and_turns as augment_batch  # noqa: F401  (the batch augmenters live together)
+
 
 def find_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear] | None:
     """The last ``nn.Linear`` in module order (the classifier head) with its parent."""
@@ -70,22 +72,3 @@ def make_dropconnect(linear: nn.Linear, p: float) -> nn.Linear:
     linear.__class__ = DropConnectLinear
     linear.drop_p = float(p)
     return linear
-
-
-def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Cheap label-preserving augmentation for cell crops: random flips and 90-degree turns.
-
-    Used by tasks when ``recipe.augment`` is on (microscopy has no canonical orientation).
-    """
-    if x.ndim != 4:
-        return x
-    n = x.shape[0]
-    dev = x.device
-    flip_h = torch.rand(n, generator=generator).to(dev) < 0.5
-    flip_v = torch.rand(n, generator=generator).to(dev) < 0.5
-    x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
-    x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
-    if x.shape[-1] == x.shape[-2]:
-        turn = torch.rand(n, generator=generator).to(dev) < 0.5
-        x = torch.where(turn[:, None, None, None], x.transpose(-1, -2), x)
-    return x

@@ -17,7 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..engine.augment import affine_gamma_batch as augment_batch  # the chromosome batch augmenter
 from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, read_meta
+from ..engine.data import SeededBatches
 from ..engine.device import resolve_device
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
@@ -92,8 +94,8 @@ def arch_config(arch: str, opts) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- data
-class CropBatches:
-    """Shuffled, flipped mini-batches of prepared crops; prepared once when they fit in memory."""
+class CropBatches(SeededBatches):
+    """Shuffled, augmented mini-batches of prepared crops; prepared once when they fit in memory."""
 
     def __init__(self, crops: Sequence[np.ndarray], labels: Sequence[int], size: Sequence[int],
                  pad_to: int | Sequence[float] | None, batch_size: int, shuffle: bool = True,
@@ -132,53 +134,19 @@ class CropBatches:
             return self.cache[idx]
         return torch.stack([torch.from_numpy(self._prep(int(i)))[None] for i in idx])
 
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+    def order(self) -> torch.Tensor:
+        """This epoch's order; its generator (seed, epoch) then draws the epoch's augmentation."""
+        self._g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
         self.epoch += 1
         n = len(self.crops)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            x = self.get(idx)
-            if self.augment:
-                x = augment_batch(x, g, strength=self.augment if isinstance(self.augment, float) else 1.0)
-            yield x, self.labels[idx]
+        return torch.randperm(n, generator=self._g) if self.shuffle else torch.arange(n)
 
-
-def augment_batch(x: torch.Tensor, g: torch.Generator, strength: float = 1.0) -> torch.Tensor:
-    """Light geometric and photometric jitter of prepared crops (B, 1, H, W) in 0..1.
-
-    Flips, a small rotation (the crops are already upright, so only about +-10 deg),
-    scale and shift jitter (other labs image at other magnifications), then contrast,
-    gamma and blur jitter (other labs stain and focus differently).  ``strength`` 0
-    leaves the batch untouched but for flips.
-    """
-    import math
-
-    import torch.nn.functional as F
-
-    b = x.shape[0]
-    rnd = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
-    flip_v, flip_h = rnd(b) < 0.5, rnd(b) < 0.5
-    x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
-    x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
-    if strength <= 0:
-        return x
-    ang = (rnd(b) * 2 - 1) * math.radians(10) * strength
-    scale = 1 + (rnd(b) * 2 - 1) * 0.12 * strength
-    shift = (rnd(b, 2) * 2 - 1) * 0.05 * strength
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    gamma = torch.exp((rnd(b, 1, 1, 1) * 2 - 1) * 0.35 * strength)
-    x = x.clamp(0, 1) ** gamma * (0.8 + 0.4 * rnd(b, 1, 1, 1))
-    blur = rnd(b) < 0.3 * strength
-    if blur.any():
-        k = torch.tensor([0.25, 0.5, 0.25])
-        k2 = (k[:, None] * k[None, :])[None, None]
-        x = torch.where(blur[:, None, None, None], F.conv2d(x, k2, padding=1), x)
-    return x.clamp(0, 1.2)
+    def fetch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        x = self.get(idx)
+        if self.augment:
+            x = augment_batch(x, self._g, strength=self.augment if isinstance(self.augment, float) else 1.0)
+        return x, self.labels[idx]
 
 
 class Oriented:
@@ -347,7 +315,7 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
             metrics=dict(best), trained_on=str(opts.get("trained_on", data)),
         )
 
-    return TrainSpec(model=model, batches=batches, loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
+    return TrainSpec(model=model, batches=batches.loader(), loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
                      evaluate=evaluate_fn, monitor="accuracy", mode="max",
                      summary={"arch": arch, "arch_config": cfg, "n_train": len(train_s), "n_val": len(val_s),
                               "pad_to": pad_to, "pad_rel": pad_rel})

@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine.augment import flip_detection
 from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, load_checkpoint
+from ..engine.data import SeededBatches
 from ..engine.device import resolve_device
 from ..engine.progress import CancelToken, Job, Progress, check_cancel, run_sync
 from ..errors import InputError
@@ -85,12 +87,13 @@ def _tensor(rgb: np.ndarray) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- training data
 
-class _Batches:
-    """(images, targets) batches for torchvision detectors; random flips when augmenting."""
+class _Batches(SeededBatches):
+    """(images, targets) batches for torchvision detectors; random flips (torchvision v2) when augmenting."""
 
     def __init__(self, ds: DetectionDataset, batch_size: int, *, masks: bool, augment: bool, seed: int,
                  cache: bool = True):
         self.ds, self.bs, self.masks, self.augment = ds, max(1, batch_size), masks, augment
+        self.batch_size = self.bs
         self.rng = np.random.default_rng(seed)
         self.cache: dict[int, np.ndarray] | None = {} if cache else None
         self.idx = [i for i in range(len(ds)) if len(ds.items[i]) > 0]
@@ -109,35 +112,27 @@ class _Batches:
 
     def sample(self, i: int, flip: tuple[bool, bool] = (False, False)) -> tuple[torch.Tensor, dict]:
         img = self._image(i)
-        h, w = img.shape[:2]
-        boxes = self.ds.items[i].boxes.copy()
         target: dict[str, torch.Tensor] = {"labels": torch.from_numpy(self.ds.label_ids(i))}
-        m = self.ds.masks(i, (h, w)) if self.masks else None
-        if flip[0]:
-            img = img[:, ::-1]
-            boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
-            m = m[:, :, ::-1] if m is not None else None
-        if flip[1]:
-            img = img[::-1]
-            boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
-            m = m[:, ::-1] if m is not None else None
-        target["boxes"] = torch.as_tensor(boxes, dtype=torch.float32)
+        m = self.ds.masks(i, img.shape[:2]) if self.masks else None
+        x, target["boxes"], m = flip_detection(_tensor(img), self.ds.items[i].boxes, m, *flip)
         if m is not None:
-            target["masks"] = torch.from_numpy(np.ascontiguousarray(m))
-        return _tensor(img), target
+            target["masks"] = m
+        return x, target
 
-    def __iter__(self):
+    def order(self) -> list[int]:
         order = list(self.idx)
         if self.augment:
             self.rng.shuffle(order)
-        for k in range(0, len(order), self.bs):
-            images, targets = [], []
-            for i in order[k:k + self.bs]:
-                flip = (bool(self.rng.random() < 0.5), bool(self.rng.random() < 0.5)) if self.augment else (False, False)
-                im, t = self.sample(i, flip)
-                images.append(im)
-                targets.append(t)
-            yield images, targets
+        return order
+
+    def fetch(self, indices: list[int]) -> tuple[list[torch.Tensor], list[dict]]:
+        images, targets = [], []
+        for i in indices:
+            flip = (bool(self.rng.random() < 0.5), bool(self.rng.random() < 0.5)) if self.augment else (False, False)
+            im, t = self.sample(i, flip)
+            images.append(im)
+            targets.append(t)
+        return images, targets
 
 
 def _detection_loss(model: torch.nn.Module, batch: Any, epoch: int) -> torch.Tensor:
@@ -277,7 +272,7 @@ def _train_spec(ctx, train_ds: DetectionDataset, val_ds: DetectionDataset | None
         )
 
     return TrainSpec(
-        model=model, batches=batches, loss_fn=dc.loss_fn if centernet else _detection_loss, recipe=recipe,
+        model=model, batches=batches.loader(), loss_fn=dc.loss_fn if centernet else _detection_loss, recipe=recipe,
         make_meta=make_meta, evaluate=evaluate_fn, monitor="mAP50" if validate else "loss",
         mode="max" if validate else "min",
         summary={"classes": classes, "arch": arch, "train_images": len(train_ds),

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.data import SeededBatches
 from ..engine.progress import Job, Progress, check_cancel
 from ..io.detection_dataset import DetectionDataset
 from ..models.centernet import CenterNet, STRIDE, centernet_loss, decode, encode_targets
@@ -52,12 +53,13 @@ def _canvas(h: int, w: int) -> tuple[int, int]:
     return int(math.ceil(h / ALIGN) * ALIGN), int(math.ceil(w / ALIGN) * ALIGN)
 
 
-class CenterNetBatches:
+class CenterNetBatches(SeededBatches):
     """Augmented (images, targets) batches at the model's pixel scale, images cached as uint8."""
 
     def __init__(self, ds: DetectionDataset, batch_size: int, scale: float, *, augment: bool = True,
                  seed: int = 0, zoom: float = 0.2, colour: float = 0.1):
         self.ds, self.bs, self.scale, self.augment = ds, max(1, int(batch_size)), float(scale), augment
+        self.batch_size = self.bs
         self.zoom, self.colour = float(zoom), float(colour)
         self.rng = np.random.default_rng(seed)
         self.num_classes = len(ds.classes)
@@ -130,21 +132,21 @@ class CenterNetBatches:
             out = out.clamp_(0, 1)
         return out, c[keep], labels[keep]
 
-    def __iter__(self):
-        order = self.rng.permutation(len(self.images)) if self.augment else np.arange(len(self.images))
+    def order(self) -> np.ndarray:
+        return self.rng.permutation(len(self.images)) if self.augment else np.arange(len(self.images))
+
+    def fetch(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ch, cw = self.canvas
-        oh, ow = ch // STRIDE, cw // STRIDE
-        for k in range(0, len(order), self.bs):
-            transpose = bool(self.augment and self.rng.random() < 0.5)
-            h, w = (cw, ch) if transpose else (ch, cw)
-            xs, targets = [], []
-            for i in order[k:k + self.bs]:
-                x, b, lab = self._place(self.images[i], self.boxes[i], self.labels[i], h, w, transpose)
-                xs.append(x)
-                targets.append(encode_targets(torch.from_numpy(b), torch.from_numpy(lab.astype(np.int64)),
-                                              self.num_classes, (h // STRIDE, w // STRIDE)))
-            batch_t = {key: torch.stack([t[key] for t in targets]) for key in targets[0]}
-            yield torch.stack(xs), batch_t
+        transpose = bool(self.augment and self.rng.random() < 0.5)
+        h, w = (cw, ch) if transpose else (ch, cw)
+        xs, targets = [], []
+        for i in indices:
+            x, b, lab = self._place(self.images[i], self.boxes[i], self.labels[i], h, w, transpose)
+            xs.append(x)
+            targets.append(encode_targets(torch.from_numpy(b), torch.from_numpy(lab.astype(np.int64)),
+                                          self.num_classes, (h // STRIDE, w // STRIDE)))
+        batch_t = {key: torch.stack([t[key] for t in targets]) for key in targets[0]}
+        return torch.stack(xs), batch_t
 
 
 def loss_fn(model: torch.nn.Module, batch: Any, epoch: int) -> torch.Tensor:

@@ -305,7 +305,7 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
     # validation set itself; "best" keeps the epoch with the best validation macro F1
     monitor, mode = ("epoch", "max") if select == "last" else (("macro_f1", "max") if has_val else ("loss", "min"))
     return TrainSpec(
-        model=model, batches=batches, loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
+        model=model, batches=batches.loader(), loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
         evaluate=evaluate if has_val else None, monitor=monitor, mode=mode, optimizer=optimizer,
         summary={"class_names": class_names, "n_train": len(train_recs), "n_val": len(val_recs), "loss": loss_kind,
                  "arch": arch, "crop": crop,
