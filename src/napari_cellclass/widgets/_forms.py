@@ -17,8 +17,9 @@ the fields scriptable the way the widgets' earlier Qt fields were.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from magicgui.widgets import ComboBox, FileEdit
 from magicgui.widgets.bases import Widget as MagicWidget
@@ -36,22 +37,22 @@ def _native(w: Any) -> Any:
 class _QtStyle:
     """Qt combo-box style access to a magicgui ComboBox (scripts and tests used these)."""
 
-    def currentText(self) -> str:  # noqa: N802
+    def currentText(self) -> str:
         return self.native.currentText()
 
-    def setCurrentText(self, text: str) -> None:  # noqa: N802
+    def setCurrentText(self, text: str) -> None:
         self.native.setCurrentText(text)
 
-    def findText(self, text: str) -> int:  # noqa: N802
+    def findText(self, text: str) -> int:
         return self.native.findText(text)
 
     def count(self) -> int:
         return self.native.count()
 
-    def itemText(self, i: int) -> str:  # noqa: N802
+    def itemText(self, i: int) -> str:
         return self.native.itemText(i)
 
-    def setToolTip(self, text: str) -> None:  # noqa: N802
+    def setToolTip(self, text: str) -> None:
         self.tooltip = text
 
 
@@ -127,14 +128,14 @@ class PathEdit(FileEdit):
         """The path as typed ("" when empty)."""
         return str(self.line_edit.value).strip()
 
-    def setText(self, text: str | Path) -> None:  # noqa: N802
+    def setText(self, text: str | Path) -> None:
         self.line_edit.value = str(text)
 
     def path(self) -> Path | None:
         text = self.text()
         return Path(text).expanduser() if text else None
 
-    def setEnabled(self, enabled: bool) -> None:  # noqa: N802
+    def setEnabled(self, enabled: bool) -> None:
         self.enabled = enabled
 
 

@@ -10,11 +10,19 @@ train one.  ``value`` resolves the choice through :func:`napari_cellclass.zoo.re
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .. import zoo
 from ..errors import CellClassError
@@ -130,7 +138,7 @@ class ModelChooser(QWidget):
         """What is chosen: a built-in name, a path, or ``""``."""
         return self.combo.currentText().strip()
 
-    def setText(self, spec: str | Path | None) -> None:  # noqa: N802 (QLineEdit-compatible)
+    def setText(self, spec: str | Path | None) -> None:
         """Choose a built-in by name or a checkpoint by path (as typed or browsed)."""
         text = "" if spec is None else str(spec)
         i = self.combo.findText(text)

@@ -20,7 +20,8 @@ widget used to wire by hand:
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
@@ -49,7 +50,7 @@ class _Outcome:
     """What came out of a job: its value or its exception (kept out of superqt's error handling,
     which drops a RuntimeError raised by a job without a signal)."""
 
-    __slots__ = ("value", "error")
+    __slots__ = ("error", "value")
 
     def __init__(self, value: Any = None, error: BaseException | None = None):
         self.value, self.error = value, error
@@ -172,12 +173,12 @@ class JobRunner:
             self.progress.setRange(0, SCALE)
             self.progress.setValue(0)
             show_info(self.cancelled_text)
-            return None
+            return
         msg = exc if isinstance(exc, str) else error_message(exc, self.context)
         self.last_error = msg
         self.status.setText(f"error: {msg}")
         show_error(msg)
-        return None
+        return
 
     def _finish(self, outcome: _Outcome, on_done: Callable[[Any], Any]) -> Any:
         self._outcome_seen = True

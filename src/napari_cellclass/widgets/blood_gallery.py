@@ -188,7 +188,7 @@ class ReviewGallery(QWidget):
         self.selected = index
         self.rebuild()
 
-    def keyPressEvent(self, event: Any) -> None:  # noqa: N802 (Qt override)
+    def keyPressEvent(self, event: Any) -> None:
         key = event.key()
         if Qt.Key_1 <= key <= Qt.Key_9:
             k = key - Qt.Key_1

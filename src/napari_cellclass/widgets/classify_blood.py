@@ -24,60 +24,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from qtpy.QtWidgets import (
-    QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QTableWidget, QTableWidgetItem, QWidget,
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QWidget,
 )
 
 from ..errors import CellClassError
-from ..synth.blood import CLASS_COLOURS, boxes_to_rectangles
+from ..layers import (
+    CLASSIFIED_SUFFIX,
+    add_layers,
+    blood_colours,
+    blood_tag,
+    smear_layers,
+    wbc_layers,
+)
+from ..layers import SMEAR_SUFFIX as RESULT_SUFFIX
+from ..synth.blood import CLASS_COLOURS
 from ._forms import DeviceChoice, LayerChoice, add_all, form, scrolling_layout
 from ._model_chooser import ModelChooser
 from ._runner import JobRunner
 
 NO_CELLS = ""
-RESULT_SUFFIX = " smear analysis"
-CLASSIFIED_SUFFIX = " (classified)"
-OTHER_COLOURS = {"RBC": (0.9, 0.25, 0.25, 0.9), "Platelets": (1.0, 0.85, 0.1, 1.0), "WBC": (0.1, 0.9, 0.9, 1.0)}
 LABEL_COLUMNS = ("label", "class", "name", "category", "type")
-
-
-def colour_of(kind: str, wbc_class: str) -> tuple[float, ...]:
-    if wbc_class:
-        return CLASS_COLOURS.get(wbc_class, (0.6, 0.6, 0.6, 1.0))
-    return OTHER_COLOURS.get(kind, (1.0, 1.0, 0.0, 1.0))
-
-
-def result_features(res: dict[str, Any]) -> pd.DataFrame:
-    """The analysis as layer features (one row per detected object)."""
-    from ..tasks.blood import count_kind
-
-    names = list(res["class_names"])
-    n = len(res["labels"])
-    probs = np.full((n, len(names)), np.nan)
-    for k, i in enumerate(res["wbc_index"]):
-        probs[i] = res["probabilities"][k]
-    df = pd.DataFrame({
-        "label": pd.Series([str(v) for v in res["labels"]], dtype=object),
-        "score": np.asarray(res["scores"], dtype=float),
-        "kind": pd.Series([count_kind(v) for v in res["labels"]], dtype=object),
-        "wbc_class": pd.Series(list(res["wbc_class"]), dtype=object),
-        "wbc_score": np.asarray(res["wbc_score"], dtype=float),
-        "reviewed_class": pd.Series(list(res["wbc_class"]), dtype=object),
-        "corrected": np.zeros(n, dtype=bool),
-    })
-    for j, c in enumerate(names):
-        df[f"p_{c}"] = probs[:, j]
-    return df
-
-
-def _tag(row: pd.Series) -> str:
-    c = row.get("reviewed_class") or ""
-    if not c:
-        return ""
-    s = row.get("wbc_score")
-    mark = "*" if bool(row.get("corrected", False)) else ""
-    return f"{c[:4]}{mark} {s:.2f}" if isinstance(s, float) and np.isfinite(s) and not mark else f"{c[:4]}{mark}"
 
 
 class ClassifyBloodWidget(QWidget):
@@ -278,85 +252,49 @@ class ClassifyBloodWidget(QWidget):
     def _analysed(self, res: dict[str, Any]) -> None:
         self.result = res
         self.result_image = self._pending_image
-        features = result_features(res)
-        base = getattr(self, "_source_layer", None)
-        name = f"{base.name if base is not None else 'smear'}{RESULT_SUFFIX}"
-        self._add_result_layer(name, boxes_to_rectangles(res["boxes"]), features)
+        self._add_result_layer(smear_layers(res, source=getattr(self, "_source_layer", None)))
         self._show_counts()
         self.device_label.setText(f"device: {res['device']}")
         self.status.setText(f"{res['message']}; {res['seconds']['total']:.2f} s")
-        for b in self.result_buttons:
-            b.setEnabled(True)
-        if self.gallery is not None:
-            self.gallery.rebuild()
+        self._result_ready()
 
     def _classified(self, res: dict[str, Any]) -> None:
         """Own boxes classified: a new layer with the user's features plus the new columns."""
-        layer, idx = self._cells_layer, self._selected
-        names = list(res["class_names"])
-        probs = np.asarray(res["probabilities"]).reshape(-1, len(names))
-        if layer._type_string == "shapes":
-            rects = [np.asarray(d) for d in layer.data]
-            features = layer.features.copy().reset_index(drop=True)
-            shape_types = list(layer.shape_type)
-        else:
-            rects = boxes_to_rectangles(res["boxes"])
-            features = pd.DataFrame({"label_id": np.asarray(res["label_ids"])})
-            shape_types = ["rectangle"] * len(rects)
-            idx = np.arange(len(rects))
+        layer = self._cells_layer
+        is_shapes = layer._type_string == "shapes"
+        tuples = wbc_layers(res, cells=layer, selected=self._selected if is_shapes else None)
+        rects, kwargs, _ = tuples[0]
+        features = kwargs["features"]
         n = len(rects)
-        wbc_class, wbc_score = [""] * n, np.full(n, np.nan)
-        p = np.full((n, len(names)), np.nan)
-        for k, i in enumerate(idx):
-            wbc_class[i], wbc_score[i], p[i] = res["classes"][k], float(res["scores"][k]), probs[k]
-        new = {"wbc_class": pd.Series(wbc_class, dtype=object), "wbc_score": wbc_score,
-               "reviewed_class": pd.Series(wbc_class, dtype=object), "corrected": np.zeros(n, dtype=bool)}
-        new.update({f"p_{c}": p[:, j] for j, c in enumerate(names)})
-        clash = [c for c in [*new, "kind", "tag"] if c in features.columns]
-        features = features.rename(columns={c: f"{c}_user" for c in clash})  # the copy keeps them, renamed
-        for col, values in new.items():
-            features[col] = values
-        features["kind"] = ["WBC" if c else "" for c in wbc_class]
+        idx = [int(i) for i in self._selected] if is_shapes else list(range(n))
         boxes = np.array([[r[:, -2].min(), r[:, -1].min(), r[:, -2].max(), r[:, -1].max()] for r in rects]) \
             if rects else np.zeros((0, 4))
         self.result = {"boxes": boxes, "labels": list(features.get("kind", [""] * n)),
-                       "scores": np.ones(n), "wbc_class": wbc_class, "wbc_score": wbc_score,
-                       "wbc_index": [int(i) for i in idx], "probabilities": probs, "class_names": names,
+                       "scores": np.ones(n), "wbc_class": list(features["wbc_class"]),
+                       "wbc_score": np.asarray(features["wbc_score"], dtype=float),
+                       "wbc_index": idx, "probabilities": np.asarray(res["probabilities"]),
+                       "class_names": list(res["class_names"]),
                        "counts": {"RBC": 0, "WBC": len(idx), "Platelets": 0}, "score_threshold": 1.0,
                        "models": {}, "device": res["device"], "seconds": {"total": res["seconds"]},
                        "message": f"{len(idx)} white cell(s) classified", "boxes_from": f"layer {layer.name}"}
         self.result_image = self._pending_image
-        self._add_result_layer(f"{layer.name}{CLASSIFIED_SUFFIX}", rects, features, shape_types)
+        self._add_result_layer(tuples)
         self._show_counts()
         skipped = n - len(idx)
         self.status.setText(f"{len(idx)} white cell(s) classified" + (f"; {skipped} other box(es) left as they are"
                                                                         if skipped else "")
                             + f"; model trained on: {res.get('trained_on', 'unknown')}")
+        self._result_ready()
+
+    def _add_result_layer(self, tuples: list) -> None:
+        """Our result layer (layers.py decides its look; our own earlier one for this input is replaced)."""
+        self.output_layer = add_layers(self.viewer, tuples)[0]
+
+    def _result_ready(self) -> None:
         for b in self.result_buttons:
             b.setEnabled(True)
         if self.gallery is not None:
             self.gallery.rebuild()
-
-    def _add_result_layer(self, name: str, rects: list, features: pd.DataFrame,
-                          shape_types: list[str] | None = None) -> None:
-        if name in self.viewer.layers:  # our own earlier result for this image: replace it
-            self.viewer.layers.remove(name)
-        features = features.reset_index(drop=True)
-        features["tag"] = [_tag(r) for _, r in features.iterrows()] if len(features) else pd.Series([], dtype=object)
-        kwargs: dict[str, Any] = dict(name=name, features=features, face_color="transparent", edge_width=3)
-        if rects:
-            kwargs["shape_type"] = shape_types or "rectangle"
-            kwargs["edge_color"] = self._colours(features)
-            kwargs["text"] = {"string": "{tag}", "color": "white", "size": 9, "anchor": "upper_left"}
-        layer = self.viewer.add_shapes(rects or None, **kwargs)
-        if len(rects):
-            layer.edge_width = [3 if k == "WBC" else 1 for k in features.get("kind", ["WBC"] * len(rects))]
-        self.output_layer = layer
-
-    @staticmethod
-    def _colours(features: pd.DataFrame) -> np.ndarray:
-        kinds = features["kind"] if "kind" in features.columns else [""] * len(features)
-        return np.array([colour_of(str(k), str(c or "")) for k, c in zip(kinds, features["reviewed_class"])])
 
     # ------------------------------------------------------------------ review
     def reviewed_classes(self) -> list[str]:
@@ -375,9 +313,9 @@ class ClassifyBloodWidget(QWidget):
         feats = layer.features.copy()
         feats.loc[index, "reviewed_class"] = str(new_class)
         feats.loc[index, "corrected"] = str(new_class) != str(feats.loc[index, "wbc_class"])
-        feats["tag"] = [_tag(r) for _, r in feats.iterrows()]
+        feats["tag"] = [blood_tag(r) for _, r in feats.iterrows()]
         layer.features = feats
-        layer.edge_color = self._colours(feats)
+        layer.edge_color = blood_colours(feats)
         layer.refresh_text()
         self._show_counts()
 

@@ -12,12 +12,12 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QTableWidget, QTableWidgetItem, QWidget
 
-from ._forms import Choice, DeviceChoice, LayerChoice, add_all, form, scrolling_layout
-from ._model_chooser import ModelChooser
-from ._runner import JobRunner
 from ..errors import CellClassError
 from ..io.hpa_reader import CHANNELS
 from ..zoo.provenance import synthetic_warning
+from ._forms import Choice, DeviceChoice, LayerChoice, add_all, form, scrolling_layout
+from ._model_chooser import ModelChooser
+from ._runner import JobRunner
 
 AUTO_CELLS = "(segment automatically)"
 
@@ -167,17 +167,9 @@ class ClassifyHPAWidget(QWidget):
         self.device_label.setText("device: " + result["device"])
 
     def _add_cells_layer(self, result: dict[str, Any]) -> None:
-        from ..tasks.hpa import features_table
+        from ..layers import add_layers, hpa_layers
 
-        name = "HPA cells"
-        feats = features_table(result)
-        if name in self.viewer.layers and self.viewer.layers[name]._type_string == "labels":
-            layer = self.viewer.layers[name]
-            layer.data = result["labels"]
-            layer.features = feats
-        else:
-            layer = self.viewer.add_labels(result["labels"], name=name, features=feats, opacity=0.4)
-        layer.metadata["hpa_class_names"] = result["class_names"]
+        add_layers(self.viewer, hpa_layers(result, source=self.channel_boxes[CHANNELS[0]].layer))
 
     def _fill_table(self, names: list[str], probs: np.ndarray, thr: list[float], predicted: set[str]) -> None:
         self.table.setSortingEnabled(False)

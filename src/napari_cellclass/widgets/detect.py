@@ -10,19 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from qtpy.QtWidgets import QDoubleSpinBox, QPushButton, QSpinBox, QWidget
 
+from ..errors import CellClassError
+from ..layers import class_colour_map  # noqa: F401  (kept importable from here)
+from ..tasks.base import TaskOptions
 from ._forms import DeviceChoice, LayerChoice, add_all, form, scrolling_layout
 from ._model_chooser import ModelChooser
 from ._runner import JobRunner
-from ..errors import CellClassError
-from ..io.annotation_reader import PALETTE
-from ..tasks.base import TaskOptions
-
-
-def class_colour_map(classes: list[str]) -> dict[str, str]:
-    return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(classes)}
 
 
 class DetectWidget(QWidget):
@@ -116,32 +111,15 @@ class DetectWidget(QWidget):
         return self.runner.start(job, self._show_result, sync=sync, busy_text="detecting...")
 
     def _show_result(self, r: dict[str, Any]) -> None:
+        from ..layers import add_layers, detect_layers
+
         self.last_result = r
         self.classes = list(r["class_names"])
-        colours = class_colour_map(self.classes)
-        base = self.image_combo.currentText() or "image"
-        rects = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]) for y0, x0, y1, x1 in r["boxes"]]
-        # explicit dtypes: with zero detections an untyped empty column became float and the
-        # default label ("cell") could not be stored in it
-        features = pd.DataFrame({"label": pd.Series([str(v) for v in r["labels"]], dtype=object),
-                                 "score": pd.Series(np.asarray(r["scores"], dtype=float), dtype=float)})
-        name = f"{base} detections"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        kwargs: dict[str, Any] = dict(name=name, shape_type="rectangle", features=features, face_color="transparent",
-                                      edge_width=2)
-        if rects:
-            kwargs["edge_color"] = [colours.get(lab, PALETTE[0]) for lab in r["labels"]]
-            kwargs["text"] = {"string": "{label} {score:.2f}", "size": 9, "color": "white", "anchor": "upper_left"}
-        layer = self.viewer.add_shapes(rects or None, **kwargs)
-        layer.feature_defaults = {"label": self.classes[0] if self.classes else "object", "score": 1.0}
-        if "instance_labels" in r:
-            lname = f"{base} instances"
-            if lname in self.viewer.layers:
-                self.viewer.layers.remove(lname)
-            self.viewer.add_labels(r["instance_labels"], name=lname, opacity=0.4)
+        source = self.image_combo.layer
+        layer = add_layers(self.viewer, detect_layers(r, source=source))[0]
+        rects = layer.data
         if rects:  # an empty result is not offered as training boxes
-            self.boxes_combo.setCurrentText(name)
+            self.boxes_combo.setCurrentText(layer.name)
         counts = {c: r["labels"].count(c) for c in self.classes}
         per_class = f" ({', '.join(f'{k}: {v}' for k, v in counts.items())})" if rects else ""
         self.status.setText(f"{r.get('message', f'{len(rects)} object(s)')}{per_class}; {r['tiles']} tile(s); "

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
@@ -34,7 +33,8 @@ from ..karyotype.assign import CLASS_NAMES
 from ..zoo.provenance import synthetic_warning
 from ._forms import Choice, DeviceChoice, LayerChoice, add_all, form, scrolling_layout
 from ._model_chooser import ModelChooser
-from ._runner import JobRunner, wrapping_label as _wrapping_label
+from ._runner import JobRunner
+from ._runner import wrapping_label as _wrapping_label
 
 LABELS_NAME = "chromosomes"
 SHAPES_NAME = "chromosome classes"
@@ -71,6 +71,7 @@ class KaryotypeWidget(QWidget):
         self._models: tuple[Path | None, Path | None, str] = (None, None, "")  # classifier, detector, segmenter
         self._device: str | None = None
         self._updating = False
+        self._hooked: set[int] = set()  # ids of labels layers whose edits we follow
         self._trained_on: str | None = None  # of the classifier behind the shown result (for the warning)
         self._edit_timer = QTimer(self)
         self._edit_timer.setSingleShot(True)
@@ -257,28 +258,18 @@ class KaryotypeWidget(QWidget):
 
     # ------------------------------------------------------------------ results -> layers
     def _show(self, res: dict[str, Any]) -> None:
+        from ..layers import add_layers, karyotype_layers
+
         self.result = res
-        ids = [int(i) for i in res["ids"]]
         names = [CLASS_NAMES[c] if c >= 0 else "?" for c in res["classes"]]
-        feats = pd.DataFrame({
-            "index": ids, "class": names,
-            "confidence": np.round(res["confidence"], 3), "flagged": np.asarray(res["flagged"], bool),
-        })
         self._updating = True
         try:
-            lab = self._layer(LABELS_NAME)
-            data = res["labels"].copy()  # the session keeps its own: painting must show up as a difference
-            if lab is None:
-                lab = self.viewer.add_labels(data, name=LABELS_NAME, opacity=0.4)
-                lab.events.paint.connect(self._schedule_edit)
-                lab.events.data.connect(self._schedule_edit)
-                lab.bind_key("k", lambda layer: self._step_class(+1), overwrite=True)
-                lab.bind_key("Shift-k", lambda layer: self._step_class(-1), overwrite=True)
-            elif not np.array_equal(lab.data, data):
-                lab.data = data
-            lab.features = feats
-            self._show_shapes(res, names)
-            self._show_karyogram(res)
+            # labels get their own copy (painting shows up as a difference from the session's labels)
+            tuples = karyotype_layers(res)
+            if not any(t[1]["name"] == SHAPES_NAME for t in tuples) and self._layer(SHAPES_NAME) is not None:
+                self.viewer.layers.remove(SHAPES_NAME)  # no chromosome left: no stale class boxes
+            for layer in add_layers(self.viewer, tuples):
+                self._hook(layer)
         finally:
             self._updating = False
         self.summary_label.setText(_wrappable(res["summary"]))
@@ -290,34 +281,15 @@ class KaryotypeWidget(QWidget):
             + f"{res['count']} chromosomes, {flagged} flagged for review")
         self._fill_table(res, names)
 
-    def _show_shapes(self, res: dict[str, Any], names: list[str]) -> None:
-        rects = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in res["boxes"]]
-        feats = pd.DataFrame({"class": names, "confidence": np.round(res["confidence"], 3),
-                              "flagged": np.asarray(res["flagged"], bool), "id": np.asarray(res["ids"], int)})
-        colors = ["red" if f else "lime" for f in res["flagged"]]
-        old = self._layer(SHAPES_NAME)
-        if old is not None:
-            self.viewer.layers.remove(old)
-        if not rects:
-            return
-        self.viewer.add_shapes(
-            rects, shape_type="rectangle", name=SHAPES_NAME, features=feats, edge_color=colors,
-            face_color="transparent", edge_width=1.5,
-            text={"string": "{class}", "size": 9, "color": "cyan", "anchor": "upper_left"})
-
-    def _show_karyogram(self, res: dict[str, Any]) -> None:
-        k = res.get("karyogram")
-        if k is None:
-            return
-        H, W = res["labels"].shape
-        scale = H / k.shape[0]
-        old = self._layer(KARYOGRAM_NAME)
-        if old is not None:
-            old.data = k
-            old.scale = (scale, scale)
-        else:
-            layer = self.viewer.add_image(k, name=KARYOGRAM_NAME, rgb=True, translate=(0, W + 20),
-                                          scale=(scale, scale))
+    def _hook(self, layer) -> None:
+        """Connect our result layers once: painting and K/Shift-K on the labels, drag in the karyogram."""
+        if layer.name == LABELS_NAME and id(layer) not in self._hooked:
+            self._hooked.add(id(layer))
+            layer.events.paint.connect(self._schedule_edit)
+            layer.events.data.connect(self._schedule_edit)
+            layer.bind_key("k", lambda _layer: self._step_class(+1), overwrite=True)
+            layer.bind_key("Shift-k", lambda _layer: self._step_class(-1), overwrite=True)
+        elif layer.name == KARYOGRAM_NAME and self._karyogram_drag not in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.append(self._karyogram_drag)
 
     def _fill_table(self, res: dict[str, Any], names: list[str]) -> None:
