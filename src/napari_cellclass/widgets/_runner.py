@@ -214,3 +214,36 @@ class JobRunner:
         for b in self.buttons:
             b.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
+
+
+class RunsJobs:
+    """What every job widget exposes from its :class:`JobRunner` (``self.runner``)."""
+
+    runner: JobRunner
+
+    @property
+    def running(self) -> bool:
+        return self.runner.busy
+
+    @property
+    def last_error(self) -> str | None:
+        return self.runner.last_error
+
+    @property
+    def worker(self):
+        return self.runner.worker
+
+    @property
+    def progress(self) -> QProgressBar:
+        return self.runner.progress
+
+    @property
+    def status(self) -> QLabel:
+        return self.runner.status
+
+    @property
+    def cancel_button(self) -> QPushButton:
+        return self.runner.cancel_button
+
+    def cancel(self) -> None:
+        self.runner.cancel()

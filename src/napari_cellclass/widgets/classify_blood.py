@@ -48,13 +48,13 @@ from ..layers import SMEAR_SUFFIX as RESULT_SUFFIX
 from ..synth.blood import CLASS_COLOURS
 from ._forms import DeviceChoice, LayerChoice, add_all, form, scrolling_layout
 from ._model_chooser import ModelChooser
-from ._runner import JobRunner
+from ._runner import JobRunner, RunsJobs
 
 NO_CELLS = ""
 LABEL_COLUMNS = ("label", "class", "name", "category", "type")
 
 
-class ClassifyBloodWidget(QWidget):
+class ClassifyBloodWidget(RunsJobs, QWidget):
     """Dock widget: Analyse smear (detect + classify white cells + count), review, export."""
 
     def __init__(self, napari_viewer: Any):
@@ -94,8 +94,6 @@ class ClassifyBloodWidget(QWidget):
         self.runner = JobRunner([self.analyse_button, self.run_button, self.folder_button],
                                 context="blood smear analysis failed",
                                 cancelled_text="cancelled; files already written are complete")
-        self.progress, self.status, self.cancel_button = (self.runner.progress, self.runner.status,
-                                                          self.runner.cancel_button)
         self.counts_label = QLabel("")
         self.counts_label.setWordWrap(True)
         self.table = QTableWidget(0, 3)
@@ -131,14 +129,6 @@ class ClassifyBloodWidget(QWidget):
             self.device_label, row(self.analyse_button, self.cancel_button), form(("own boxes", self.cells_combo)),
             row(self.run_button, self.folder_button), self.progress, self.status, self.counts_label, self.table,
             self.canvas, row(self.gallery_button, self.export_button), self.report_button])
-
-    @property
-    def last_error(self) -> str | None:
-        return self.runner.last_error
-
-    @property
-    def worker(self):
-        return self.runner.worker
 
     # ------------------------------------------------------------------ inputs
     def _detector_changed(self) -> None:
@@ -244,9 +234,6 @@ class ClassifyBloodWidget(QWidget):
             raise CellClassError(f"layer {layer.name!r} has no white cells: its {col!r} column has "
                                  f"{', '.join(sorted(set(labels))[:5])}; white cells are labelled WBC")
         return [data[i] for i in idx], idx
-
-    def cancel(self) -> None:
-        self.runner.cancel()
 
     # ------------------------------------------------------------------ results
     def _analysed(self, res: dict[str, Any]) -> None:

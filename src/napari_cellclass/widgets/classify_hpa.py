@@ -17,7 +17,7 @@ from ..io.hpa_reader import CHANNELS
 from ..zoo.provenance import synthetic_warning
 from ._forms import Choice, DeviceChoice, LayerChoice, add_all, form, scrolling_layout
 from ._model_chooser import ModelChooser
-from ._runner import JobRunner
+from ._runner import JobRunner, RunsJobs
 
 AUTO_CELLS = "(segment automatically)"
 
@@ -46,7 +46,7 @@ def _channel_guess(colour: str):
     return guess
 
 
-class ClassifyHPAWidget(QWidget):
+class ClassifyHPAWidget(RunsJobs, QWidget):
     """Pick the red/green/blue/yellow layers and a checkpoint; get the 28 location probabilities."""
 
     def __init__(self, napari_viewer):
@@ -72,8 +72,6 @@ class ClassifyHPAWidget(QWidget):
         self.run_button = QPushButton("Classify")
         self.run_button.clicked.connect(lambda: self.run())
         self.runner = JobRunner([self.run_button], context="unexpected error")
-        self.progress, self.status = self.runner.progress, self.runner.status
-        self.cancel_button = self.runner.cancel_button
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -96,14 +94,6 @@ class ClassifyHPAWidget(QWidget):
                       ("cells", self.cells_box), ("large fields", self.field_box))
         add_all(scrolling_layout(self), [fields, buttons, self.progress, self.device_label, self.status,
                                          self.table, self.canvas])
-
-    @property
-    def last_error(self) -> str | None:
-        return self.runner.last_error
-
-    @property
-    def worker(self):
-        return self.runner.worker
 
     def channel_data(self) -> list[np.ndarray]:
         missing = [c for c, box in self.channel_boxes.items() if box.layer is None]
@@ -136,9 +126,6 @@ class ClassifyHPAWidget(QWidget):
         self.last_result = None
         self.device_box.show_device()
         return self.runner.start(self._job, self._on_result, sync=sync)
-
-    def cancel(self) -> None:
-        self.runner.cancel()
 
     # ------------------------------------------------------------------ results
     def _on_result(self, result: dict[str, Any]) -> None:

@@ -17,10 +17,10 @@ from ..layers import class_colour_map  # noqa: F401  (kept importable from here)
 from ..tasks.base import TaskOptions
 from ._forms import DeviceChoice, LayerChoice, add_all, form, scrolling_layout
 from ._model_chooser import ModelChooser
-from ._runner import JobRunner
+from ._runner import JobRunner, RunsJobs
 
 
-class DetectWidget(QWidget):
+class DetectWidget(RunsJobs, QWidget):
     def __init__(self, napari_viewer):
         from napari.layers import Image, Shapes
 
@@ -51,8 +51,7 @@ class DetectWidget(QWidget):
         self.train_btn = QPushButton("Train / fine-tune on edited boxes")
         self.train_btn.clicked.connect(lambda: self.run_train())
         self.runner = JobRunner([self.predict_btn, self.train_btn], context="detection failed")
-        self.progress, self.status, self.cancel_btn = (self.runner.progress, self.runner.status,
-                                                       self.runner.cancel_button)
+        self.cancel_btn = self.cancel_button  # name kept for scripts
 
         fields = form(("image", self.image_combo), ("model", self.model_edit), ("score threshold", self.score_spin),
                       ("NMS IoU", self.nms_spin), ("tile (px)", self.tile_spin), ("device", self.device_combo),
@@ -65,10 +64,6 @@ class DetectWidget(QWidget):
     @property
     def device(self) -> str | None:
         return self.device_combo.device
-
-    @property
-    def last_error(self) -> str | None:
-        return self.runner.last_error
 
     def _model_changed(self, *_: Any) -> None:
         """Start from the score threshold the chosen detector was validated at."""
@@ -90,9 +85,6 @@ class DetectWidget(QWidget):
         if not layer.rgb and data.ndim == 3 and data.shape[0] not in (4,):
             data = data[int(self.viewer.dims.current_step[0])]  # a stack: use the slice shown
         return data
-
-    def cancel(self) -> None:
-        self.runner.cancel()
 
     # ------------------------------------------------------------------ predict
     def run_predict(self, sync: bool = False) -> Any:

@@ -33,7 +33,7 @@ from ..karyotype.assign import CLASS_NAMES
 from ..zoo.provenance import synthetic_warning
 from ._forms import Choice, DeviceChoice, LayerChoice, add_all, form, scrolling_layout
 from ._model_chooser import ModelChooser
-from ._runner import JobRunner
+from ._runner import JobRunner, RunsJobs
 from ._runner import wrapping_label as _wrapping_label
 
 LABELS_NAME = "chromosomes"
@@ -56,7 +56,7 @@ def _trained_on(model: Path) -> str:
         return "unknown"  # the job itself reports an unreadable checkpoint
 
 
-class KaryotypeWidget(QWidget):
+class KaryotypeWidget(RunsJobs, QWidget):
     """Spread layer + chromosome classifier -> labels, class boxes, karyogram and ISCN summary."""
 
     def __init__(self, napari_viewer):
@@ -94,8 +94,6 @@ class KaryotypeWidget(QWidget):
         self.run_button = QPushButton("Karyotype")
         self.run_button.clicked.connect(lambda: self.run())
         self.runner = JobRunner([self.run_button], context="karyotyping failed")
-        self.progress, self.status, self.cancel_button = (self.runner.progress, self.runner.status,
-                                                          self.runner.cancel_button)
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         self.warning_label = _wrapping_label(style="color: #e69500; font-weight: bold")  # generated-data models
@@ -153,14 +151,6 @@ class KaryotypeWidget(QWidget):
             fields, buttons, self.progress, self.status, self.device_label, self.warning_label, self.summary_label,
             self.findings_label, self.table, edit_row, turn_row, export_row, hint])
 
-    @property
-    def last_error(self) -> str | None:
-        return self.runner.last_error
-
-    @property
-    def worker(self):
-        return self.runner.worker
-
     # ------------------------------------------------------------------ helpers
     def _layer(self, name: str):
         return self.viewer.layers[name] if name in self.viewer.layers else None
@@ -205,9 +195,6 @@ class KaryotypeWidget(QWidget):
         self._banding_note = self._banding_mismatch(image)
         return karyotype(image, Path(model), device=device, labels=labels, segmenter=self.segmenter_box.value,
                          detector_model=Path(detector) if detector else None, cancel=self.runner.new_token())
-
-    def cancel(self) -> None:
-        self.runner.cancel()
 
     def _fail(self, msg: str):
         """Bad input or a refused correction: one line in the status and one notification."""
