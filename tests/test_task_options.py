@@ -49,6 +49,10 @@ def test_bad_values_and_keys_of_another_command_are_refused():
         parse_settings("hpa", "train", ["lr=fast"])
     with pytest.raises(InputError, match="unknown option 'epochs' for predict detect"):
         parse_settings("detect", "predict", ["epochs=3"])  # a training knob means nothing to predict
+    with pytest.raises(InputError, match="option balance: 'sampel' is not one of sampler, weights, none; "
+                                         "did you mean 'sampler'"):
+        parse_settings("wbc", "train", ["balance=sampel"])
+    assert parse_settings("karyotype", "predict", ["segmenter=threshold"]) == {"segmenter": "threshold"}
 
 
 def test_every_task_has_a_table_with_defaults():

@@ -241,20 +241,27 @@ def crop_cell(image: np.ndarray, box_yx: Sequence[float] | None, size: int, cont
     return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BILINEAR))
 
 
-def load_crops(records: Sequence[WBCRecord], size: int, cancel=None) -> np.ndarray:
-    """(N, size, size, 3) uint8 crops; each source image is read once."""
+def _load(records: Sequence[WBCRecord], side: int, crop, cancel=None) -> np.ndarray:
+    """(N, side, side, 3) uint8: ``crop(image, record)`` for each record; each source image is read once."""
     from ..engine.progress import check_cancel
 
-    out = np.empty((len(records), size, size, 3), np.uint8)
+    out = np.empty((len(records), side, side, 3), np.uint8)
     cache: dict[Path, np.ndarray] = {}
     for i, r in enumerate(records):
         if i % 32 == 0:
             check_cancel(cancel)
         if r.path not in cache:
             cache = {r.path: read_rgb(r.path)}
-        box = None if r.box is None else (r.box[1], r.box[0], r.box[3], r.box[2])
-        out[i] = crop_cell(cache[r.path], box, size)
+        out[i] = crop(cache[r.path], r)
     return out
+
+
+def load_crops(records: Sequence[WBCRecord], size: int, cancel=None) -> np.ndarray:
+    """(N, size, size, 3) uint8 crops fitted to each record's box (the whole image without one)."""
+    def crop(img: np.ndarray, r: WBCRecord) -> np.ndarray:
+        return crop_cell(img, None if r.box is None else (r.box[1], r.box[0], r.box[3], r.box[2]), size)
+
+    return _load(records, size, crop, cancel)
 
 
 def to_tensor(crops: np.ndarray) -> torch.Tensor:
@@ -344,21 +351,14 @@ def box_centre(box_yx: Sequence[float]) -> tuple[float, float]:
 def load_fixed_crops(records: Sequence[WBCRecord], window: float, size: int, margin: float = 1.0,
                      cancel=None) -> np.ndarray:
     """(N, S, S, 3) uint8 fixed-scale crops around each record's box centre, S = round(size * margin)."""
-    from ..engine.progress import check_cancel
-
     s = int(round(size * margin))
-    out = np.empty((len(records), s, s, 3), np.uint8)
-    cache: dict[Path, np.ndarray] = {}
-    for i, r in enumerate(records):
-        if i % 32 == 0:
-            check_cancel(cancel)
-        if r.path not in cache:
-            cache = {r.path: read_rgb(r.path)}
-        img = cache[r.path]
+
+    def crop(img: np.ndarray, r: WBCRecord) -> np.ndarray:
         centre = (img.shape[0] / 2, img.shape[1] / 2) if r.box is None else ((r.box[1] + r.box[3]) / 2,
                                                                               (r.box[0] + r.box[2]) / 2)
-        out[i] = crop_fixed(img, centre, window * margin, s)
-    return out
+        return crop_fixed(img, centre, window * margin, s)
+
+    return _load(records, s, crop, cancel)
 
 
 def normalise(x01: torch.Tensor) -> torch.Tensor:

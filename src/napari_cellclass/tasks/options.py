@@ -38,14 +38,16 @@ class Option:
     default: Any
     help: str
     commands: tuple[str, ...] = (TRAIN,)
+    choices: tuple[str, ...] = ()  # for text options with a fixed set of values
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
             raise ValueError(f"option {self.name}: unknown type {self.type!r}")
 
 
-def _opt(name: str, type_: str, default: Any, help_: str, commands: tuple[str, ...] = (TRAIN,)) -> Option:
-    return Option(name, type_, default, help_, commands)
+def _opt(name: str, type_: str, default: Any, help_: str, commands: tuple[str, ...] = (TRAIN,),
+         choices: tuple[str, ...] = ()) -> Option:
+    return Option(name, type_, default, help_, commands, choices)
 
 
 # options several tasks share
@@ -71,7 +73,8 @@ TASK_OPTIONS: dict[str, list[Option]] = {
         _VAL_FRACTION, _TRAINED_ON, _TIME_BUDGET,
         _opt("depth", "int", 50, "ResNet depth (18, 34, 50; --quick: 10)"),
         _opt("width", "int", 64, "channels of the first stage (--quick: 8)"),
-        _opt("field", "str", "resize", "large fields: resize to the model input, or tile", (PREDICT,)),
+        _opt("field", "str", "resize", "large fields: resize to the model input, or tile", (PREDICT,),
+             ("resize", "tile")),
         *_TILED,
     ],
     "wbc": [
@@ -82,18 +85,20 @@ TASK_OPTIONS: dict[str, list[Option]] = {
         _opt("centers", "str", "running", "class centres: running (moving average) or learned"),
         _opt("mode", "str", "seed", "triplet mining: seed (the paper's) or per_class"),
         _opt("normalize", "bool", True, "L2-normalise the features of the metric term"),
-        _opt("balance", "str", "sampler", "class imbalance: sampler, weights or none"),
+        _opt("balance", "str", "sampler", "class imbalance: sampler, weights or none", choices=("sampler", "weights", "none")),
         _opt("include_basophil", "bool", False, "learn BASOPHIL as a fifth class"),
         _opt("split", "str", "group", "train: group (by source image) or smear; evaluate: all, train, test or val", ALL),
-        _opt("crop", "str", AUTO, "fixed (fixed pixel scale, for smears with boxes) or box"),
+        _opt("crop", "str", AUTO, "fixed (fixed pixel scale, for smears with boxes) or box", choices=("fixed", "box")),
         _opt("window", "float", 256.0, "fixed crops: source pixels the classifier sees"),
         _opt("arch", "str", "ibn_resnet34", "ibn_resnet34 or resnet34 (also --arch)"),
         _opt("width", "int", AUTO, "channels of the first stage (fixed crops: 16, --quick: 8, else 64)"),
         _opt("layers", "list[int]", AUTO, "blocks per stage, e.g. 3,4,6,3"),
         _opt("tta", "int", AUTO, "dihedral test-time views in validation (fixed crops: 8, else 1)"),
         _opt("epoch_size", "int", AUTO, "fixed crops: samples per epoch (512; --quick: 4 batches)"),
-        _opt("select", "str", AUTO, "checkpoint kept: last (fixed crops) or best (by validation macro F1)"),
-        _opt("boxes", "str", AUTO, "smears: auto, detector, sidecar or whole (classify whole images)", (PREDICT,)),
+        _opt("select", "str", AUTO, "checkpoint kept: last (fixed crops) or best (by validation macro F1)",
+             choices=("last", "best")),
+        _opt("boxes", "str", AUTO, "smears: auto, detector, sidecar or whole (classify whole images)", (PREDICT,),
+             ("auto", "detector", "sidecar", "whole")),
         _opt("sidecar", "bool", True, "use VOC/COCO box files beside smears", (PREDICT,)),
         _opt("detector", "str", AUTO, "blood-cell detector for smears (also --detector; default: the built-in)",
              (PREDICT,)),
@@ -104,7 +109,8 @@ TASK_OPTIONS: dict[str, list[Option]] = {
     "chromosome": [
         _VAL_FRACTION, _TRAINED_ON, _TIME_BUDGET, _AMP,
         _opt("straighten", "bool", False, "straighten bent chromosomes before classifying"),
-        _opt("canvas", "str", "relative", "crop canvas: relative (to the cell's chromosome length) or absolute"),
+        _opt("canvas", "str", "relative", "crop canvas: relative (to the cell's chromosome length) or absolute",
+             choices=("relative", "absolute")),
         _opt("pad_to", "int", AUTO, "absolute canvas size in pixels (default: 98th percentile of lengths)"),
         _opt("beta", "float", 0.1, "GRiCoL: weight of the grid (local) loss"),
         _opt("lam", "float", 150.0, "GRiCoL: weight of the consistency term (alias: lambda)"),
@@ -145,7 +151,8 @@ TASK_OPTIONS: dict[str, list[Option]] = {
         _opt("patch", "int", 192, "training patch size in pixels (--quick: 128)"),
         _opt("per_spread", "int", 4, "patches per spread per epoch"),
         _opt("eval_every", "int", 5, "validate every N epochs (and after the last)"),
-        _opt("segmenter", "str", AUTO, "auto (the built-in detector), detector or classical", USE),
+        _opt("segmenter", "str", AUTO, "auto (a detector where one exists), detector or threshold (classical)", USE,
+             ("auto", "detector", "threshold")),
         _opt("detector_model", "str", AUTO, "chromosome detector (built-in name or checkpoint)", USE),
         _opt("report", "bool", True, "write a PDF report per spread", (PREDICT,)),
         _opt("pairing", "bool", True, "pair homologues (46 slots) after classifying", USE),
@@ -267,9 +274,14 @@ def unknown_key_message(task: str, command: str, key: str, table: Mapping[str, O
 def coerce(opt: Option, value: Any) -> Any:
     """``value`` (text or a Python value) as ``opt``'s type, or an InputError naming the option."""
     try:
-        return _coerce(opt.type, value)
+        out = _coerce(opt.type, value)
     except (TypeError, ValueError):
         raise InputError(f"option {opt.name}: {str(value)[:60]!r} is not {_type_words(opt.type)}") from None
+    if opt.choices and out is not None and str(out).lower() not in opt.choices:
+        close = difflib.get_close_matches(str(out).lower(), opt.choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InputError(f"option {opt.name}: {str(out)[:60]!r} is not one of {', '.join(opt.choices)}{hint}")
+    return out
 
 
 def _coerce(type_: str, value: Any) -> Any:
