@@ -145,3 +145,33 @@ def test_evaluate_out_is_a_file_for_every_task(fake_task, capsys, tmp_path):
     capsys.readouterr()
     assert cli.main(["evaluate", "fake2", str(model), str(tmp_path), "--out", str(tmp_path), "--quiet"]) == 2
     assert "is a folder" in capsys.readouterr().err and len(ran) == 1
+
+
+def test_declared_defaults_match_what_the_tasks_read():
+    """Every literal ``opts.get(KEY, DEFAULT)`` in a task reads a declared option with that default
+    (the table cannot drift from the code; ``split`` has one default per command)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import napari_cellclass
+    from napari_cellclass.tasks.options import AUTO
+
+    root = Path(napari_cellclass.__file__).parent
+    files = {"hpa": ["tasks/hpa.py"], "wbc": ["tasks/wbc.py"], "chromosome": ["tasks/chromosome.py"],
+             "detect": ["tasks/detect.py", "tasks/detect_centernet.py"],
+             "karyotype": ["tasks/karyotype.py", "karyotype/detector.py"]}
+    checked = 0
+    for task, paths in files.items():
+        table = {o.name: o for o in TASK_OPTIONS[task]}
+        for path in paths:
+            for key, default in re.findall(r'opts\.get\("(\w+)"(?:,\s*([^()]+?))?\)', (root / path).read_text()):
+                assert key in table, f"{path} reads --set {key} that task {task!r} does not declare"
+                try:
+                    value = ast.literal_eval(default) if default else None
+                except ValueError:
+                    continue  # computed defaults (quick mode, constants) are documented as text
+                if key != "split" and table[key].default not in (AUTO, None) and default:
+                    assert table[key].default == value, (task, key)
+                    checked += 1
+    assert checked > 20
