@@ -19,6 +19,11 @@ then depend on more than ``--seed`` and torchrun processes could not rebuild the
 global batch. Per-sample parameters from the task's generator, applied with
 ``affine_grid``/``grid_sample`` on the whole batch, keep both. Where the geometry of
 targets matters (boxes, masks), v2's functionals do the work (:func:`flip_detection`).
+
+Augmentations that are part of making a sample stay with the code that makes it: HPA's
+per-image flips/crop/jitter run inside its ``Dataset`` (in DataLoader worker processes,
+``io/hpa_dataset.py``); the CenterNet canvas placement and the chromosome detector's
+patch sampling build their targets as they crop, so they stay in their batchers.
 """
 from __future__ import annotations
 
