@@ -1,6 +1,7 @@
 """The one checkpoint format: round trip and every validation error by name."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from napari_cellclass.engine.checkpoint import (
+    declared_preprocess,
     CheckpointMeta,
     build_from_checkpoint,
     load_checkpoint,
@@ -48,7 +50,9 @@ def saved(tmp_path):
 def test_round_trip_weights_and_metadata(saved):
     path, model, meta = saved
     rebuilt, meta2 = build_from_checkpoint(path, task="wbc", in_channels=3)
-    assert meta2 == meta
+    # everything comes back; the file also names its preprocessing transform (derived when not given)
+    assert meta2.preprocess == declared_preprocess(meta) and meta2.preprocess["name"] == "wbc_crop"
+    assert dataclasses.replace(meta2, preprocess={}) == meta
     for k, v in model.state_dict().items():
         assert torch.equal(v, rebuilt.state_dict()[k]), k
     x = torch.randn(2, 3, 32, 32)

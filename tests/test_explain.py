@@ -9,8 +9,8 @@ from napari_cellclass.engine.checkpoint import CheckpointMeta, save_checkpoint
 from napari_cellclass.engine.progress import run_sync
 from napari_cellclass.errors import InputError
 from napari_cellclass.explain import embed_2d, embedding_job, explain, find_last_conv, grad_cam, guided_backprop
-from napari_cellclass.explain.embedding import neighbour_agreement, tsne_2d
-from napari_cellclass.explain.preprocess import prepare_image
+from napari_cellclass.explain.embedding import neighbour_agreement
+from napari_cellclass.preprocess import get_transform
 from napari_cellclass.models.tiny import build_tiny_cnn
 
 SIZE, SQ = 64, 14
@@ -132,22 +132,24 @@ def test_gradcam_on_resnet_and_custom_output():
 
 
 def test_prepare_image_channels_and_normalisation():
-    meta = CheckpointMeta(task="wbc", arch="tiny_cnn", class_names=["a"], in_channels=3, input_size=[32, 32],
+    meta = CheckpointMeta(task="toy", arch="tiny_cnn", class_names=["a"], in_channels=3, input_size=[32, 32],
                           normalization={"mean": [0.5] * 3, "std": [0.5] * 3})
-    x = prepare_image(np.full((50, 40, 3), 255, np.uint8), meta)
+    tf = get_transform(meta)
+    assert tf.name == "generic"
+    x = tf.batch(np.full((50, 40, 3), 255, np.uint8))
     assert x.shape == (1, 3, 32, 32) and torch.allclose(x, torch.ones_like(x))
-    x = prepare_image(np.zeros((50, 40), np.uint16), meta)
+    x = tf.batch(np.zeros((50, 40), np.uint16))
     assert x.shape == (1, 3, 32, 32)
     with pytest.raises(InputError, match="channel"):
-        prepare_image(np.zeros((5, 50, 40)), meta)
+        tf.batch(np.zeros((5, 50, 40)))
 
 
 def test_tsne_separates_clusters():
     g = np.random.default_rng(0)
     x = np.concatenate([g.normal(0, 1, (40, 20)), g.normal(6, 1, (40, 20)), g.normal(-6, 1, (40, 20))])
     lab = np.repeat([0, 1, 2], 40)
-    coords = tsne_2d(x, perplexity=15, iters=300)
-    assert coords.shape == (120, 2) and np.isfinite(coords).all()
+    coords, used = embed_2d(x, "tsne", perplexity=15)
+    assert used == "tsne" and coords.shape == (120, 2) and np.isfinite(coords).all()
     assert neighbour_agreement(coords, lab) > 0.95
     shuffled = g.permutation(lab)
     assert neighbour_agreement(coords, shuffled) < 0.6

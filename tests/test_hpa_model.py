@@ -48,7 +48,7 @@ def test_imagenet_conv1_is_widened_with_mean_filter():
     """Fake 'ImageNet' weights in the (isolated) hub cache: the 4th channel's filters = mean of RGB."""
     from torchvision.models import ResNet18_Weights, resnet18
 
-    from napari_cellclass.engine.pretrained import cached_weights_path
+    from napari_cellclass.models.pretrained import cached_weights_path
 
     ref = resnet18().state_dict()
     path = cached_weights_path(ResNet18_Weights.IMAGENET1K_V1)

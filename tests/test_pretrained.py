@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.models import ResNet18_Weights
 
-from napari_cellclass.engine import pretrained
+from napari_cellclass.models import pretrained
 from napari_cellclass.errors import PretrainedWeightsUnavailable
 
 

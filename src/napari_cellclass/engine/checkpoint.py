@@ -9,7 +9,7 @@ weights) is reported by name before any weight is touched.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,10 @@ class CheckpointMeta:
     ``arch_config`` are its keyword arguments, enough to rebuild the network.
     ``trained_on`` says where the weights come from (e.g. "synthetic" for models
     trained only on generated data), so results can be labelled honestly.
+    ``preprocess`` names the registered transform that makes the network input,
+    ``{"name": ..., "params": {...}}`` (see :mod:`napari_cellclass.preprocess`);
+    empty in checkpoints written before it existed, where :func:`declared_preprocess`
+    derives it from ``normalization``.
     """
 
     task: str
@@ -50,6 +54,7 @@ class CheckpointMeta:
     arch_config: dict[str, Any] = field(default_factory=dict)
     normalization: dict[str, Any] = field(default_factory=dict)
     thresholds: list[float] | None = None
+    preprocess: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     trained_on: str = "unknown"
@@ -89,6 +94,8 @@ def save_checkpoint(
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
     state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    if not meta.preprocess:  # every new checkpoint names its transform explicitly
+        meta = replace(meta, preprocess=declared_preprocess(meta))
     # safetensors wants contiguous CPU tensors that do not share storage
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
@@ -220,6 +227,16 @@ def validate_meta(meta: CheckpointMeta, path: Path | None = None) -> None:
             bad(f"{name} must be a mapping, got {type(v).__name__}")
         if _depth(v) > MAX_DEPTH:
             bad(f"{name} is nested more than {MAX_DEPTH} levels deep")
+    pre = meta.preprocess
+    if not isinstance(pre, dict):
+        bad(f"preprocess must be a mapping, got {type(pre).__name__}")
+    if pre:
+        if not isinstance(pre.get("name"), str) or not pre["name"].strip() or len(pre["name"]) > 100:
+            bad(f"preprocess.name must be a short text, got {str(pre.get('name'))[:40]!r}")
+        if not isinstance(pre.get("params", {}), dict):
+            bad(f"preprocess.params must be a mapping, got {type(pre.get('params')).__name__}")
+        if _depth(pre) > MAX_DEPTH:
+            bad(f"preprocess is nested more than {MAX_DEPTH} levels deep")
     big = _big_ints(meta.arch_config)
     if big:
         bad(f"arch_config values out of range: {', '.join(big[:3])} (at most {MAX_CONFIG_INT:,})")
@@ -239,6 +256,44 @@ def validate_meta(meta: CheckpointMeta, path: Path | None = None) -> None:
             extra = " plus background" if _has_background(meta) else ""
             bad(f"class_names lists {len(names)} class(es){extra} but the network has {outputs} outputs; "
                 "results would be cut or mislabelled")
+
+
+def declared_preprocess(meta: CheckpointMeta) -> dict[str, Any]:
+    """``{"name", "params"}`` of the transform that makes this model's input.
+
+    The ``preprocess`` field when the checkpoint has one; otherwise derived from the
+    free-form ``normalization`` that older checkpoints (the shipped built-ins among
+    them) carry, giving the same input those checkpoints were trained and scored on.
+    """
+    pre = meta.preprocess
+    if isinstance(pre, dict) and pre.get("name"):
+        return {"name": str(pre["name"]), "params": dict(pre.get("params") or {})}
+    norm = meta.normalization if isinstance(meta.normalization, dict) else {}
+    size = [int(v) for v in meta.input_size]
+    kind = norm.get("preprocess")
+    if meta.task == "chromosome" or kind == "prepare_crop":
+        pad_rel = norm.get("pad_rel")
+        return {"name": "chromosome_canvas", "params": {
+            "size": size[-2:], "canvas": "relative" if pad_rel else "absolute", "pad_to": norm.get("pad_to"),
+            "pad_rel": pad_rel, "straighten": bool(norm.get("straighten", False))}}
+    if meta.task == "hpa":
+        return {"name": "hpa_rgby", "params": {"size": size[-1], "mean": list(norm.get("mean", [0.0] * 4)),
+                                               "std": list(norm.get("std", [1.0] * 4))}}
+    if meta.task == "wbc":
+        params: dict[str, Any] = {"size": size[0], "crop": str(norm.get("crop", "box"))}
+        if norm.get("window_px") is not None:
+            params["window_px"] = float(norm["window_px"])
+        if norm.get("crop_context") is not None:
+            params["crop_context"] = float(norm["crop_context"])
+        return {"name": "wbc_crop", "params": params}
+    if kind == "spread_input":  # the karyotype detector: a whole spread, see karyotype.detector
+        return {"name": "spread_input", "params": {k: norm[k] for k in ("work_scale", "max_side") if k in norm}}
+    if meta.task == "detect":  # detectors: RGB uint8 / 255, normalised inside the network
+        return {"name": "detector_rgb", "params": {"size": size}}
+    params = {"in_channels": int(meta.in_channels), "size": size}
+    if "mean" in norm and "std" in norm:
+        params.update(mean=list(norm["mean"]), std=list(norm["std"]))
+    return {"name": "generic", "params": params}
 
 
 def _has_background(meta: CheckpointMeta) -> bool:

@@ -1,8 +1,8 @@
 """Feature embeddings of a dataset (penultimate-layer features -> 2-D) coloured by class.
 
-t-SNE comes from scikit-learn when it is installed; otherwise a small exact t-SNE
-written here (fine for a few thousand points) is used, and ``method="pca"`` gives a
-linear projection. The features are the input of the model's last Linear layer.
+t-SNE and PCA come from scikit-learn.  The features are the input of the model's
+last Linear layer; images are prepared by the checkpoint's declared transform
+(:mod:`napari_cellclass.preprocess`), as in classification.
 """
 from __future__ import annotations
 
@@ -42,94 +42,30 @@ def extract_features(model: nn.Module, batches: Iterable[torch.Tensor]) -> tuple
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:
+    """First two principal components (zero columns where the data has fewer dimensions)."""
+    from sklearn.decomposition import PCA
+
     x = np.asarray(x, dtype=np.float64)
-    x = x - x.mean(axis=0)
-    if x.shape[0] < 2:
-        return np.zeros((x.shape[0], 2))
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    out = x @ vt[:2].T
-    if out.shape[1] < 2:
-        out = np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
-    return out
+    n, d = x.shape
+    if n < 2:
+        return np.zeros((n, 2))
+    out = PCA(min(2, n, d)).fit_transform(x)
+    return np.pad(out, ((0, 0), (0, 2 - out.shape[1]))) if out.shape[1] < 2 else out
 
 
-def _affinities(x: torch.Tensor, perplexity: float) -> torch.Tensor:
-    """Symmetric t-SNE input affinities with a per-point bandwidth found by bisection."""
-    n = x.shape[0]
-    d = torch.cdist(x, x).pow(2)
-    target = math.log(perplexity)
-    beta = torch.ones(n, dtype=x.dtype)
-    lo = torch.full((n,), 0.0, dtype=x.dtype)
-    hi = torch.full((n,), float("inf"), dtype=x.dtype)
-    eye = torch.eye(n, dtype=torch.bool)
-    for _ in range(60):
-        p = torch.exp(-d * beta[:, None]).masked_fill(eye, 0)
-        s = p.sum(1).clamp_min(1e-12)
-        h = torch.log(s) + beta * (d * p).sum(1) / s  # entropy in nats
-        too_high = h > target  # entropy too high -> increase beta
-        lo = torch.where(too_high, beta, lo)
-        hi = torch.where(too_high, hi, beta)
-        beta = torch.where(torch.isinf(hi), beta * 2, (lo + hi) / 2)
-    p = p / s[:, None]
-    p = (p + p.T) / (2 * n)
-    return p.clamp_min(1e-12)
-
-
-def tsne_2d(x: np.ndarray, perplexity: float = 30.0, iters: int = 500, seed: int = 0) -> np.ndarray:
-    """Exact t-SNE (van der Maaten & Hinton 2008): PCA init, early exaggeration, momentum."""
-    x = np.asarray(x, dtype=np.float64)
-    n = x.shape[0]
-    if n < 5:
-        return pca_2d(x)
-    perplexity = min(perplexity, (n - 1) / 3)
-    xt = torch.from_numpy(x - x.mean(0))
-    if xt.shape[1] > 50:
-        xt = torch.from_numpy(pca_like(x, 50))
-    p = _affinities(xt, perplexity)
-    y0 = pca_2d(x)
-    y0 = y0 / (y0[:, 0].std() + 1e-12) * 1e-4 if n > 1 else y0
-    g = torch.Generator().manual_seed(seed)
-    y = torch.from_numpy(y0) + 1e-6 * torch.randn(n, 2, generator=g, dtype=torch.float64)
-    vel = torch.zeros_like(y)
-    gains = torch.ones_like(y)
-    lr = max(n / 12.0, 50.0)
-    eye = torch.eye(n, dtype=torch.bool)
-    for it in range(iters):
-        exag = 12.0 if it < 100 else 1.0
-        num = 1.0 / (1.0 + torch.cdist(y, y).pow(2))
-        num = num.masked_fill(eye, 0)
-        q = (num / num.sum()).clamp_min(1e-12)
-        w = (exag * p - q) * num
-        grad = 4 * (torch.diag(w.sum(1)) - w) @ y
-        mom = 0.5 if it < 100 else 0.8
-        same = torch.sign(grad) == torch.sign(vel)
-        gains = torch.where(same, gains * 0.8, gains + 0.2).clamp_min(0.01)
-        vel = mom * vel - lr * gains * grad
-        y = y + vel
-        y = y - y.mean(0)
-    return y.numpy()
-
-
-def pca_like(x: np.ndarray, k: int) -> np.ndarray:
-    x = x - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return x @ vt[:k].T
-
-
-def embed_2d(features: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float = 30.0) -> tuple[np.ndarray, str]:
-    """2-D coordinates and the name of the method actually used."""
+def embed_2d(features: np.ndarray, method: str = "tsne", seed: int = 0,
+             perplexity: float = 30.0) -> tuple[np.ndarray, str]:
+    """2-D coordinates and the name of the method actually used (t-SNE needs at least 5 points)."""
     method = method.lower()
-    if method == "pca":
-        return pca_2d(features), "pca"
-    if method != "tsne":
+    if method not in ("tsne", "pca"):
         raise InputError(f"unknown embedding method {method!r}; choose tsne or pca")
-    try:
-        from sklearn.manifold import TSNE  # type: ignore
+    features = np.asarray(features, dtype=np.float64)
+    if method == "pca" or len(features) < 5:
+        return pca_2d(features), "pca" if method == "pca" else "pca (too few points for t-SNE)"
+    from sklearn.manifold import TSNE
 
-        perp = min(perplexity, max(2.0, (len(features) - 1) / 3))
-        return TSNE(2, perplexity=perp, random_state=seed, init="pca").fit_transform(features), "tsne (scikit-learn)"
-    except ImportError:
-        return tsne_2d(features, perplexity, seed=seed), "tsne (built-in)"
+    perp = min(perplexity, max(2.0, (len(features) - 1) / 3))
+    return TSNE(2, perplexity=perp, random_state=seed, init="pca").fit_transform(features), "tsne"
 
 
 def plot_embedding(
@@ -216,9 +152,10 @@ def embedding_job(checkpoint: str | Path, data: str | Path, out: str | Path | No
     from ..engine.checkpoint import build_from_checkpoint
     from ..io.limits import read_image
     from ..engine.progress import Progress
-    from .preprocess import prepare_image, task_preprocess
+    from ..preprocess import get_transform
 
     model, meta = build_from_checkpoint(checkpoint, task=task)
+    tf = get_transform(meta)  # the checkpoint's own preprocessing, as in classify
     paths, labels, names = class_folder_items(data, meta.class_names, limit_per_class)
     feats: list[np.ndarray] = []
     total = math.ceil(len(paths) / batch_size)
@@ -227,7 +164,7 @@ def embedding_job(checkpoint: str | Path, data: str | Path, out: str | Path | No
         xs = []
         for p in chunk:
             img = read_image(p)  # io/limits: size checked before decoding, stacks refused
-            xs.append(task_preprocess(meta.task, img, meta) if task else prepare_image(img, meta))
+            xs.append(tf.batch(img))
         f, _ = extract_features(model, [torch.cat(xs)])
         feats.append(f)
         yield Progress(step=b + 1, total=total + 1, stage="features", message=f"{min(len(paths), (b + 1) * batch_size)} images")

@@ -6,8 +6,9 @@ image would put one copy in training and the other in validation, and the
 validation score would measure memory.  :func:`overlap_groups` finds such pairs
 by phase correlation of small gray thumbnails (after removing the fixed pattern
 that dust on the optics adds to every image) and unions them into groups;
-:func:`grouped_split` then holds out whole groups, stratified by a label per
-image (the white-cell class in BCCD), so every class lands on both sides.
+:func:`napari_cellclass.io.splits.grouped_split` then holds out whole groups,
+stratified by a label per image (the white-cell class in BCCD), so every class
+lands on both sides.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from .splits import grouped_split
 
 THUMB = (128, 96)  # thumbnail (width, height) the correlation runs on
 PEAK = 0.12  # phase-correlation peak above which two fields are treated as the same smear area
@@ -96,57 +99,6 @@ def _overlap_groups(paths: Sequence[Path], peak: float) -> list[int]:
     return [ids[r] for r in roots]
 
 
-def grouped_split(strata: Sequence[str], groups: Sequence[int], val_fraction: float = 0.2, seed: int = 0
-                  ) -> tuple[list[int], list[int]]:
-    """(train indices, validation indices): whole groups held out, ``val_fraction`` of each stratum.
-
-    A group's stratum is the most common label among its images; a stratum with
-    fewer than two groups stays entirely in training (one example cannot be both
-    learned and tested).
-    """
-    rng = np.random.default_rng(seed)
-    members: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(int(g), []).append(i)
-    by_stratum: dict[str, list[int]] = {}
-    for g, idx in sorted(members.items()):
-        labels = [str(strata[i]) for i in idx]
-        top = max(sorted(set(labels)), key=labels.count)
-        by_stratum.setdefault(top, []).append(g)
-    val_groups: set[int] = set()
-    for _, gs in sorted(by_stratum.items()):
-        gs = list(gs)
-        rng.shuffle(gs)
-        k = int(round(len(gs) * val_fraction)) if len(gs) >= 2 else 0
-        if len(gs) >= 2:
-            k = min(max(k, 1), len(gs) - 1)
-        val_groups.update(gs[:k])
-    val = sorted(i for g in val_groups for i in members[g])
-    train = sorted(set(range(len(groups))) - set(val))
-    return train, val
-
-
-def grouped_folds(strata: Sequence[str], groups: Sequence[int], k: int = 5, seed: int = 0) -> list[list[int]]:
-    """``k`` disjoint validation folds of whole groups, each stratum dealt round-robin (cross-validation)."""
-    rng = np.random.default_rng(seed)
-    members: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(int(g), []).append(i)
-    by_stratum: dict[str, list[int]] = {}
-    for g, idx in sorted(members.items()):
-        labels = [str(strata[i]) for i in idx]
-        by_stratum.setdefault(max(sorted(set(labels)), key=labels.count), []).append(g)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    offset = 0
-    for _, gs in sorted(by_stratum.items()):
-        gs = list(gs)
-        rng.shuffle(gs)
-        for n, g in enumerate(gs):
-            folds[(n + offset) % k].extend(members[g])
-        offset += len(gs)
-    return [sorted(f) for f in folds]
-
-
 def bccd_split(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
     """The by-smear split of a BCCD-layout folder: image file names for "train" and "val".
 
@@ -167,7 +119,7 @@ def bccd_split(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> di
                 label[row["image"].strip()] = (row.get("category") or "none").strip().upper() or "none"
     strata = [label.get(f.name, "none") for f in files]
     groups = overlap_groups(files)
-    tr, va = grouped_split(strata, groups, val_fraction, seed)
+    tr, va = grouped_split(groups, val_fraction, seed, strata=strata)
     n_groups = len(set(groups))
     return {"train": [files[i].name for i in tr], "val": [files[i].name for i in va],
             "rule": f"by smear area: {len(files)} images in {n_groups} groups of overlapping fields "

@@ -24,9 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..classes import CHROMOSOME_CLASSES, class_index
 from ..errors import InputError
 from .limits import ScanReport, read_image, scan_files, to_uint8
-from ..synth.chromosomes import CHROMOSOME_CLASSES, class_index
 
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 _BIOIMLAB = re.compile(r"^(?P<cell>\S+)\s+(?P<cls>\d{1,2})(?P<copy>[ab]?)$", re.IGNORECASE)
@@ -189,14 +189,13 @@ LAST_SCAN = ScanReport()
 def split_by_cell(samples: Sequence[ChromosomeSample], val_fraction: float = 0.2,
                   seed: int = 0) -> tuple[list[ChromosomeSample], list[ChromosomeSample]]:
     """Train/validation split by cell (never by crop: homologues of a cell are near-duplicates)."""
-    cells = sorted({s.cell for s in samples})
-    if len(cells) < 2:
-        raise InputError(f"need at least 2 cells to split by cell, found {len(cells)}")
-    rng = np.random.default_rng(seed)
-    rng.shuffle(cells)
-    n_val = min(len(cells) - 1, max(1, int(round(len(cells) * val_fraction))))
-    val_cells = set(cells[:n_val])
-    return [s for s in samples if s.cell not in val_cells], [s for s in samples if s.cell in val_cells]
+    from .splits import grouped_split
+
+    cells = [s.cell for s in samples]
+    if len(set(cells)) < 2:
+        raise InputError(f"need at least 2 cells to split by cell, found {len(set(cells))}")
+    tr, va = grouped_split(cells, val_fraction, seed)
+    return [samples[i] for i in tr], [samples[i] for i in va]
 
 
 # ----------------------------------------------------------------------------- loading

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..classes import HPA_CLASSES
+from ..metrics import f1_per_class, multilabel_metrics  # noqa: F401  (re-exported: the one metrics module)
 from ..errors import InputError
 from .hpa_reader import CHANNELS, EXTENSIONS, read_channel
 
-NUM_CLASSES = 28
+NUM_CLASSES = len(HPA_CLASSES)
 
 
 @dataclass
@@ -111,12 +113,10 @@ def resize(x: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
 
 def split_by_id(items: list[HPAItem], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[HPAItem], list[HPAItem]]:
     """Random split on image ids (one id never lands in both)."""
-    ids = sorted({it.set_id for it in items})
-    rng = np.random.default_rng(seed)
-    rng.shuffle(ids)
-    n_val = max(1, int(round(len(ids) * val_fraction))) if len(ids) > 1 else 0
-    val_ids = set(ids[:n_val])
-    return [it for it in items if it.set_id not in val_ids], [it for it in items if it.set_id in val_ids]
+    from .splits import grouped_split
+
+    tr, va = grouped_split([it.set_id for it in items], val_fraction, seed)
+    return [items[i] for i in tr], [items[i] for i in va]
 
 
 def augment(x: torch.Tensor, g: torch.Generator, *, crop: float = 0.85, jitter: float = 0.2, noise: float = 0.02) -> torch.Tensor:
@@ -189,41 +189,17 @@ def channel_stats(ds: HPADataset, n: int = 64) -> tuple[list[float], list[float]
 
 # ---------------------------------------------------------------------------- metrics
 
-def f1_per_class(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """F1 per column of boolean (N, C) arrays; NaN where a class is absent from both."""
-    truth, pred = truth.astype(bool), pred.astype(bool)
-    tp = (truth & pred).sum(0).astype(float)
-    fp = (~truth & pred).sum(0).astype(float)
-    fn = (truth & ~pred).sum(0).astype(float)
-    denom = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
-
-
-def multilabel_metrics(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | list[float] | float = 0.5) -> dict[str, float]:
-    """Macro F1 (over classes present in ``truth``), subset accuracy and per-label accuracy."""
-    thr = np.broadcast_to(np.asarray(thresholds, dtype=float), (probs.shape[1],))
-    pred = probs >= thr
-    truth = truth.astype(bool)
-    f1 = f1_per_class(truth, pred)
-    present = truth.any(0)
-    return {
-        "macro_f1": float(np.nanmean(np.where(present, np.nan_to_num(f1), np.nan))) if present.any() else float("nan"),
-        "accuracy": float((pred == truth).all(1).mean()),
-        "label_accuracy": float((pred == truth).mean()),
-    }
-
-
 def fit_thresholds(truth: np.ndarray, probs: np.ndarray, grid: np.ndarray | None = None, default: float = 0.5) -> list[float]:
     """F1-optimal threshold per class on validation data (``default`` where a class has no positives)."""
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2) if grid is None else grid
     truth = truth.astype(bool)
+    table = np.stack([np.nan_to_num(f1_per_class(truth, probs >= t)) for t in grid])  # (thresholds, classes)
     out = []
     for c in range(probs.shape[1]):
         if not truth[:, c].any():
             out.append(default)
             continue
-        scores = [np.nan_to_num(f1_per_class(truth[:, c:c + 1], probs[:, c:c + 1] >= t))[0] for t in grid]
+        scores = list(table[:, c])
         best = max(scores)
         ties = [t for t, s in zip(grid, scores) if s >= best - 1e-12]
         out.append(float(min(ties, key=lambda t: abs(t - default))))

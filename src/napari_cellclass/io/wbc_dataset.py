@@ -30,11 +30,11 @@ import torch
 from ..engine.augment import affine_colour_batch, dihedral, dihedral_batch  # noqa: F401  (dihedral: also for TTA)
 from ..engine.augment import affine_colour_batch as augment_batch  # noqa: F401  (the old name)
 from ..engine.data import SeededBatches
+from ..classes import WBC_CLASSES, WBC_OPTIONAL_CLASSES
 from ..errors import InputError
 from .limits import ScanReport, read_image, safe_relative, scan_files, to_uint8
 
-WBC_CLASSES: list[str] = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
-OPTIONAL_CLASSES: list[str] = ["BASOPHIL"]
+OPTIONAL_CLASSES = WBC_OPTIONAL_CLASSES
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -175,26 +175,11 @@ def choose_classes(records: Sequence[WBCRecord], include_basophil: bool = False,
 def split_by_group(records: Sequence[WBCRecord], val_fraction: float = 0.2, seed: int = 0
                    ) -> tuple[list[WBCRecord], list[WBCRecord]]:
     """Stratified split by source image: all crops of one image land on one side."""
-    rng = np.random.default_rng(seed)
-    by_label: dict[str, list[str]] = {}
-    group_label: dict[str, str] = {}
-    for r in records:
-        if r.group not in group_label:
-            group_label[r.group] = r.label
-            by_label.setdefault(r.label, []).append(r.group)
-    val_groups: set[str] = set()
-    for label, groups in sorted(by_label.items()):
-        groups = sorted(groups)
-        rng.shuffle(groups)
-        k = int(round(len(groups) * val_fraction))
-        if len(groups) >= 2:
-            k = min(max(k, 1), len(groups) - 1)
-        else:
-            k = 0
-        val_groups.update(groups[:k])
-    train = [r for r in records if r.group not in val_groups]
-    val = [r for r in records if r.group in val_groups]
-    return train, val
+    from .splits import grouped_split
+
+    tr, va = grouped_split([r.group for r in records], val_fraction, seed, strata=[r.label for r in records],
+                           group_stratum="first")
+    return [records[i] for i in tr], [records[i] for i in va]
 
 
 def read_rgb(path: Path) -> np.ndarray:

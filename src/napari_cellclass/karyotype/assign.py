@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ..classes import CHROMOSOME_CLASSES as CLASS_NAMES
 from ..errors import InputError
 
-CLASS_NAMES: list[str] = [str(i) for i in range(1, 23)] + ["X", "Y"]
-N_CLASSES = 24
+N_CLASSES = len(CLASS_NAMES)
 X_INDEX, Y_INDEX = 22, 23
 REJECT = -1
 

@@ -139,7 +139,7 @@ def load_coco_transfer(model: nn.Module, arch: str, *, allow_download: bool | No
     """
     import torchvision.models.detection as tvd
 
-    from ..engine.pretrained import load_pretrained_state
+    from .pretrained import load_pretrained_state
 
     if arch not in _COCO_WEIGHTS:
         raise CellClassError(f"no COCO weights exist for {arch!r}; train it from scratch (pretrained=False)")

@@ -24,9 +24,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..classes import CHROMOSOME_CLASSES
 from .registry import register
 
-NUM_CLASSES = 24
+NUM_CLASSES = len(CHROMOSOME_CLASSES)
 SEED_INPUT = (448, 456)
 SEED_TILE = (224, 224)
 SEED_ROW_ORIGINS = (0, 112, 224)

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tvr
 
+from ..classes import HPA_CLASSES
 from .registry import register
 
-NUM_CLASSES = 28
+NUM_CLASSES = len(HPA_CLASSES)
 DEPTHS: dict[int, tuple[type[nn.Module], list[int]]] = {
     10: (tvr.BasicBlock, [1, 1, 1, 1]),
     18: (tvr.BasicBlock, [2, 2, 2, 2]),
@@ -58,12 +59,12 @@ def _imagenet_weights(depth: int):
 
 
 def load_imagenet(net: tvr.ResNet, depth: int, in_channels: int) -> None:
-    """Copy ImageNet weights (from the torch hub cache, see engine.pretrained) into ``net``.
+    """Copy ImageNet weights (from the torch hub cache, see models.pretrained) into ``net``.
 
     Raises :class:`~napari_cellclass.errors.PretrainedWeightsUnavailable` when they
     are not cached and downloading is not allowed.
     """
-    from ..engine.pretrained import load_pretrained_state
+    from .pretrained import load_pretrained_state
 
     weights = _imagenet_weights(depth)
     if weights is None:

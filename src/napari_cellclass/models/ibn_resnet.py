@@ -148,7 +148,7 @@ def _build(num_classes: int, in_channels: int, width: int, layers: Sequence[int]
             raise ValueError("ImageNet weights need the full ResNet-34 (width=64, layers=3,4,6,3, 3 channels)")
         from torchvision.models import ResNet34_Weights
 
-        from ..engine.pretrained import load_pretrained_state
+        from .pretrained import load_pretrained_state
 
         state = load_pretrained_state(ResNet34_Weights.IMAGENET1K_V1)
         model.load_state_dict(map_imagenet_state(model, state), strict=False)

@@ -72,6 +72,39 @@ def center_triplet_hinge(
     return torch.stack(terms).mean()
 
 
+class CenterLoss(nn.Module):
+    """Centre loss (Wen et al. 2016): pulls each feature towards its class centre.
+
+    Centres are buffers updated by a running mean (rate ``alpha``) as in the paper,
+    not by the optimizer, so nothing needs registering; they are created lazily when
+    the feature size is first seen.
+    """
+
+    def __init__(self, num_classes: int, alpha: float = 0.5):
+        super().__init__()
+        self.num_classes, self.alpha = num_classes, float(alpha)
+        self.register_buffer("centers", torch.zeros(0))
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        features = features.flatten(1)
+        targets = targets.long()
+        if self.centers.numel() == 0 or self.centers.shape[1] != features.shape[1]:
+            self.centers = torch.zeros(self.num_classes, features.shape[1], device=features.device)  # float32
+        if self.centers.device != features.device:
+            self.centers = self.centers.to(features.device)
+        centers = self.centers.to(features.dtype)
+        diff = features - centers[targets]
+        loss = 0.5 * (diff**2).sum(dim=1).mean()
+        if self.training:
+            with torch.no_grad():
+                d = diff.detach().float()
+                delta = torch.zeros_like(self.centers, dtype=torch.float32)
+                delta.index_add_(0, targets, d)
+                counts = torch.bincount(targets, minlength=self.num_classes).float().clamp_min(1)[:, None]
+                self.centers += self.alpha * delta / (1 + counts)
+        return loss
+
+
 class CenterTripletLoss(nn.Module):
     """The hinge of :func:`center_triplet_hinge` with centres kept by the module."""
 
@@ -131,8 +164,6 @@ class WBCLoss(nn.Module):
         if self.kind == "triplet":
             self.metric = CenterTripletLoss(num_classes, feat_dim, margin, centers, center_alpha, normalize, mode)
         elif self.kind == "center":
-            from ..recipes.losses import CenterLoss
-
             self.metric = CenterLoss(num_classes, center_alpha)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-BLOOD_CLASSES: list[str] = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+from ..classes import WBC_CLASSES as BLOOD_CLASSES  # the one table, under its old name
+
 # display colours (RGBA 0..1) used by the widget, the demo overlay and the docs
 CLASS_COLOURS: dict[str, tuple[float, float, float, float]] = {
     "EOSINOPHIL": (1.0, 0.45, 0.1, 1.0),

@@ -17,9 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..classes import CHROMOSOME_CLASSES, class_index
 from ..errors import InputError
 
-CHROMOSOME_CLASSES: list[str] = [str(i) for i in range(1, 23)] + ["X", "Y"]
+__all__ = ["CHROMOSOME_CLASSES", "class_index", "make_chromosome", "make_spread", "write_dataset"]
 
 # relative length (percent of the haploid autosomal length, approximate) and centromere index p/(p+q)
 _REL_LENGTH = [8.4, 8.0, 6.8, 6.3, 6.1, 5.9, 5.4, 4.9, 4.8, 4.6, 4.6, 4.5, 3.7, 3.6, 3.5, 3.4, 3.3,
@@ -31,18 +32,6 @@ BACKGROUND = 232.0
 # pixels per percent of relative length: chromosome 1 is ~59 px long; crops and spreads share it so
 # that a classifier trained on write_dataset crops sees spread chromosomes at the same scale
 DEFAULT_SCALE = 7.0
-
-
-def class_index(name: str | int) -> int:
-    """Index into :data:`CHROMOSOME_CLASSES` for "1".."22", "X", "Y" (or 23/24)."""
-    s = str(name).strip().upper()
-    if s in ("23",):
-        s = "X"
-    elif s in ("24",):
-        s = "Y"
-    if s not in CHROMOSOME_CLASSES:
-        raise InputError(f"unknown chromosome class {name!r}; expected 1-22, X or Y")
-    return CHROMOSOME_CLASSES.index(s)
 
 
 def _band_template(cls_index: int) -> list[tuple[float, float, float]]:

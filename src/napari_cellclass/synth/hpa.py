@@ -16,14 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-HPA_CLASSES = [
-    "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center", "Nuclear speckles",
-    "Nuclear bodies", "Endoplasmic reticulum", "Golgi apparatus", "Peroxisomes", "Endosomes",
-    "Lysosomes", "Intermediate filaments", "Actin filaments", "Focal adhesion sites", "Microtubules",
-    "Microtubule ends", "Cytokinetic bridge", "Mitotic spindle", "Microtubule organizing center",
-    "Centrosome", "Lipid droplets", "Plasma membrane", "Cell junctions", "Mitochondria", "Aggresome",
-    "Cytosol", "Cytoplasmic bodies", "Rods & rings",
-]
+from ..classes import HPA_CLASSES  # the one table (re-exported here for older callers)
 
 # compartments this generator can draw: HPA class id -> where the green signal goes
 SYNTH_CLASSES = {0: "nucleoplasm", 2: "nucleoli", 6: "er", 21: "membrane", 23: "puncta", 25: "cytosol"}

@@ -26,15 +26,15 @@ from ..engine.progress import CancelToken, Job, Progress, check_cancel
 from ..errors import InputError
 from ..io.chromosome_dataset import (
     ChromosomeSample,
-    canvas_crop,
     load_crop,
-    orient_crop,
     prepare_crop,
     scan_dataset,
     split_by_cell,
 )
+from ..metrics import classification_metrics
 from ..models.gricol import GRiCoLLoss
 from ..models.registry import build_model
+from ..preprocess import ChromosomeCanvas, Oriented, crop_lengths, get_transform, orient_all, reference_length
 from ..synth.chromosomes import CHROMOSOME_CLASSES, write_dataset
 
 TASK = "chromosome"
@@ -122,7 +122,7 @@ class CropBatches(SeededBatches):
     def _prep(self, i: int) -> np.ndarray:
         crop = self.crops[i]
         if isinstance(crop, Oriented):
-            return canvas_crop(crop.x, self.size, self.pad_to[i])
+            return ChromosomeCanvas.canvas(crop, self.size, self.pad_to[i])
         img, mask = crop if isinstance(crop, tuple) else (crop, None)
         return prepare_crop(img, mask, self.size, self.pad_to[i])
 
@@ -147,46 +147,6 @@ class CropBatches(SeededBatches):
         if self.augment:
             x = augment_batch(x, self._g, strength=self.augment if isinstance(self.augment, float) else 1.0)
         return x, self.labels[idx]
-
-
-class Oriented:
-    """A crop already through :func:`orient_crop` (upright, background removed), kept to be
-    measured and canvassed without orienting it twice."""
-
-    __slots__ = ("x",)
-
-    def __init__(self, x: np.ndarray):
-        self.x = x
-
-
-def orient_all(crops: Sequence, cancel: CancelToken | None = None, straighten: bool = False) -> list[Oriented]:
-    """Each crop upright with its background removed (and laid out straight when ``straighten``)."""
-    from ..karyotype.straighten import straighten as lay_straight
-
-    out = []
-    for i, c in enumerate(crops):
-        if i % 200 == 0:
-            check_cancel(cancel)
-        if isinstance(c, Oriented):
-            out.append(c)
-            continue
-        img, mask = c if isinstance(c, tuple) else (c, None)
-        x = orient_crop(img, mask)
-        out.append(Oriented(lay_straight(x) if straighten else x))
-    return out
-
-
-def crop_lengths(crops: Sequence, straighten: bool = False) -> np.ndarray:
-    """Long-axis length (pixels) of each crop's chromosome, measured as the network's input sees it."""
-    return np.asarray([o.x.shape[0] for o in orient_all(crops, straighten=straighten)], np.float64)
-
-
-def reference_length(lengths: Sequence[float]) -> float:
-    """The scale of one cell or spread: the median chromosome length in it."""
-    lengths = np.asarray(lengths, np.float64)
-    if lengths.size == 0:
-        raise InputError("no chromosomes to measure the spread's scale from")
-    return float(np.median(lengths))
 
 
 def cell_references(crops: Sequence, cells: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -215,23 +175,9 @@ def load_samples(samples: Sequence[ChromosomeSample], cancel: CancelToken | None
     return out
 
 
-def _confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
-    cm = np.zeros((n, n), np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
-
-
 def _metrics_from(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    n = len(CHROMOSOME_CLASSES)
-    cm = _confusion(y_true, y_pred, n)
-    per_class = {}
-    for k, name in enumerate(CHROMOSOME_CLASSES):
-        support = int(cm[k].sum())
-        per_class[name] = {"support": support, "accuracy": float(cm[k, k] / support) if support else None,
-                           "precision": float(cm[k, k] / cm[:, k].sum()) if cm[:, k].sum() else None}
-    return {"accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"),
-            "n": int(len(y_true)), "per_class": per_class, "confusion_matrix": cm.tolist(),
-            "class_names": list(CHROMOSOME_CLASSES)}
+    """The shared classification metrics; per-class numbers without data are None (JSON null)."""
+    return classification_metrics(y_true, y_pred, CHROMOSOME_CLASSES, undefined=None)
 
 
 # ----------------------------------------------------------------------------- train
@@ -322,16 +268,17 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
 
 
 # ----------------------------------------------------------------------------- inference
-def _load(model: Path | torch.nn.Module, device: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _load(model: Path | torch.nn.Module, device: str | None) -> tuple[torch.nn.Module, ChromosomeCanvas]:
+    """The network and the transform its checkpoint declares (a bare network: its
+    ``chromosome_preprocess`` params, else an absolute canvas at its input size)."""
     if isinstance(model, torch.nn.Module):
         pre = getattr(model, "chromosome_preprocess", None) or {
             "size": list(getattr(model, "input_size", FULL_SIZE)), "pad_to": None}
-        return model, pre
+        return model, pre if isinstance(pre, ChromosomeCanvas) else ChromosomeCanvas(**pre)
     net, meta = build_from_checkpoint(Path(model), task=TASK, in_channels=1)
-    pre = {"size": list(meta.input_size), "pad_to": meta.normalization.get("pad_to"),
-           "pad_rel": meta.normalization.get("pad_rel"), "straighten": bool(meta.normalization.get("straighten"))}
-    net.chromosome_preprocess = pre
-    return net, pre
+    tf = get_transform(meta)
+    net.chromosome_preprocess = tf
+    return net, tf
 
 
 def _plain_probs(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -362,7 +309,7 @@ def classify_crops(crops: list, model: Path | torch.nn.Module, device: str | Non
     path or a network.  ``full_model`` uses every GRiCoL head instead of the
     global branch alone.
     """
-    net, pre = _load(model, device)
+    net, tf = _load(model, device)
     policy = resolve_device(device)
     crops = list(crops)
     if not len(crops):
@@ -371,17 +318,7 @@ def classify_crops(crops: list, model: Path | torch.nn.Module, device: str | Non
     if had_full is not None:
         net.full_inference = bool(full_model)
 
-    upright = orient_all(crops, cancel, straighten=pre.get("straighten", False))
-    pads = [pre.get("pad_to")] * len(crops)
-    if pre.get("pad_rel"):
-        if ref_length is None:
-            ref_length = reference_length(crop_lengths(upright if context is None else context,
-                                                       straighten=pre.get("straighten", False)))
-        refs = np.broadcast_to(np.asarray(ref_length, np.float64), (len(crops),))
-        pads = list(float(pre["pad_rel"]) * refs)
-
-    def preprocess(i: int) -> torch.Tensor:
-        return torch.from_numpy(canvas_crop(upright[i].x, pre["size"], pads[i]))[None]
+    preprocess = tf.tensors(crops, ref_length, context, cancel)  # the checkpoint's declared transform
 
     try:
         rows = yield from predict_batches(
@@ -403,8 +340,7 @@ def evaluate(model: Path, data: Path, opts) -> Job[dict[str, Any]]:
     samples = scan_dataset(data)
     if opts.get("split") == "val":
         _, samples = split_by_cell(samples, float(opts.get("val_fraction", 0.2)), opts.seed)
-    straight = bool(read_meta(model).normalization.get("straighten"))
-    crops = orient_all(load_samples(samples, opts.cancel), opts.cancel, straighten=straight)
+    crops = get_transform(read_meta(model)).orient(load_samples(samples, opts.cancel), opts.cancel)
     refs = cell_references(crops, [s.cell for s in samples])[1]  # each cell at its own scale
     probs = yield from classify_crops(crops, Path(model), opts.device, opts.cancel,
                                       full_model=bool(opts.get("full_model", False)),

@@ -149,10 +149,9 @@ def _pixel_scale(ds: DetectionDataset, min_size: int, max_size: int) -> float:
 
 def split_by_image(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Held-out split by image (never by object): (train indices, validation indices)."""
-    idx = np.random.default_rng(seed).permutation(n).tolist()
-    k = int(round(n * fraction)) if n > 1 else 0
-    k = min(max(k, 1 if fraction > 0 and n > 1 else 0), n - 1)
-    return sorted(idx[k:]), sorted(idx[:k])
+    from ..io.splits import grouped_split
+
+    return grouped_split(range(n), fraction, seed, at_least_one=fraction > 0)
 
 
 def _default_config(arch: str, opts: TaskOptions, n_classes: int, image_size: int | None) -> dict[str, Any]:
@@ -295,7 +294,8 @@ def _held_out(ds: DetectionDataset, data: Path, opts: TaskOptions) -> tuple[list
         return split_by_image(len(ds), frac, seed)
     if rule != "smear":
         raise InputError(f"split must be 'image' or 'smear', got {rule!r}")
-    from ..io.blood_split import grouped_split, overlap_groups
+    from ..io.blood_split import overlap_groups
+    from ..io.splits import grouped_split
 
     paths = [it.image_path for it in ds.items]
     strata = ["none"] * len(paths)
@@ -310,7 +310,7 @@ def _held_out(ds: DetectionDataset, data: Path, opts: TaskOptions) -> tuple[list
     opts.extra.setdefault("split_rule", f"by smear area: {len(paths)} images in {len(set(groups))} groups of "
                                         f"overlapping fields; {frac:.0%} of the groups of each white-cell class "
                                         f"held out, seed {seed}")
-    return grouped_split(strata, groups, frac, seed)
+    return grouped_split(groups, frac, seed, strata=strata)
 
 
 def train(data: Path, opts: TaskOptions) -> Job[dict]:

@@ -22,6 +22,7 @@ from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
 from ..errors import InputError
 from ..io import hpa_dataset as D
+from ..preprocess import as_rgby, get_transform
 from ..synth.hpa import HPA_CLASSES
 from .base import TaskOptions
 
@@ -140,43 +141,13 @@ def load_model(model_path: Path, device: str | None = None) -> tuple[torch.nn.Mo
     return model, meta, policy
 
 
-def _as_field(image: Any) -> np.ndarray:
-    """(4, H, W) from a (4, H, W) array or a list of 4 arrays; clear errors otherwise."""
-    if isinstance(image, (list, tuple)):
-        missing = [c for c, a in zip(("red", "green", "blue", "yellow"), list(image) + [None] * 4) if a is None]
-        if len(image) != 4 or missing:
-            raise InputError("the HPA model needs four channels (red, green, blue, yellow); missing: "
-                             + (", ".join(missing) if missing else f"got {len(image)} arrays"))
-        arrays = [np.asarray(a) for a in image]
-        shapes = {a.shape for a in arrays}
-        if len(shapes) != 1 or arrays[0].ndim != 2:
-            raise InputError(f"the four channels must be 2-D images of one size, got {[a.shape for a in arrays]}")
-        return np.stack(arrays)
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[0] != 4:
-        raise InputError(f"expected a (4, H, W) red/green/blue/yellow array, got shape {arr.shape}; "
-                         "the HPA model needs four channels")
-    return arr
-
-
-def _views(field: np.ndarray, size: int, how: str) -> list[torch.Tensor]:
-    """Unit-scaled (4, size, size) inputs for one field: the resized field, or its tiles."""
-    x = torch.from_numpy(D.to_unit_float(field))
-    h, w = x.shape[-2:]
-    if how == "tile" and max(h, w) > size:
-        ny, nx = int(np.ceil(h / size)), int(np.ceil(w / size))
-        ys = np.linspace(0, max(0, h - size), ny).astype(int)
-        xs = np.linspace(0, max(0, w - size), nx).astype(int)
-        return [D.resize(x[:, y:y + size, x0:x0 + size], size) for y in ys for x0 in xs]
-    if how not in ("resize", "tile"):
-        raise InputError(f"field handling must be 'resize' or 'tile', got {how!r}")
-    return [D.resize(x, size)]
+#: (4, H, W) from a (4, H, W) array or a list of 4 arrays; clear errors otherwise.
+_as_field = as_rgby
 
 
 def _normalizer(meta: CheckpointMeta):
-    mean = torch.tensor(meta.normalization.get("mean", [0.0] * 4), dtype=torch.float32)[:, None, None]
-    std = torch.tensor(meta.normalization.get("std", [1.0] * 4), dtype=torch.float32)[:, None, None]
-    return lambda t: (t - mean) / std
+    """The declared transform's mean/std step (for callers that resize themselves)."""
+    return get_transform(meta).normalize
 
 
 def _row(probs: np.ndarray, meta: CheckpointMeta) -> dict[str, Any]:
@@ -217,13 +188,13 @@ def classify(
     fld = _as_field(image)
     model, meta, policy = load_model(Path(model_path), device)
     size = int(meta.input_size[-1])
-    norm = _normalizer(meta)
+    tf = get_transform(meta)  # the checkpoint's declared preprocessing
     yield Progress(0, None, "classify", f"device: {policy.describe()}")
     base = {"class_names": list(meta.class_names), "thresholds": list(meta.thresholds or [0.5] * len(meta.class_names)),
             "device": policy.describe(), "mode": mode, "trained_on": meta.trained_on, "input_size": size}
     if mode == "whole":
-        views = _views(fld, size, field)
-        probs = yield from predict_batches(model, views, policy=policy, preprocess=norm, batch_size=batch_size,
+        views = tf.views(tf.unit(fld), field)
+        probs = yield from predict_batches(model, views, policy=policy, preprocess=tf.normalize, batch_size=batch_size,
                                            postprocess=lambda out: list(torch.sigmoid(out).numpy()),
                                            cancel=cancel, stage="classify")
         p = np.mean(np.stack(probs), axis=0)
@@ -241,9 +212,9 @@ def classify(
     check_cancel(cancel)
     boxes = cell_boxes(labels)
     ids = sorted(boxes)
-    unit = D.to_unit_float(fld)
+    unit = tf.unit(fld)
     crops = [torch.from_numpy(np.ascontiguousarray(unit[:, y0:y1, x0:x1])) for (y0, x0, y1, x1) in (boxes[i] for i in ids)]
-    probs = yield from predict_batches(model, crops, policy=policy, preprocess=lambda t: norm(D.resize(t, size)),
+    probs = yield from predict_batches(model, crops, policy=policy, preprocess=lambda t: tf.normalize(tf.resize(t)),
                                        batch_size=batch_size, postprocess=lambda out: list(torch.sigmoid(out).numpy()),
                                        cancel=cancel, stage="cells")
     rows = [{"label": int(i), "box": list(boxes[i]), **_row(np.asarray(p), meta)} for i, p in zip(ids, probs)]
@@ -278,9 +249,8 @@ def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     """Macro F1, accuracy and per-class F1 (stored thresholds) on a Kaggle-layout folder."""
     net, meta, policy = load_model(Path(model), opts.device)
     folder, items = _dataset_for_eval(data)
-    size = int(meta.input_size[-1])
-    ds = D.HPADataset(folder, items, size, mean=meta.normalization.get("mean", [0] * 4),
-                      std=meta.normalization.get("std", [1] * 4))
+    tf = get_transform(meta)
+    ds = D.HPADataset(folder, items, tf.size, mean=tf.mean.flatten().tolist(), std=tf.std.flatten().tolist())
     bs = opts.batch_size or 16
     probs = yield from predict_batches(net, list(range(len(ds))), policy=policy, preprocess=lambda i: ds[i][0],
                                        batch_size=bs, postprocess=lambda out: list(torch.sigmoid(out).numpy()),
@@ -332,8 +302,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     out.mkdir(parents=True, exist_ok=True)
     net, meta, policy = load_model(Path(model), opts.device)
     sets = _collect_sets(inputs)
-    size = int(meta.input_size[-1])
-    norm = _normalizer(meta)
+    tf = get_transform(meta)
     how = str(opts.get("field", "resize"))
     rows = []
     bs = opts.batch_size or 16
@@ -343,10 +312,10 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
         views, owner = [], []
         for k, s in enumerate(chunk):
             arrays, _ = read_set(s, warn=False)
-            v = _views(stack_channels(arrays, s.set_id), size, how)
+            v = tf.views(tf.unit(stack_channels(arrays, s.set_id)), how)
             views += v
             owner += [k] * len(v)
-        probs = yield from predict_batches(net, views, policy=policy, preprocess=norm, batch_size=bs,
+        probs = yield from predict_batches(net, views, policy=policy, preprocess=tf.normalize, batch_size=bs,
                                            postprocess=lambda o: list(torch.sigmoid(o).numpy()), cancel=opts.cancel)
         probs, owner = np.stack(probs), np.asarray(owner)
         for k, s in enumerate(chunk):

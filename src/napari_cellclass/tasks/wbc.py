@@ -35,6 +35,7 @@ from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
 from ..errors import InputError
 from ..io import wbc_dataset as D
+from ..metrics import classification_metrics
 from .base import TaskOptions
 
 TASK = "wbc"
@@ -73,32 +74,6 @@ def differential_csv(diff: dict[str, Any]) -> str:
         w.writerow([r["class"], r["count"], f"{r['percent']:.1f}"])
     w.writerow(["TOTAL", diff["total"], "100.0" if diff["total"] else "0.0"])
     return buf.getvalue()
-
-
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix (rows = truth)."""
-    k = len(class_names)
-    cm = np.zeros((k, k), dtype=int)
-    for t, p in zip(y_true, y_pred):
-        cm[int(t), int(p)] += 1
-    per_class, f1s = {}, []
-    for i, name in enumerate(class_names):
-        tp = cm[i, i]
-        prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        rec = tp / cm[i].sum() if cm[i].sum() else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[name] = {"precision": float(prec), "recall": float(rec), "f1": float(f1), "support": int(cm[i].sum())}
-        if cm[i].sum():
-            f1s.append(f1)
-    n = int(cm.sum())
-    return {
-        "accuracy": float(np.trace(cm) / n) if n else 0.0,
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-        "per_class": per_class,
-        "confusion_matrix": cm.tolist(),
-        "class_names": list(class_names),
-        "n": n,
-    }
 
 
 # ----------------------------------------------------------------------------- model pieces
@@ -149,18 +124,13 @@ def crop_mode(meta_or_norm: Any) -> str:
     return str(norm.get("crop", "box"))
 
 
-def model_crops(image: np.ndarray, boxes: np.ndarray, meta: CheckpointMeta) -> np.ndarray:
-    """The crops a checkpoint expects: fixed-scale windows around the box centres (``crop=fixed``,
-    the blood-smear models) or squares fitted to each box (``crop=box``)."""
-    size = int(meta.input_size[0])
-    if not len(boxes):
-        return np.zeros((0, size, size, 3), np.uint8)
-    norm = meta.normalization or {}
-    if crop_mode(meta) == "fixed":
-        window = float(norm.get("window_px", D.FIXED_WINDOW))
-        return np.stack([D.crop_fixed(image, D.box_centre(b), window, size) for b in boxes])
-    context = float(norm.get("crop_context", D.CONTEXT))
-    return np.stack([D.crop_cell(image, b, size, context) for b in boxes])
+def model_crops(image: np.ndarray, boxes: np.ndarray | None, meta: CheckpointMeta) -> np.ndarray:
+    """The crops a checkpoint expects, by its declared transform (:class:`~napari_cellclass.preprocess.WBCCrop`):
+    fixed-scale windows around the box centres (``crop=fixed``, the blood-smear models) or
+    squares fitted to each box (``crop=box``); ``boxes`` None = the image is one cell."""
+    from ..preprocess import get_transform
+
+    return get_transform(meta).crops(image, boxes)
 
 
 # ----------------------------------------------------------------------------- train
@@ -346,7 +316,8 @@ def _split(records: list[D.WBCRecord], opts: TaskOptions,
         return D.split_by_group(records, frac, seed)
     if rule != "smear":
         raise InputError(f"split must be 'group' or 'smear', got {rule!r}")
-    from ..io.blood_split import PEAK, grouped_split, overlap_groups
+    from ..io.blood_split import PEAK, overlap_groups
+    from ..io.splits import grouped_split
 
     label = {}
     for r in (all_records if all_records is not None else records):
@@ -358,7 +329,7 @@ def _split(records: list[D.WBCRecord], opts: TaskOptions,
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in D.IMAGE_SUFFIXES and p.is_file()
                        and not p.name.startswith("._"))
     groups = dict(zip(paths, overlap_groups(paths)))
-    tr, va = grouped_split([label.get(p, "none") for p in paths], [groups[p] for p in paths], frac, seed)
+    tr, va = grouped_split([groups[p] for p in paths], frac, seed, strata=[label.get(p, "none") for p in paths])
     val_paths = {paths[i] for i in va}
     opts.extra.setdefault("split_rule", f"by smear area: {len(paths)} images in {len(set(groups.values()))} groups "
                                         f"of overlapping fields (phase correlation > {PEAK}); {frac:.0%} of the "
@@ -514,11 +485,10 @@ def classify(image: Any, model_path: str | Path, cells: Any = None, device: str 
 
     check_informative(img, "the blood image", min_side=4)  # a gray field is not a cell: refuse, do not guess
     boxes, label_ids = _boxes_from_cells(cells, img.shape[:2])
-    size = int(meta.input_size[0])
     if boxes is None:
         boxes_out = np.array([[0, 0, img.shape[0], img.shape[1]]], dtype=float)
         # a ready-made crop: fixed-scale models see its centre at their own pixel scale
-        crops = model_crops(img, boxes_out, meta) if crop_mode(meta) == "fixed" else D.crop_cell(img, None, size)[None]
+        crops = model_crops(img, None, meta)
     else:
         crops = model_crops(img, boxes, meta)
         boxes_out = boxes

@@ -47,39 +47,10 @@ def crop_box(shape_vertices: np.ndarray, image_hw: tuple[int, int], context: flo
 
 def explain_job(checkpoint: Path, image: np.ndarray, box: tuple[int, int, int, int] | None, method: str,
                 class_name: str | None, device: str | None, cancel: CancelToken | None = None):
-    """Job: load the model, prepare the (cropped) image, compute the map, resize it to the crop."""
-    from skimage.transform import resize
+    """Job: :func:`napari_cellclass.explain.job.explain_job` (the model's declared preprocessing)."""
+    from ..explain.job import explain_job as job
 
-    from ..engine.checkpoint import build_from_checkpoint
-    from ..engine.device import resolve_device
-    from ..engine.progress import check_cancel
-    from ..explain import explain
-    from ..explain.preprocess import task_preprocess
-
-    yield Progress(0, 3, "explain", "loading the model")
-    model, meta = build_from_checkpoint(checkpoint)
-    policy = resolve_device(device)
-    model = model.to(policy.device).float()
-    check_cancel(cancel)
-    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
-    r0, c0, r1, c1 = box if box is not None else (0, 0, image.shape[-3 if rgb else -2], image.shape[-2 if rgb else -1])
-    crop = image[r0:r1, c0:c1] if rgb or image.ndim == 2 else image[..., r0:r1, c0:c1]
-    x = task_preprocess(meta.task, crop, meta).to(policy.device)
-    yield Progress(1, 3, "explain", f"{method} on {policy.describe()}")
-    idx = None
-    if class_name and class_name != PREDICTED:
-        if class_name not in meta.class_names:
-            raise CellClassError(f"class {class_name!r} is not one of the model's classes")
-        idx = meta.class_names.index(class_name)
-    multilabel = meta.thresholds is not None or meta.task == "hpa"
-    e = explain(model, x, method, class_index=idx, multilabel=multilabel)
-    check_cancel(cancel)
-    heat = resize(e.heatmap, (r1 - r0, c1 - c0), order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
-    yield Progress(3, 3, "explain", "done")
-    probs = {n: float(p) for n, p in zip(meta.class_names, e.probabilities)}
-    return {"heatmap": heat, "offset": (r0, c0), "class": meta.class_names[e.class_index], "score": e.score,
-            "probabilities": probs, "method": e.method, "layer": e.layer, "device": policy.describe(),
-            "trained_on": meta.trained_on}
+    return (yield from job(checkpoint, image, box, method, class_name, device, cancel))
 
 
 class ExplainWidget(QWidget):
@@ -314,10 +285,18 @@ class ExplainWidget(QWidget):
         scale = np.asarray(src.scale[-2:], dtype=float)
         translate = np.asarray(src.translate[-2:], dtype=float) + np.array([r0, c0]) * scale
         name = f"{result['method']}: {result['class']}"
+        heat = result["heatmap"]
+        if not result.get("aligned", True):  # a re-drawn view (chromosome canvas): the map on what the model saw
+            width = src.data.shape[-2] if src.rgb else src.data.shape[-1]
+            translate = np.asarray(src.translate[-2:], dtype=float) + np.array([0.0, width + 10]) * scale
+            self.viewer.add_image(result["model_input"], name=f"model input: {result['class']}", colormap="gray",
+                                  scale=scale, translate=translate)
+            heat = result["model_heatmap"]
         self.viewer.add_image(
-            result["heatmap"], name=name, colormap="inferno", blending="translucent", opacity=0.5,
+            heat, name=name, colormap="inferno", blending="translucent", opacity=0.5,
             contrast_limits=(0.0, 1.0), scale=scale, translate=translate,
-            metadata={"cellclass_explanation": {k: v for k, v in result.items() if k != "heatmap"}},
+            metadata={"cellclass_explanation": {k: v for k, v in result.items()
+                                                if k not in ("heatmap", "model_input", "model_heatmap")}},
         )
         top = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])[:3]
         self.status.setText(

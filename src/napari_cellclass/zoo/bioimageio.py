@@ -109,7 +109,7 @@ def test_input_for(meta, image: Path | np.ndarray | None = None, seed: int = 0) 
     """``1 x C x H x W`` float32 in [0, 1]: a given image resized, else a smooth deterministic pattern."""
     import torch.nn.functional as F
 
-    from ..explain.preprocess import scale01, to_chw
+    from ..preprocess import scale01, to_chw
 
     c = int(meta.in_channels)
     h, w = (int(s) for s in meta.input_size)

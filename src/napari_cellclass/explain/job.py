@@ -1,0 +1,64 @@
+"""Explain one image (or one object in it) with the model's own declared preprocessing.
+
+The input goes through the transform the checkpoint declares
+(:func:`napari_cellclass.preprocess.get_transform`), the same object classify and
+evaluate use, so the map explains what the classifier saw: a chromosome is
+straightened, polarity-flipped and padded onto its canvas first.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.progress import CancelToken, Progress
+from ..errors import CellClassError
+
+PREDICTED = "(predicted class)"
+
+
+def explain_job(checkpoint: Path, image: np.ndarray, box: tuple[int, int, int, int] | None, method: str,
+                class_name: str | None, device: str | None, cancel: CancelToken | None = None):
+    """Job: load the model, prepare the (cropped) image, compute the map.
+
+    ``aligned`` in the result says whether ``heatmap`` (resized to the box) lies on
+    the image; when it is False (a chromosome canvas, rotated and padded) the map
+    belongs to ``model_input`` (the network's view, H x W or H x W x C) and
+    ``model_heatmap`` is the map at that resolution.
+    """
+    from skimage.transform import resize
+
+    from ..engine.checkpoint import build_from_checkpoint
+    from ..engine.device import resolve_device
+    from ..engine.progress import check_cancel
+    from ..preprocess import get_transform
+    from .guided_backprop import explain
+
+    yield Progress(0, 3, "explain", "loading the model")
+    model, meta = build_from_checkpoint(checkpoint)
+    policy = resolve_device(device)
+    model = model.to(policy.device).float()
+    check_cancel(cancel)
+    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+    r0, c0, r1, c1 = box if box is not None else (0, 0, image.shape[-3 if rgb else -2], image.shape[-2 if rgb else -1])
+    crop = image[r0:r1, c0:c1] if rgb or image.ndim == 2 else image[..., r0:r1, c0:c1]
+    tf = get_transform(meta)
+    x = tf.batch(crop).to(policy.device)
+    yield Progress(1, 3, "explain", f"{method} on {policy.describe()}")
+    idx = None
+    if class_name and class_name != PREDICTED:
+        if class_name not in meta.class_names:
+            raise CellClassError(f"class {class_name!r} is not one of the model's classes")
+        idx = meta.class_names.index(class_name)
+    multilabel = meta.thresholds is not None or meta.task == "hpa"
+    e = explain(model, x, method, class_index=idx, multilabel=multilabel)
+    check_cancel(cancel)
+    heat = resize(e.heatmap, (r1 - r0, c1 - c0), order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+    yield Progress(3, 3, "explain", "done")
+    view = x[0].detach().float().cpu().numpy()
+    view = view[0] if view.shape[0] == 1 else np.moveaxis(view, 0, -1)
+    probs = {n: float(p) for n, p in zip(meta.class_names, e.probabilities)}
+    return {"heatmap": heat, "offset": (r0, c0), "class": meta.class_names[e.class_index], "score": e.score,
+            "probabilities": probs, "method": e.method, "layer": e.layer, "device": policy.describe(),
+            "trained_on": meta.trained_on, "preprocess": tf.name, "aligned": bool(tf.aligned),
+            "model_input": view, "model_heatmap": e.heatmap}
