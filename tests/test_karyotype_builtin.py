@@ -78,3 +78,24 @@ def test_no_held_out_spread_at_its_own_size_is_read_as_magnified(shared_data):
     pairs = kt.annotated_spreads(shared_data / "chromosomes" / "tseng2023_gband_spreads")
     held = split_spreads(pairs, 0.2, 0)[1]
     assert [magnification(spread_input(kt._read_spread(p))) for p, _ in held] == [1.0] * len(held)
+
+
+def test_box_view_of_detected_chromosomes_raises_paired_accuracy(shared_data):
+    """Detector boxes give the classifier the view it was trained on; averaging it with the mask view helps."""
+    from napari_cellclass.karyotype.pipeline import finish_karyotype
+    from napari_cellclass import zoo
+
+    det = zoo.resolve_model("chromdet-tseng", task="karyotype")
+    cls = zoo.resolve_model("gricol-gband-tseng", task="chromosome")
+    score = {"mask": 0, "both": 0}
+    for k in range(3):
+        img_path, side = _held_out_spread(shared_data, k)
+        img = kt._read_spread(img_path)
+        truth, classes = kt._truth(img_path, side)
+        labels, boxes = run_sync(kt.segment_with_boxes(img, "detector", det, "cpu"))
+        found = match_boxes(boxes, truth, 0.5)
+        for view, b in (("mask", None), ("both", boxes)):
+            probs = run_sync(kt.classify_labels(img, labels, cls, device="cpu", boxes=b))
+            paired = finish_karyotype(img, labels, probs, karyogram=False)["classes"]
+            score[view] += sum(paired[i] == classes[j] for i, j in found)
+    assert score["both"] > score["mask"]

