@@ -95,7 +95,10 @@ def save_checkpoint(
         path = path.with_name(path.name + SUFFIX)
     state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
     if not meta.preprocess:  # every new checkpoint names its transform explicitly
-        meta = replace(meta, preprocess=declared_preprocess(meta))
+        try:
+            meta = replace(meta, preprocess=declared_preprocess(meta))
+        except (TypeError, ValueError, AttributeError):
+            pass  # malformed metadata is written as given; reading it names the problem
     # safetensors wants contiguous CPU tensors that do not share storage
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
