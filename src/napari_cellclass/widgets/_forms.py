@@ -23,7 +23,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, FileEdit
 from magicgui.widgets.bases import Widget as MagicWidget
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import QFormLayout, QLabel, QLayout, QScrollArea, QVBoxLayout, QWidget
 
 from ..engine.device import DEVICE_CHOICES, ENV_VAR
@@ -184,6 +184,30 @@ def form(*rows: tuple[str | None, Any]) -> QFormLayout:
     return lay
 
 
+class _VerticalScroll(QScrollArea):
+    """Scrolls up and down only: as wide as its content needs, as tall as the dock gives it."""
+
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.LayoutRequest:  # the content's size hint changed: ask the dock again
+            self.updateGeometry()
+        return super().eventFilter(obj, event)
+
+    def _extra_width(self) -> int:
+        return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        inner = self.widget().minimumSizeHint()
+        return QSize(inner.width() + self._extra_width(), super().minimumSizeHint().height())
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        inner = self.widget().sizeHint()
+        return QSize(inner.width() + self._extra_width(), min(inner.height(), super().sizeHint().height()))
+
+
 def scrolling_layout(widget: QWidget) -> QVBoxLayout:
     """The layout to fill with ``widget``'s content, inside a vertical scroll area.
 
@@ -193,10 +217,10 @@ def scrolling_layout(widget: QWidget) -> QVBoxLayout:
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
     body = QWidget()
-    scroll = QScrollArea()
+    scroll = _VerticalScroll()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setWidget(body)
     outer.addWidget(scroll)
     widget.scroll_area = scroll

@@ -11,19 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
-    QSpinBox, QVBoxLayout, QWidget,
-)
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
 
-from ._errors import error_message
-from ._model_chooser import ModelChooser
 from .. import zoo
-from ..engine.device import DEVICE_CHOICES
-from ..engine.progress import CancelToken, Progress
-from ..errors import CellClassError
 from .._compat import avoid_triton_llvm_clash
-from .train import _drive, _Failure
+from ..engine.progress import CancelToken
+from ..errors import CellClassError
+from ._forms import Choice, DeviceChoice, LayerChoice, PathEdit, add_all, form, scrolling_layout
+from ._model_chooser import ModelChooser
+from ._runner import JobRunner, RunsJobs
 
 PREDICTED = "(predicted class)"
 WHOLE = "(whole image)"
@@ -53,73 +49,45 @@ def explain_job(checkpoint: Path, image: np.ndarray, box: tuple[int, int, int, i
     return (yield from job(checkpoint, image, box, method, class_name, device, cancel))
 
 
-class ExplainWidget(QWidget):
+class ExplainWidget(RunsJobs, QWidget):
     """Image, checkpoint, class, method, optional cell -> a saliency layer; dataset -> embedding plot."""
 
     def __init__(self, napari_viewer):
+        from napari.layers import Image, Shapes
+
         super().__init__()
         self.viewer = napari_viewer
-        self.worker = None
-        self.cancel_token: CancelToken | None = None
-        self.running = False
         self.last_result: dict[str, Any] | None = None
         self.last_embedding: dict[str, Any] | None = None
-        self.last_error: str | None = None
         self.class_names: list[str] = []
 
-        form = QFormLayout()
-        self.image_box = QComboBox()
-        form.addRow("image layer", self.image_box)
+        def not_ours(layer) -> bool:
+            return not layer.metadata.get("cellclass_explanation")
+
+        self.image_box = LayerChoice(napari_viewer, Image, where=not_ours)
         self.model_edit = ModelChooser(None)  # built-in classifiers first, Browse... for any checkpoint
         self.model_edit.changed.connect(self._load_classes)
-        form.addRow("model", self.model_edit)
-        self.class_box = QComboBox()
-        self.class_box.addItem(PREDICTED)
-        form.addRow("class", self.class_box)
-        self.method_box = QComboBox()
-        self.method_box.addItems(METHODS)
-        form.addRow("method", self.method_box)
-        self.cells_box = QComboBox()
-        self.cells_box.setToolTip("explain one cell: the selected shape of this layer (else shape number below)")
-        form.addRow("cell from", self.cells_box)
+        self.class_box = Choice(choices=[PREDICTED])
+        self.method_box = Choice(choices=METHODS)
+        self.cells_box = LayerChoice(napari_viewer, Shapes, where=not_ours, extra=[(WHOLE, None)],
+                                     tooltip="explain one cell: the selected shape of this layer (else shape "
+                                             "number below)")
         self.cell_spin = QSpinBox()
         self.cell_spin.setRange(0, 100000)
-        form.addRow("cell number", self.cell_spin)
-        self.device_box = QComboBox()
-        self.device_box.addItems(list(DEVICE_CHOICES))
-        form.addRow("device", self.device_box)
+        self.device_box = DeviceChoice()
+        self.device_label = self.device_box.label  # where the model runs, shown from the start
 
-        buttons = QHBoxLayout()
         self.run_button = QPushButton("Explain")
-        self.run_button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.run_button.clicked.connect(lambda: self.start())
+        self.data_edit = PathEdit("d", "class-per-folder dataset for the embedding")
+        self.embed_method = Choice(choices=["tsne", "pca"])
+        self.out_edit = PathEdit("d", "folder for embedding.png/.csv (default: next to the model)")
+        self.embed_button = QPushButton("Embed dataset")
+        self.embed_button.clicked.connect(lambda: self.start_embedding())
+        self.runner = JobRunner([self.run_button, self.embed_button], context="explanation failed")
+        buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-
-        emb_form = QFormLayout()
-        self.data_edit = QLineEdit()
-        self.data_edit.setPlaceholderText("class-per-folder dataset for the embedding")
-        data_browse = QPushButton("Browse...")
-        data_browse.clicked.connect(lambda: self._browse_dir(self.data_edit))
-        drow = QHBoxLayout()
-        drow.addWidget(self.data_edit)
-        drow.addWidget(data_browse)
-        emb_form.addRow("dataset", drow)
-        self.embed_method = QComboBox()
-        self.embed_method.addItems(["tsne", "pca"])
-        emb_form.addRow("embedding", self.embed_method)
-        self.out_edit = QLineEdit()
-        self.out_edit.setPlaceholderText("folder for embedding.png/.csv (default: next to the model)")
-        emb_form.addRow("save to", self.out_edit)
-        self.embed_button = QPushButton("Embed dataset")
-        self.embed_button.clicked.connect(self.start_embedding)
-
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
 
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -130,32 +98,20 @@ class ExplainWidget(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(260)
 
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(QLabel("<b>Feature embedding</b>"))
-        layout.addLayout(emb_form)
-        layout.addWidget(self.embed_button)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.canvas)
-
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self._refresh_layers()
+        add_all(scrolling_layout(self), [
+            form(("image layer", self.image_box), ("model", self.model_edit), ("class", self.class_box),
+                 ("method", self.method_box), ("cell from", self.cells_box), ("cell number", self.cell_spin),
+                 ("device", self.device_box)),
+            self.device_label, buttons, QLabel("<b>Feature embedding</b>"),
+            form(("dataset", self.data_edit), ("embedding", self.embed_method), ("save to", self.out_edit)),
+            self.embed_button, self.progress, self.status, self.canvas])
 
     # ------------------------------------------------------------------ form
-    def _browse_dir(self, edit: QLineEdit) -> None:
-        path = QFileDialog.getExistingDirectory(self, "folder")
-        if path:
-            edit.setText(path)
-
     def _load_classes(self) -> None:
         from ..engine.checkpoint import read_meta
 
         text = self.model_edit.text().strip()
-        self.class_box.clear()
-        self.class_box.addItem(PREDICTED)
+        self.class_box.choices = [PREDICTED]
         if not text:
             return
         try:
@@ -170,115 +126,61 @@ class ExplainWidget(QWidget):
             self.status.setText(f"error: {exc}")
             return
         self.class_names = list(classes)
-        self.class_box.addItems(self.class_names)
+        self.class_box.choices = [PREDICTED, *self.class_names]
         warning = zoo.synthetic_warning(trained_on)
         self.status.setText(f"{task} model ({arch}), {len(classes)} classes, trained on {trained_on}"
                             + (f". {warning}" if warning else ""))
 
-    def _refresh_layers(self, event=None) -> None:
-        from napari.layers import Image, Shapes
-
-        for box, kind, extra in ((self.image_box, Image, []), (self.cells_box, Shapes, [WHOLE])):
-            current = box.currentText()
-            box.clear()
-            names = extra + [layer.name for layer in self.viewer.layers
-                             if isinstance(layer, kind) and not layer.metadata.get("cellclass_explanation")]
-            box.addItems(names)
-            if current in names:
-                box.setCurrentText(current)
-
     # ------------------------------------------------------------------ running
-    def _run(self, job, on_done) -> Any:
-        from napari.qt.threading import create_worker
-
-        avoid_triton_llvm_clash()
-        self.worker = create_worker(_drive, job, _start_thread=False)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(on_done)
-        self.worker.finished.connect(self._on_finished)
-        self.running = True
-        self.run_button.setEnabled(False)
-        self.embed_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.worker.start()
-        return self.worker
-
-    def start(self):
+    def start(self, sync: bool = False):
         """Compute the chosen map in a worker; the result becomes an image layer."""
-        if self.running:
-            return self.worker
-        self.last_error = None
-        try:
-            img_name = self.image_box.currentText()
-            if img_name not in [layer.name for layer in self.viewer.layers]:
-                raise CellClassError("choose an image layer")
-            ckpt = self.model_edit.value  # built-in name or path -> verified checkpoint
-            if ckpt is None:
-                raise CellClassError("choose a model: a built-in or a checkpoint file")
-            layer = self.viewer.layers[img_name]
-            image = np.asarray(layer.data)
-            rgb = bool(getattr(layer, "rgb", False))
-            hw = image.shape[:2] if rgb else image.shape[-2:]
-            box = None
-            cells = self.cells_box.currentText()
-            if cells and cells != WHOLE:
-                shapes = self.viewer.layers[cells]
-                if not len(shapes.data):
-                    raise CellClassError(f"shapes layer {cells!r} has no shapes")
-                sel = sorted(shapes.selected_data)
-                i = sel[0] if sel else self.cell_spin.value()
-                if i >= len(shapes.data):
-                    raise CellClassError(f"shapes layer {cells!r} has {len(shapes.data)} shapes; no number {i}")
-                box = crop_box(shapes.data[i], hw)
-            self.cancel_token = CancelToken()
-            device = None if self.device_box.currentText() == "auto" else self.device_box.currentText()
-            job = explain_job(ckpt, image.copy(), box, self.method_box.currentText(), self.class_box.currentText(),
-                              device, self.cancel_token)
-        except Exception as exc:
-            self._fail(exc)
-            return None
-        self._source_layer = layer
-        return self._run(job, self._on_explained)
+        avoid_triton_llvm_clash()
+        return self.runner.start(self._explain_job, self._on_explained, sync=sync, busy_text="explaining...")
 
-    def start_embedding(self):
+    def _explain_job(self):
+        layer = self.image_box.layer
+        if layer is None:
+            raise CellClassError("choose an image layer")
+        ckpt = self.model_edit.value  # built-in name or path -> verified checkpoint
+        if ckpt is None:
+            raise CellClassError("choose a model: a built-in or a checkpoint file")
+        image = np.asarray(layer.data)
+        rgb = bool(getattr(layer, "rgb", False))
+        hw = image.shape[:2] if rgb else image.shape[-2:]
+        box = None
+        shapes = self.cells_box.layer
+        if shapes is not None:
+            if not len(shapes.data):
+                raise CellClassError(f"shapes layer {shapes.name!r} has no shapes")
+            sel = sorted(shapes.selected_data)
+            i = sel[0] if sel else self.cell_spin.value()
+            if i >= len(shapes.data):
+                raise CellClassError(f"shapes layer {shapes.name!r} has {len(shapes.data)} shapes; no number {i}")
+            box = crop_box(shapes.data[i], hw)
+        self._source_layer = layer
+        return explain_job(ckpt, image.copy(), box, self.method_box.value, self.class_box.value,
+                           self.device_box.device, self.runner.new_token())
+
+    def start_embedding(self, sync: bool = False):
         """Embed the dataset's penultimate features in 2-D, plot them here and save PNG/CSV."""
         from ..explain.embedding import embedding_job
 
-        if self.running:
-            return self.worker
-        self.last_error = None
-        try:
+        def job():
             ckpt = self.model_edit.value  # built-in name or path -> verified checkpoint
             if ckpt is None:
                 raise CellClassError("choose a model: a built-in or a checkpoint file")
-            data = Path(self.data_edit.text().strip())
-            if not data.is_dir():
-                raise CellClassError(f"dataset folder {str(data)!r} does not exist")
+            data = Path(self.data_edit.text())
+            if not self.data_edit.text() or not data.is_dir():
+                raise CellClassError(f"dataset folder {self.data_edit.text()!r} does not exist")
             default_out = (Path.home() / "cellclass-embeddings" / self.model_edit.text()  # never into the package
                            if self.model_edit.is_builtin else ckpt.parent / "embedding")
-            out = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else default_out
-            job = embedding_job(ckpt, data, out, method=self.embed_method.currentText())
-        except Exception as exc:
-            self._fail(exc)
-            return None
-        return self._run(job, self._on_embedded)
+            out = self.out_edit.path() or default_out
+            return embedding_job(ckpt, data, out, method=self.embed_method.value)  # no token: Cancel stops it
 
-    def cancel(self) -> None:
-        if self.cancel_token is not None:
-            self.cancel_token.cancel()
-        if self.worker is not None:
-            self.worker.quit()
-
-    def _on_progress(self, p: Progress) -> None:
-        if p.fraction is not None:
-            self.progress.setValue(int(p.fraction * 1000))
-        self.status.setText(f"{p.stage}: {p.message}")
+        avoid_triton_llvm_clash()
+        return self.runner.start(job, self._on_embedded, sync=sync, busy_text="embedding the dataset...")
 
     def _on_explained(self, result: Any) -> None:
-        if isinstance(result, _Failure):
-            self._fail(result.exc)
-            return
         self.last_result = result
         src = self._source_layer
         r0, c0 = result["offset"]
@@ -305,12 +207,8 @@ class ExplainWidget(QWidget):
             + (f". {zoo.synthetic_warning(result.get('trained_on'))}" if zoo.is_synthetic(result.get("trained_on"))
                else "")
         )
-        self.progress.setValue(1000)
 
     def _on_embedded(self, result: Any) -> None:
-        if isinstance(result, _Failure):
-            self._fail(result.exc)
-            return
         from ..explain.embedding import plot_embedding
 
         self.last_embedding = result
@@ -318,24 +216,3 @@ class ExplainWidget(QWidget):
                        title=f"{result['method']}: {result['n']} images, kNN agreement {result['neighbour_agreement']:.2f}")
         self.canvas.draw_idle()
         self.status.setText(f"embedding saved to {result.get('png')}")
-        self.progress.setValue(1000)
-
-    def _fail(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        from ..errors import Cancelled
-
-        if isinstance(exc, Cancelled):
-            self.last_error = "cancelled"
-            self.status.setText("cancelled")
-            return
-        msg = error_message(exc)
-        self.last_error = msg
-        self.status.setText(f"error: {msg}")
-        show_error(msg)
-
-    def _on_finished(self) -> None:
-        self.running = False
-        self.run_button.setEnabled(True)
-        self.embed_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)

@@ -16,35 +16,33 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-    QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
 )
 
-from ._errors import error_message
-from ..engine.device import DEVICE_CHOICES
 from .._compat import avoid_triton_llvm_clash
-from ..engine.progress import CancelToken, Progress
+from ..engine.progress import Progress
 from ..errors import CellClassError
+from ..tasks.history import TrainingHistory, is_number
+from ._forms import Choice, DeviceChoice, LayerChoice, PathEdit, add_all, form, scrolling_layout
+from ._runner import JobRunner, RunsJobs
 
 TASK_NAMES = ["wbc", "chromosome", "hpa", "detect"]
 FOLDER, LAYERS = "folder", "image + annotation layers"
-SKIP_METRICS = {"epoch", "lr", "loss"}
 
 
-def parse_settings(text: str) -> dict[str, Any]:
-    """``"loss=focal, schedule=cosine"`` -> dict (values parsed like ``--set``)."""
-    from ..tasks.base import parse_value
+def parse_settings(text: str, task: str | None = None) -> dict[str, Any]:
+    """``"loss=focal, schedule=cosine"`` -> typed dict, by the CLI's ``--set`` parser
+    (:mod:`napari_cellclass.tasks.options`): with ``task``, a misspelt key names the closest one."""
+    from ..tasks.options import parse_settings as parse
 
-    out: dict[str, Any] = {}
-    for part in text.replace(";", " ").split():
-        part = part.strip().rstrip(",")
-        if not part:
-            continue
-        if "=" not in part:
-            raise CellClassError(f"setting {part!r} is not key=value")
-        k, v = part.split("=", 1)
-        out[k.strip()] = parse_value(v.strip())
-    return out
+    return parse(task or "", "train" if task else "", text)
 
 
 def layers_training_job(task: str, image: np.ndarray, boxes: np.ndarray, classes: list[str], opts):
@@ -69,80 +67,56 @@ def layers_training_job(task: str, image: np.ndarray, boxes: np.ndarray, classes
     return result
 
 
-class TrainWidget(QWidget):
+class TrainWidget(RunsJobs, QWidget):
     """Task, data, recipe, device, budget -> training in a worker with live curves."""
 
     def __init__(self, napari_viewer):
+        from napari.layers import Image, Labels, Shapes
+
         super().__init__()
         self.viewer = napari_viewer
-        self.cancel_token: CancelToken | None = None
-        self.worker = None
-        self.history: list[dict[str, float]] = []
+        self.training = TrainingHistory()  # what the run reported (plain class, no Qt): the curves draw it
         self.last_result: dict[str, Any] | None = None
-        self.last_error: str | None = None
-        self.running = False
-        self._t0 = 0.0
 
-        form = QFormLayout()
-        self.task_box = QComboBox()
-        self.task_box.addItems(TASK_NAMES)
-        form.addRow("task", self.task_box)
-        self.source_box = QComboBox()
-        self.source_box.addItems([FOLDER, LAYERS])
-        self.source_box.currentTextChanged.connect(self._source_changed)
-        form.addRow("data from", self.source_box)
-        self.data_edit, data_row = self._path_row("dataset folder", folder=True)
-        form.addRow("data folder", data_row)
-        self.image_box = QComboBox()
-        self.annot_box = QComboBox()
-        self.annot_box.setToolTip("shapes (one per object) or labels layer; its features name each object's class")
+        self.task_box = Choice(choices=TASK_NAMES)
+        self.source_box = Choice(choices=[FOLDER, LAYERS])
+        self.source_box.changed.connect(self._source_changed)
+        self.data_edit = PathEdit("d", "dataset folder")
+        self.image_box = LayerChoice(napari_viewer, Image)
+        self.annot_box = LayerChoice(napari_viewer, (Shapes, Labels),
+                                     tooltip="shapes (one per object) or labels layer; its features name each "
+                                             "object's class")
         self.feature_edit = QLineEdit("label")
-        form.addRow("image layer", self.image_box)
-        form.addRow("annotations", self.annot_box)
-        form.addRow("class feature", self.feature_edit)
-        self.recipe_edit, recipe_row = self._path_row("optional recipe .yaml/.json", folder=False)
-        form.addRow("recipe", recipe_row)
+        self.recipe_edit = PathEdit("r", "optional recipe .yaml/.json", filter="Recipes (*.yaml *.yml *.json)")
         self.settings_edit = QLineEdit()
         self.settings_edit.setPlaceholderText("e.g. loss=focal schedule=cosine early_stopping=5")
-        form.addRow("settings", self.settings_edit)
-        self.device_box = QComboBox()
-        self.device_box.addItems(list(DEVICE_CHOICES))
-        form.addRow("device", self.device_box)
+        self.device_box = DeviceChoice()
+        self.device_label = self.device_box.label
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(0, 10000)
         self.epochs_spin.setSpecialValueText("task default")
-        form.addRow("epochs", self.epochs_spin)
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(0, 4096)
         self.batch_spin.setSpecialValueText("task default")
-        form.addRow("batch size", self.batch_spin)
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(6)
         self.lr_spin.setRange(0.0, 10.0)
         self.lr_spin.setSingleStep(1e-4)
         self.lr_spin.setSpecialValueText("recipe default")
-        form.addRow("learning rate", self.lr_spin)
-        self.out_edit, out_row = self._path_row("output folder (default runs/<task>-<time>)", folder=True)
-        form.addRow("output", out_row)
+        self.out_edit = PathEdit("d", "output folder (default runs/<task>-<time>)")
         self.quick_check = QCheckBox("quick (tiny model, smoke test)")
         self.resume_check = QCheckBox("resume from output/resume.pt")
-        form.addRow(self.quick_check)
-        form.addRow(self.resume_check)
 
-        buttons = QHBoxLayout()
         self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.train_button.clicked.connect(lambda: self.start())
+        self.runner = JobRunner(
+            [self.train_button], on_progress=self._on_progress,
+            cancelling_text="cancelling after the current batch; the best checkpoint so far is kept",
+            cancelled_text="cancelled; the best checkpoint so far is kept (tick Resume to continue)")
+        buttons = QHBoxLayout()
         buttons.addWidget(self.train_button)
         buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
         self.eta_label = QLabel("")
-        self.device_label = QLabel("device: (chosen when training starts)")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
 
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -154,77 +128,47 @@ class TrainWidget(QWidget):
         self.canvas.setMinimumHeight(240)
         self._draw_curves()
 
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.eta_label)
-        layout.addWidget(self.device_label)
-        layout.addWidget(self.canvas)
-        layout.addWidget(self.status)
+        fields = form(("task", self.task_box), ("data from", self.source_box), ("data folder", self.data_edit),
+                      ("image layer", self.image_box), ("annotations", self.annot_box),
+                      ("class feature", self.feature_edit), ("recipe", self.recipe_edit),
+                      ("settings", self.settings_edit), ("device", self.device_box), ("epochs", self.epochs_spin),
+                      ("batch size", self.batch_spin), ("learning rate", self.lr_spin), ("output", self.out_edit),
+                      (None, self.quick_check), (None, self.resume_check))
+        add_all(scrolling_layout(self), [fields, buttons, self.progress, self.eta_label, self.device_label,
+                                         self.canvas, self.status])
+        self._source_changed(self.source_box.value)
 
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self._refresh_layers()
-        self._source_changed(self.source_box.currentText())
-
-    # ------------------------------------------------------------------ form helpers
-    def _path_row(self, placeholder: str, folder: bool) -> tuple[QLineEdit, QHBoxLayout]:
-        edit = QLineEdit()
-        edit.setPlaceholderText(placeholder)
-        button = QPushButton("Browse...")
-
-        def browse() -> None:
-            if folder:
-                path = QFileDialog.getExistingDirectory(self, placeholder)
-            else:
-                path, _ = QFileDialog.getOpenFileName(self, placeholder, "", "Recipes (*.yaml *.yml *.json)")
-            if path:
-                edit.setText(path)
-
-        button.clicked.connect(browse)
-        row = QHBoxLayout()
-        row.addWidget(edit)
-        row.addWidget(button)
-        return edit, row
-
-    def _refresh_layers(self, event=None) -> None:
-        from napari.layers import Image, Labels, Shapes
-
-        for box, kinds in ((self.image_box, (Image,)), (self.annot_box, (Shapes, Labels))):
-            current = box.currentText()
-            box.clear()
-            names = [layer.name for layer in self.viewer.layers if isinstance(layer, kinds)]
-            box.addItems(names)
-            if current in names:
-                box.setCurrentText(current)
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Per-epoch metrics of the current run (``self.training.epochs``)."""
+        return self.training.epochs
 
     def _source_changed(self, text: str) -> None:
         layers = text == LAYERS
         self.data_edit.setEnabled(not layers)
-        for w in (self.image_box, self.annot_box, self.feature_edit):
-            w.setEnabled(layers)
+        for w in (self.image_box, self.annot_box):
+            w.enabled = layers
+        self.feature_edit.setEnabled(layers)
 
     # ------------------------------------------------------------------ options and job
     def options(self):
         """The TaskOptions the form describes (a fresh CancelToken)."""
         from ..tasks.base import TaskOptions
 
-        recipe = self.recipe_edit.text().strip()
-        out = self.out_edit.text().strip()
-        task = self.task_box.currentText()
-        self.cancel_token = CancelToken()
+        recipe = self.recipe_edit.text()
+        out = self.out_edit.text()
+        task = self.task_box.value
         return TaskOptions(
             epochs=self.epochs_spin.value() or None,
             batch_size=self.batch_spin.value() or None,
             lr=self.lr_spin.value() or None,
-            device=None if self.device_box.currentText() == "auto" else self.device_box.currentText(),
+            device=self.device_box.device,
             out=Path(out) if out else Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}",
             recipe=Path(recipe) if recipe else None,
             quick=self.quick_check.isChecked(),
             resume=self.resume_check.isChecked(),
-            extra=parse_settings(self.settings_edit.text()),
-            cancel=self.cancel_token,
+            extra=parse_settings(self.settings_edit.text(), task),
+            cancel=self.runner.new_token(),
         )
 
     def _layer_data(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -233,12 +177,11 @@ class TrainWidget(QWidget):
 
         from ..io.layers_dataset import class_names_from_features, label_boxes, shape_boxes
 
-        names = [layer.name for layer in self.viewer.layers]
-        img_name, ann_name = self.image_box.currentText(), self.annot_box.currentText()
-        if img_name not in names or ann_name not in names:
+        img, ann = self.image_box.layer, self.annot_box.layer
+        if img is None or ann is None:
             raise CellClassError("choose an image layer and an annotation (shapes or labels) layer")
-        image = np.asarray(self.viewer.layers[img_name].data).copy()
-        ann = self.viewer.layers[ann_name]
+        image = np.asarray(img.data).copy()
+        ann_name = ann.name
         column = self.feature_edit.text().strip() or "label"
         if isinstance(ann, Labels):
             boxes, ids = label_boxes(ann.data)
@@ -257,105 +200,56 @@ class TrainWidget(QWidget):
 
     def make_job(self):
         """The generator the worker runs (built on the GUI thread; does no work until iterated)."""
+        from ..engine.checkpoint import check_run_folder
         from ..tasks.base import task_function
 
-        task = self.task_box.currentText()
+        task = self.task_box.value
         opts = self.options()
         self._opts = opts
-        from ..engine.checkpoint import check_run_folder
-
         check_run_folder(opts.out, task, resume=opts.resume)  # never replace another task's model
-        if self.source_box.currentText() == LAYERS:
+        if self.source_box.value == LAYERS:
             image, boxes, classes = self._layer_data()
-            return layers_training_job(task, image, boxes, classes, opts)
-        data = self.data_edit.text().strip()
-        if not data or not Path(data).exists():
-            raise CellClassError(f"dataset folder {data!r} does not exist")
-        return task_function(task, "train")(Path(data), opts)
+            job = layers_training_job(task, image, boxes, classes, opts)
+        else:
+            data = self.data_edit.text()
+            if not data or not Path(data).exists():
+                raise CellClassError(f"dataset folder {data!r} does not exist")
+            job = task_function(task, "train")(Path(data), opts)
+        if opts.resume:
+            self.training.load_resume(opts.out)
+            self._draw_curves()
+        return job
 
     # ------------------------------------------------------------------ running
-    def start(self):
+    def start(self, sync: bool = False):
         """Start training in a worker thread; returns the worker (None if the form is invalid)."""
-        from napari.qt.threading import create_worker
-
-        from ..engine.device import resolve_device
-
         if self.running:
             return self.worker
         avoid_triton_llvm_clash()
-        self.last_error = None
         self.last_result = None
-        self.history = []
+        self.training.clear()
         self._draw_curves()
-        try:
-            job = self.make_job()
-            self.device_label.setText(f"device: {resolve_device(self._opts.device).describe()}")
-        except Exception as exc:  # bad form input: say it, no traceback dialog
-            self._fail(exc)
-            return None
-        if self._opts.resume:
-            self._preload_history(self._opts.out)
-        self.worker = create_worker(_drive, job, _start_thread=False)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_done)
-        self.worker.errored.connect(self._fail)
-        self.worker.finished.connect(self._on_finished)
-        self.running = True
-        self.train_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.status.setText(f"training {self.task_box.currentText()} -> {self._opts.out}")
-        self._t0 = time.monotonic()
-        self._t_frac0: tuple[float, float] | None = None
-        self.worker.start()
-        return self.worker
-
-    def cancel(self) -> None:
-        if self.cancel_token is not None:
-            self.cancel_token.cancel()
-            self.status.setText("cancelling after the current batch; the best checkpoint so far is kept")
-
-    def _preload_history(self, out: Path | None) -> None:
-        try:
-            from ..engine.training import load_resume_state
-
-            p = Path(out) / "resume.pt"
-            if p.exists():
-                self.history = [dict(h) for h in load_resume_state(p).get("history", [])]
-                self._draw_curves()
-        except Exception:
-            pass  # the task itself reports an unreadable resume file
+        self.device_box.show_device()
+        return self.runner.start(self.make_job, self._on_done, sync=sync,
+                                 busy_text=f"training {self.task_box.value}...")
 
     def _on_progress(self, p: Progress) -> None:
-        frac = p.fraction
-        now = time.monotonic()
-        if frac is not None:
-            self.progress.setValue(int(frac * 1000))
-            if self._t_frac0 is None:
-                self._t_frac0 = (now, frac)
-            t_start, f_start = self._t_frac0
-            if frac > f_start:
-                eta = (now - t_start) * (1 - frac) / (frac - f_start)
-                self.eta_label.setText(f"{p.stage}: {100 * frac:.0f}%  elapsed {now - self._t0:.0f} s  ETA {eta:.0f} s")
-        else:
-            self.eta_label.setText(f"{p.stage}: {p.message}")
-        if p.stage == "epoch":
-            self.history.append(dict(p.metrics))
+        epoch_done = self.training.add(p)
+        self.eta_label.setText(self.training.eta_text(p))
+        if epoch_done:
             self._draw_curves()
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in p.metrics.items() if k not in ("epoch",))
-            self.status.setText(f"{p.message}: {shown}")
+            self.status.setText(f"{p.message}: {self.training.last_text()}")
 
     def _draw_curves(self) -> None:
         ax, am = self.ax_loss, self.ax_metric
         ax.clear()
         am.clear()
-        ep = [h.get("epoch", i + 1) for i, h in enumerate(self.history)]
-        losses = [h.get("loss", float("nan")) for h in self.history]
-        ax.plot(ep, losses, "o-", color="tab:red", ms=3, label="train loss")
+        ep = self.training.epoch_numbers()
+        ax.plot(ep, self.training.losses(), "o-", color="tab:red", ms=3, label="train loss")
         ax.set_ylabel("loss", fontsize=8)
-        keys = sorted({k for h in self.history for k in h if k not in SKIP_METRICS and _is_num(h[k])})
+        keys = self.training.metric_names()
         for k in keys:
-            am.plot(ep, [h.get(k, float("nan")) for h in self.history], "o-", ms=3, label=k)
+            am.plot(ep, self.training.metric(k), "o-", ms=3, label=k)
         am.set_ylabel("validation", fontsize=8)
         am.set_xlabel("epoch", fontsize=8)
         for a in (ax, am):
@@ -367,50 +261,8 @@ class TrainWidget(QWidget):
         self.canvas.draw_idle()
 
     def _on_done(self, result: Any) -> None:
-        if isinstance(result, _Failure):
-            self._fail(result.exc)
-            return
         self.last_result = result
         best = result.get("best_metrics", {}) if isinstance(result, dict) else {}
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in best.items() if _is_num(v) and k != "lr")
-        self.status.setText(f"done in {result.get('seconds', '?')} s; best: {shown}\ncheckpoint: {result.get('checkpoint')}")
-        self.progress.setValue(1000)
-
-    def _fail(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        from ..errors import Cancelled
-
-        if isinstance(exc, Cancelled):
-            self.last_error = "cancelled"
-            self.status.setText("cancelled; the best checkpoint so far is kept (tick Resume to continue)")
-            return
-        msg = error_message(exc)
-        self.last_error = msg
-        self.status.setText(f"error: {msg}")
-        show_error(msg)
-
-    def _on_finished(self) -> None:
-        self.running = False
-        self.train_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-class _Failure:
-    """A failed or cancelled job, handed back as the worker's result (no traceback in the event loop)."""
-
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-def _drive(job):
-    """Re-yield the job's Progress and return its result, or a :class:`_Failure`."""
-    try:
-        result = yield from job
-    except Exception as exc:  # shown to the user in the widget, not re-raised in Qt's loop
-        return _Failure(exc)
-    return result
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in best.items() if is_number(v) and k != "lr")
+        self.status.setText(f"done in {result.get('seconds', '?')} s; best: {shown}\ncheckpoint: "
+                            f"{result.get('checkpoint')}")
