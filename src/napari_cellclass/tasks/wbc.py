@@ -530,11 +530,10 @@ def _image_files(inputs: Sequence[Path]) -> list[Path]:
 
 def _is_smear(path: Path, window: float) -> bool:
     """A whole field (to search for cells) rather than a crop of one cell: wider than 1.5 classifier views."""
-    from PIL import Image
+    from ..io.limits import probe
 
     try:
-        with Image.open(path) as im:
-            return min(im.size) >= 1.5 * window
+        return min(probe(path).shape[:2]) >= 1.5 * window  # the header only, through the one image reader
     except Exception:  # unreadable: smear analysis lists it with the reason and goes on
         return True
 
