@@ -645,6 +645,8 @@ def demo(out: Path, opts) -> Job[dict[str, Any]]:
     return {
         "note": "tiny classifier trained only on synthetic chromosomes; numbers show the pipeline runs",
         "truth": "47,XY,+21", "summary": res["summary"], "count": int(res["count"]),
+        # said outright, so a wrong ISCN string is never read as the demo's answer
+        "summary_matches_truth": res["summary"] == "47,XY,+21",
         "segmentation_recall": round(len(matches) / len(spread["classes"]), 3),
         "class_accuracy": round(correct / max(len(matches), 1), 3),
         "model": str(model), "karyogram_png": paths["karyogram_png"], "csv": paths["csv"],
