@@ -13,7 +13,10 @@ import pytest
 import torch
 
 from napari_cellclass.engine.checkpoint import (
-    CheckpointMeta, declared_preprocess, read_meta, save_checkpoint,
+    CheckpointMeta,
+    declared_preprocess,
+    read_meta,
+    save_checkpoint,
 )
 from napari_cellclass.engine.progress import run_sync
 from napari_cellclass.errors import CheckpointError
@@ -21,7 +24,12 @@ from napari_cellclass.explain.job import explain_job
 from napari_cellclass.io.chromosome_dataset import canvas_crop, orient_crop
 from napari_cellclass.models.registry import build_model
 from napari_cellclass.preprocess import (
-    ChromosomeCanvas, HPAField, WBCCrop, get_transform, register_transform, registered_transforms,
+    ChromosomeCanvas,
+    HPAField,
+    WBCCrop,
+    get_transform,
+    register_transform,
+    registered_transforms,
 )
 from napari_cellclass.synth.chromosomes import CHROMOSOME_CLASSES, make_chromosome
 

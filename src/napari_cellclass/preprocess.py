@@ -78,7 +78,7 @@ class Transform:
 def _box_crop(a: np.ndarray, box: Sequence[float] | None, channel_first: bool = False) -> np.ndarray:
     if box is None:
         return a
-    y0, x0, y1, x1 = (int(round(float(v))) for v in box)
+    y0, x0, y1, x1 = (round(float(v)) for v in box)
     h, w = (a.shape[-2:] if channel_first else a.shape[:2])
     y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
     if y1 - y0 < 2 or x1 - x0 < 2:
