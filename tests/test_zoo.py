@@ -35,6 +35,7 @@ def test_card_has_every_field(two_wbc):
     assert c["classes"] == ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
     assert c["input"] == {"size": [32, 32], "channels": 3}
     assert c["preprocessing"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    assert c["transform"] == {"name": "wbc_crop", "params": {"size": 32, "crop": "box"}}
     assert set(c["trained_on"]) >= {"source", "licence", "split_rule", "counts"}
     assert c["trained_on"]["counts"] == {"n_train": 40, "n_val": 10}
     assert c["metrics"]["macro_f1"] == 0.8

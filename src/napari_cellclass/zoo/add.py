@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..engine.checkpoint import declared_preprocess
 from ..errors import CellClassError, InputError
 from . import CARD_FORMAT, MAX_FILE_BYTES, MAX_TOTAL_BYTES, SUFFIX, WEIGHTS_DIR, primary_metric, zoo_dir
 from ._fetch import sha256_of
@@ -82,6 +83,7 @@ def make_card(meta, *, name: str, sha256: str, size_bytes: int, dtype: str, comm
         "classes": list(meta.class_names),
         "input": {"size": list(meta.input_size), "channels": int(meta.in_channels)},
         "preprocessing": meta.normalization,
+        "transform": declared_preprocess(meta),  # the registered transform that makes the input
         "trained_on": {"source": data_source, "licence": licence, "split_rule": split_rule, "counts": counts,
                        "synthetic": is_synthetic(meta.trained_on) or is_synthetic(data_source)},
         "metrics": metrics,
