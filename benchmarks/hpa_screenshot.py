@@ -30,7 +30,12 @@ def main(model: str, out: str) -> None:
         app.processEvents()
     for _ in range(50):
         app.processEvents()
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window._qt_window.resize(1400, 1000)
+    viewer.reset_view()
+    for _ in range(50):
+        app.processEvents()
+    bar = w.scroll_area.verticalScrollBar()
+    bar.setValue(bar.maximum())  # the dock scrolls: show the probability plot and its class names
     for _ in range(50):
         app.processEvents()
     viewer.window._qt_window.grab().save(out)
