@@ -71,7 +71,7 @@ class ReviewGallery(QWidget):
         scroll.setWidget(self.grid_host)
         self.export_button = QPushButton("Export class folders...")
         self.export_button.setToolTip("write the reviewed white cells as <CLASS>/*.png to fine-tune the classifier")
-        self.export_button.clicked.connect(lambda: self.export_folders())
+        self.export_button.clicked.connect(lambda: self._reported(self.export_folders))
         lay = QVBoxLayout(self)
         lay.addWidget(self.title)
         lay.addWidget(self.help)
@@ -116,7 +116,7 @@ class ReviewGallery(QWidget):
         for k, c in enumerate(self.classes, start=1):
             b = QPushButton(f"{k} {c[:4].title()}")
             b.setToolTip(f"file the selected cell as {c} (key {k})")
-            b.clicked.connect(lambda _=False, c=c: self.reclassify(c))
+            b.clicked.connect(lambda _=False, c=c: self._reported(self.reclassify, c))
             self.class_row.addWidget(b)
             self.class_buttons[c] = b
         while self.grid.count():
@@ -178,6 +178,13 @@ class ReviewGallery(QWidget):
                 camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
             except Exception:  # the camera is a convenience; never fail a review over it
                 pass
+
+    def _reported(self, action, *args: Any) -> Any:
+        """A button's action; a refusal goes through the blood widget's one error path (no traceback)."""
+        try:
+            return action(*args)
+        except CellClassError as exc:
+            return self.blood.runner.fail(exc)
 
     def reclassify(self, new_class: str, index: int | None = None) -> None:
         """File cell ``index`` (default: the selected one) under ``new_class``; the differential updates."""
