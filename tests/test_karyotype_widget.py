@@ -1,6 +1,7 @@
 """Karyotype widget in a real viewer: layers, class changes, label edits, correction tools, drag, report."""
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -264,3 +265,34 @@ def test_builtin_for_the_other_banding_is_warned(make_napari_viewer, qtbot):
     w.model_edit.setText("gricol-gband-tseng")
     assert w._banding_mismatch(spread) == ""
     assert w._banding_mismatch(255 - spread) != ""  # light on dark: the Q-band model is the one
+
+
+@pytest.mark.viewer
+def test_default_classifier_is_chosen_by_the_spreads_banding(make_napari_viewer, monkeypatch):
+    """The chooser's default entry picks the G- or Q-band built-in per spread (no mismatch to warn about)."""
+    from napari_cellclass import zoo
+    from napari_cellclass.tasks import karyotype as kt
+    from napari_cellclass.widgets.karyotype import KaryotypeWidget
+
+    assert zoo.is_builtin("gricol-qband-bioimlab") and zoo.is_builtin("gricol-gband-tseng")
+    seen = []
+
+    def fake_karyotype(image, model, **kw):  # record the classifier the widget resolved; no pipeline run
+        seen.append(Path(model).stem)
+        raise kt.InputError("stop here")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(kt, "karyotype", fake_karyotype)
+    viewer = make_napari_viewer()
+    w = KaryotypeWidget(viewer)
+    assert w.model_edit.is_auto and w.model_edit.value is None and "G-band" in w.model_edit.summary.text()
+    spread = make_spread(3, "46,XY", size=(384, 384))["image"]  # dark on light: G-band
+    viewer.add_image(spread, name="g")
+    w.image_box.setCurrentText("g")
+    w.run(sync=True)
+    assert w.last_error and "stop here" in w.last_error, w.last_error
+    viewer.add_image(255 - spread, name="q")  # bright on dark: Q-band
+    w.image_box.setCurrentText("q")
+    w.run(sync=True)
+    assert seen == ["gricol-gband-tseng", "gricol-qband-bioimlab"]
+    assert w._banding_mismatch(spread) == ""

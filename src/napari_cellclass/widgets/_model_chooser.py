@@ -66,8 +66,12 @@ class ModelChooser(QWidget):
 
     def __init__(self, task: str | Iterable[str] | None, parent: QWidget | None = None, *,
                  optional: bool = False, check_task: bool = True,
-                 placeholder: str = "built-in model or checkpoint (.safetensors)"):
+                 placeholder: str = "built-in model or checkpoint (.safetensors)",
+                 auto: tuple[str, str] | None = None):
         super().__init__(parent)
+        # (entry text, summary): a first entry, the default, whose value is None: the job picks the
+        # built-in itself from the data (the karyotype widget: by the spread's banding)
+        self.auto = auto
         self.check_task = check_task  # False: list the task's built-ins but accept any browsed checkpoint
         if task is None:
             self.tasks: tuple[str, ...] | None = None
@@ -122,6 +126,8 @@ class ModelChooser(QWidget):
         self.combo.clear()
         if self.optional:
             self.combo.addItem(NONE_TEXT)
+        if self.auto:
+            self.combo.addItem(self.auto[0])
         for c in cards:
             self.combo.addItem(c["name"])
             self.combo.setItemData(self.combo.count() - 1, c.get("one_line", ""), 3)  # 3 = ToolTipRole
@@ -154,6 +160,10 @@ class ModelChooser(QWidget):
         return self.text() in self._cards
 
     @property
+    def is_auto(self) -> bool:
+        return bool(self.auto) and self.text() == self.auto[0]
+
+    @property
     def value(self) -> Path | None:
         """The chosen model as a verified local checkpoint path (None when nothing is chosen).
 
@@ -161,7 +171,7 @@ class ModelChooser(QWidget):
         model for another task, hash mismatch, URL model offline).
         """
         text = self.text()
-        if not text:
+        if not text or (self.auto and text == self.auto[0]):
             return None
         task = self.tasks[0] if self.check_task and self.tasks is not None and len(self.tasks) == 1 else None
         return zoo.resolve_model(text, task=task)
@@ -181,6 +191,8 @@ class ModelChooser(QWidget):
 
     def describe(self, text: str) -> str:
         """The summary line for a choice (no hashing, no download: cheap enough per keystroke)."""
+        if self.auto and text == self.auto[0]:
+            return self.auto[1]
         if text in self._cards:
             c = self._cards[text]
             warn = zoo.SYNTHETIC_WARNING if (c.get("trained_on") or {}).get("synthetic") else ""

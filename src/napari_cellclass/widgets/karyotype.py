@@ -42,6 +42,23 @@ KARYOGRAM_NAME = "karyogram"
 CUT_NAME = "cut line"
 
 
+AUTO_CLASSIFIER = "auto: built-in for the spread's banding"
+AUTO_SUMMARY = ("gricol-gband-tseng for dark chromosomes on a light field (G-band), gricol-qband-bioimlab for "
+                "bright on dark (Q-band, DAPI); decided for each spread")
+
+
+def _auto_entry() -> tuple[str, str] | None:
+    """The chooser's by-banding entry, offered only when both banding built-ins are installed."""
+    from .. import zoo
+    from ..tasks.karyotype import BUILTIN_CLASSIFIERS
+
+    try:
+        ok = all(zoo.is_builtin(name) for name in BUILTIN_CLASSIFIERS.values())
+    except Exception:  # a broken model folder: the chooser says so itself
+        ok = False
+    return (AUTO_CLASSIFIER, AUTO_SUMMARY) if ok else None
+
+
 def _wrappable(text: str) -> str:
     """ISCN strings have no spaces; a zero-width space after each comma lets a label wrap them."""
     return text.replace(",", ",\u200b")
@@ -79,7 +96,8 @@ class KaryotypeWidget(RunsJobs, QWidget):
         self._edit_timer.timeout.connect(self.labels_edited)
 
         self.image_box = LayerChoice(napari_viewer, Image, where=lambda ly: ly.name != KARYOGRAM_NAME)
-        self.model_edit = ModelChooser("chromosome")  # built-in chromosome classifiers first, Browse...
+        # default: the built-in for the spread's banding (G or Q), decided per spread; built-ins, Browse...
+        self.model_edit = ModelChooser("chromosome", auto=_auto_entry())
         self.device_box = DeviceChoice()
         self.device_label = self.device_box.label  # where the model runs, shown from the start
         self.device_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -170,13 +188,17 @@ class KaryotypeWidget(RunsJobs, QWidget):
             raise CellClassError("choose a spread image layer first")
         model = self.model_edit.value  # built-in names or paths -> verified checkpoints
         detector = self.detector_edit.value
-        if model is None:
-            raise CellClassError("choose a chromosome classifier checkpoint (task 'chromosome')")
-        self._trained_on = _trained_on(model)
         device = self.device_box.device
         image = np.asarray(layer.data)
         if getattr(layer, "rgb", False) is False and image.ndim == 3 and image.shape[-1] not in (3, 4):
             image = image[int(self.viewer.dims.current_step[0])] if image.shape[0] > 1 else image[0]
+        if model is None and self.model_edit.is_auto:
+            from ..tasks.karyotype import default_classifier
+
+            model = default_classifier(image)  # the built-in for this spread's banding
+        if model is None:
+            raise CellClassError("choose a chromosome classifier checkpoint (task 'chromosome')")
+        self._trained_on = _trained_on(model)
         from ..karyotype.segment import check_spread
 
         check = check_spread(image)  # blank, oversized, fluorescence: say so before any work
