@@ -27,10 +27,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..classes import WBC_CLASSES, WBC_OPTIONAL_CLASSES
 from ..engine.augment import affine_colour_batch, dihedral, dihedral_batch  # noqa: F401  (dihedral: also for TTA)
 from ..engine.augment import affine_colour_batch as augment_batch  # noqa: F401  (the old name)
 from ..engine.data import SeededBatches
-from ..classes import WBC_CLASSES, WBC_OPTIONAL_CLASSES
 from ..errors import InputError
 from .limits import ScanReport, read_image, safe_relative, scan_files, to_uint8
 
