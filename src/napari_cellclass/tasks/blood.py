@@ -511,7 +511,8 @@ def _gallery_page(pdf: Any, rgb: np.ndarray, res: dict[str, Any], classes: list[
 
 # ----------------------------------------------------------------------------- folder mode
 
-def _smear_files(inputs: Sequence[str | Path]) -> list[Path]:
+def image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files of the given files and folders (recursively; macOS '._' shadows skipped), sorted."""
     files: list[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
@@ -545,7 +546,7 @@ def analyse_folder(inputs: Sequence[str | Path], out: str | Path, detector: str 
         raise InputError(f"boxes must be detector, auto or sidecar, got {boxes!r}")
     from ..engine.atomic import atomic_path
 
-    files = _smear_files(inputs)
+    files = image_files(inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     yield Progress(0, len(files), "load", "loading the detector and the white-cell classifier")

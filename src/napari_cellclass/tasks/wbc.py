@@ -514,20 +514,6 @@ def classify(image: Any, model_path: str | Path, cells: Any = None, device: str 
     }
 
 
-def _image_files(inputs: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, inputs):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in D.IMAGE_SUFFIXES)
-        elif p.exists():
-            files.append(p)
-        else:
-            raise InputError("input does not exist", p)
-    if not files:
-        raise InputError(f"no images found in {', '.join(map(str, inputs))}")
-    return files
-
-
 def _is_smear(path: Path, window: float) -> bool:
     """A whole field (to search for cells) rather than a crop of one cell: wider than 1.5 classifier views."""
     from ..io.limits import probe
@@ -555,7 +541,9 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
 
     out = Path(opts.out or "cellclass-out")
     out.mkdir(parents=True, exist_ok=True)
-    files = _image_files(inputs)
+    from .blood import image_files
+
+    files = image_files(inputs)
     mode = str(opts.get("boxes", "auto" if opts.get("sidecar", True) else "whole")).lower()
     if mode not in ("auto", "detector", "sidecar", "whole"):
         raise InputError(f"boxes must be auto, detector, sidecar or whole, got {mode!r}")
