@@ -175,3 +175,14 @@ def test_declared_defaults_match_what_the_tasks_read():
                     assert table[key].default == value, (task, key)
                     checked += 1
     assert checked > 20
+
+
+def test_api_train_and_evaluate_check_their_options_like_the_cli(tmp_path):
+    """Keyword options the task does not know are an error naming the closest key, not silently dropped."""
+    from napari_cellclass import api
+    from napari_cellclass.errors import InputError
+
+    with pytest.raises(InputError, match="did you mean 'lambda'"):
+        api.train("chromosome", tmp_path, lamda=0.3)
+    with pytest.raises(InputError, match="split"):
+        api.evaluate("chromosome", tmp_path / "m.safetensors", tmp_path, splt="val")

@@ -172,17 +172,24 @@ def show(result: dict[str, Any], viewer: Any = None, *, source: Any = None, task
 
 def train(task: str, data: str | Path, **options) -> dict[str, Any]:
     """Train a model for ``task`` on a dataset folder; returns the summary (incl. checkpoint)."""
+    return run_sync(task_function(task, "train")(Path(data), _task_options(task, "train", options)))
+
+
+def _task_options(task: str, command: str, options: dict[str, Any]) -> TaskOptions:
+    """TaskOptions from keyword arguments: its own fields, the rest typed and checked as ``--set`` keys are
+    (a misspelt key is an error naming the closest one, never silently dropped)."""
+    from .tasks.options import coerce_settings
+
     known = set(TaskOptions.__dataclass_fields__)
-    extra = {k: v for k, v in options.items() if k not in known}
-    opts = TaskOptions(**{k: v for k, v in options.items() if k in known})
-    opts.extra.update(extra)
-    return run_sync(task_function(task, "train")(Path(data), opts))
+    opts = TaskOptions(**{k: v for k, v in options.items() if k in known and k != "extra"})
+    opts.extra.update(options.get("extra") or {})
+    opts.extra.update(coerce_settings(task, command, {k: v for k, v in options.items() if k not in known}))
+    return opts
 
 
 def evaluate(task: str, model: str | Path, data: str | Path, **options) -> dict[str, Any]:
     """Evaluate a checkpoint on a dataset folder; returns JSON-able metrics."""
-    known = set(TaskOptions.__dataclass_fields__)
-    opts = TaskOptions(**{k: v for k, v in options.items() if k in known})
+    opts = _task_options(task, "evaluate", options)
     seg_only = task == "karyotype" and (model is None or str(model).lower() in ("none", "-"))
     return run_sync(task_function(task, "evaluate")(model if seg_only else _model(model, task), Path(data), opts))
 
