@@ -42,7 +42,7 @@ KARYOGRAM_NAME = "karyogram"
 CUT_NAME = "cut line"
 
 
-AUTO_CLASSIFIER = "auto: built-in for the spread's banding"
+AUTO_CLASSIFIER = "auto (by banding)"
 AUTO_SUMMARY = ("gricol-gband-tseng for dark chromosomes on a light field (G-band), gricol-qband-bioimlab for "
                 "bright on dark (Q-band, DAPI); decided for each spread")
 
