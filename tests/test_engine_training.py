@@ -173,3 +173,25 @@ def test_resume_continues_the_learning_rate_schedule(tmp_path):
     straight = run(4)
     resumed = run(4, start=2)
     assert [h["lr"] for h in resumed] == pytest.approx([h["lr"] for h in straight[2:]])
+
+
+def test_resume_with_the_saved_optimizer_state_does_not_decay_the_schedule_twice(tmp_path):
+    """Resume loads the optimizer (its lr already decayed); a recursive cosine must not start from there."""
+    def run(epochs, start=0, state=None):
+        torch.manual_seed(0)
+        x, y = _data(32, 0)
+        loader = DataLoader(TensorDataset(x, y), batch_size=8)
+        model = build_model("tiny_cnn", **CFG)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6 * len(loader))
+        if state is not None:
+            opt.load_state_dict(state)  # what restore_resume_state does
+        job = fit(model, loader, loss_fn=lambda m, b, e: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
+                  optimizer=opt, epochs=epochs, policy=resolve_device("cpu"), scheduler=sched,
+                  scheduler_per_batch=True, start_epoch=start)
+        return run_sync(job).history, opt.state_dict()
+
+    straight, _ = run(6)
+    _, state = run(3)  # interrupted after epoch 3 (the saved optimizer's lr is the decayed one)
+    resumed, _ = run(6, start=3, state=state)
+    assert [h["lr"] for h in resumed] == pytest.approx([h["lr"] for h in straight[3:]])

@@ -110,6 +110,11 @@ def fit(
         # resumed: bring the learning-rate schedule to where the interrupted run left it
         import warnings
 
+        # a restored optimizer carries the decayed lr of the saved epoch; recursive schedules
+        # (CosineAnnealingLR) would decay it again while fast-forwarding, so start from the base lr
+        for group in optimizer.param_groups:
+            if "initial_lr" in group:
+                group["lr"] = group["initial_lr"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "step() before optimizer.step()"
             for _ in range(start_epoch * (n_batches if scheduler_per_batch else 1)):
