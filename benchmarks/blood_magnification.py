@@ -18,16 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from blood_bccd import _iou  # the same matching as the end-to-end benchmark (same folder)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd"
-
-
-def _iou(a, b) -> float:
-    y0, x0 = max(a[0], b[0]), max(a[1], b[1])
-    y1, x1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, y1 - y0) * max(0.0, x1 - x0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def main() -> None:

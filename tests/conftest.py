@@ -35,3 +35,12 @@ def _torch_hub_isolated(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub), raising=False)
     monkeypatch.setenv("TORCH_HOME", str(hub))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny nets on a shared CPU train fastest single-threaded (no thread contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

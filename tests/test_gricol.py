@@ -20,14 +20,6 @@ from napari_cellclass.models.registry import build_model
 SMALL = dict(input_size=(64, 68), width=0.125, layers=(1, 1, 1, 1))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny nets on a shared CPU train fastest single-threaded (no thread contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_seed_tile_geometry():
     (th, tw), rows, cols = grid_geometry((448, 456), 3, overlap=True)

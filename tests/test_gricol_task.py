@@ -17,13 +17,6 @@ from napari_cellclass.tasks.base import TaskOptions
 TINY = {"input_size": [48, 52], "width": 0.125, "layers": [1, 1, 1, 1]}
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):

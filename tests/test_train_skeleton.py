@@ -14,14 +14,6 @@ from napari_cellclass.tasks.base import TaskOptions, task_function
 
 
 @pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
 def spy_fit(monkeypatch):
     """Replace the loop with one batch through the task's loss, recording what the skeleton passed."""
     calls: list[dict] = []
