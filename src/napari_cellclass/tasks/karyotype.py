@@ -68,13 +68,7 @@ def segment_with_boxes(image: np.ndarray, segmenter: str = "auto", detector_mode
                        device: str | None = None, cancel: CancelToken | None = None,
                        options: SegmentOptions | None = None) -> Job[tuple[np.ndarray, np.ndarray]]:
     """``(labels, boxes)``: boxes row k-1 for label k, the learned detector's own boxes where it ran."""
-    if segmenter not in SEGMENTERS:
-        raise InputError(f"segmenter must be one of {SEGMENTERS}, got {segmenter!r}")
-    if isinstance(detector_model, str) and builtin_path(detector_model) is not None:
-        detector_model = builtin_path(detector_model)  # a built-in name
-    if segmenter == "auto":
-        detector_model = detector_model or builtin_path(BUILTIN_DETECTOR)
-        segmenter = "detector" if detector_model is not None else "threshold"
+    segmenter, detector_model = resolve_segmenter(segmenter, detector_model)
     yield Progress(0, 1, "segment", f"segmenting ({segmenter})")
     boxes = None
     if segmenter == "threshold":
@@ -90,13 +84,23 @@ def segment_with_boxes(image: np.ndarray, segmenter: str = "auto", detector_mode
     return labels, (label_boxes(labels) if boxes is None else np.asarray(boxes, float).reshape(-1, 4))
 
 
-def _uses_chromdet(segmenter: str, detector_model) -> bool:
-    """Whether :func:`segment_with_boxes` ran the learned chromosome detector (so boxes are its own)."""
+def resolve_segmenter(segmenter: str, detector_model) -> tuple[str, Any]:
+    """``(segmenter, detector)`` that will actually run: a built-in name becomes its file, ``auto``
+    becomes the given or built-in detector, else the threshold segmenter."""
+    if segmenter not in SEGMENTERS:
+        raise InputError(f"segmenter must be one of {SEGMENTERS}, got {segmenter!r}")
     if isinstance(detector_model, str) and builtin_path(detector_model) is not None:
-        detector_model = builtin_path(detector_model)
+        detector_model = builtin_path(detector_model)  # a built-in name
     if segmenter == "auto":
         detector_model = detector_model or builtin_path(BUILTIN_DETECTOR)
-    return segmenter in ("auto", "detector") and _is_chromdet(detector_model)
+        segmenter = "detector" if detector_model is not None else "threshold"
+    return segmenter, detector_model
+
+
+def _uses_chromdet(segmenter: str, detector_model) -> bool:
+    """Whether :func:`segment_with_boxes` ran the learned chromosome detector (so boxes are its own)."""
+    segmenter, detector_model = resolve_segmenter(segmenter, detector_model)
+    return segmenter == "detector" and _is_chromdet(detector_model)
 
 
 def _is_chromdet(detector_model) -> bool:

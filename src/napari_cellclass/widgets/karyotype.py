@@ -203,15 +203,10 @@ class KaryotypeWidget(RunsJobs, QWidget):
 
         check = check_spread(image)  # blank, oversized, fluorescence: say so before any work
         self._image, self._image_name = image, layer.name
-        seg = self.segmenter_box.value
-        if seg == "auto":  # what 'auto' will run, for the report
-            from ..tasks.karyotype import BUILTIN_DETECTOR, builtin_path
+        from ..tasks.karyotype import resolve_segmenter
 
-            effective = Path(detector) if detector else builtin_path(BUILTIN_DETECTOR)
-            seg = "detector" if effective is not None else "threshold"
-        else:
-            effective = Path(detector) if detector else None
-        self._models = (Path(model), effective if seg == "detector" else None, seg)
+        seg, effective = resolve_segmenter(self.segmenter_box.value, Path(detector) if detector else None)
+        self._models = (Path(model), Path(effective) if seg == "detector" and effective else None, seg)  # report
         self._device = device
         self._notes = list(check.notes)
         self._banding_note = self._banding_mismatch(image)
