@@ -89,3 +89,29 @@ def test_iscn_strings_and_validation():
     assert CLASS_NAMES[20] == "21" and CLASS_NAMES[X] == "X"
     with pytest.raises(InputError):
         assign_classes(np.ones((3, 5)))
+
+
+def test_unconfident_findings_and_sex_chromosomes_are_written_with_a_question_mark():
+    from napari_cellclass.karyotype.iscn import parse_iscn, same_karyotype
+
+    trisomy = NORMAL_AUTOSOMES + [X, X, 20]
+    sure = iscn_summary(trisomy, [False] * len(trisomy))
+    assert sure.text == "47,XX,+21" and sure.confident and sure.valid and sure.headline == "47,XX,+21  (abnormal)"
+    one_21_flagged = [False] * len(trisomy)
+    one_21_flagged[-1] = True
+    s = iscn_summary(trisomy, one_21_flagged)
+    assert s.text == "47,XX,+?21" and not s.confident and s.n_flagged == 1 and s.headline.endswith("(1 to review)")
+    male = NORMAL_AUTOSOMES + [X, Y]
+    y_flagged = [False] * 45 + [True]
+    assert iscn_summary(male, y_flagged).text == "46,X,?Y"  # the nucleus filed as Y is not asserted
+    loss = NORMAL_AUTOSOMES[1:] + [X, Y]
+    assert iscn_summary(loss).text == "45,XY,-1"
+    assert iscn_summary(loss, [False] * 44 + [True]).text == "45,X,?Y,-?1"  # a loss is unsure while any is
+    for text in ("47,XX,+?21", "46,X,?Y", "45,X,?Y,-?1", "46,XY"):
+        assert parse_iscn(text).valid, text  # every string we write parses as ISCN 2024
+    assert same_karyotype("47,XY,+21,+13", "47,XY,+13,+21") and not same_karyotype("46,XX", "46,XY")
+
+
+def test_a_string_the_iscn_parser_refuses_is_not_shown_as_valid():
+    s = iscn_summary(NORMAL_AUTOSOMES)  # no sex chromosome found at all
+    assert not s.valid and not s.confident and "not valid ISCN" in s.headline

@@ -54,7 +54,7 @@ def finish_karyotype(
         for r, c in (fixed or {}).items():
             cls[r] = c
         a = manual_assignment(probs, cls, low_confidence)
-    summary = iscn_summary(a.classes)
+    summary = iscn_summary(a.classes, a.flagged)
     table = chromosome_table(labels, a.classes, a.confidence, a.flagged, a.reasons)
     result: dict[str, Any] = {
         "labels": labels,
@@ -68,6 +68,10 @@ def finish_karyotype(
         "slots": a.slot,
         "sex_template": a.sex,
         "summary": summary.text,
+        "headline": summary.headline,
+        "confident": summary.confident,
+        "n_flagged": summary.n_flagged,
+        "iscn_valid": summary.valid,
         "count": summary.count,
         "abnormal": summary.abnormal,
         "findings": summary.findings,
@@ -75,6 +79,6 @@ def finish_karyotype(
         "fixed": dict(fixed or {}),
     }
     if karyogram:
-        title = summary.text + ("  (abnormal: check flagged)" if summary.abnormal else "")
+        title = summary.headline
         result["karyogram"] = make_karyogram(image, labels, a.classes, flagged=a.flagged, title=title)
     return result
