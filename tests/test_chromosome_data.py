@@ -186,3 +186,49 @@ def test_real_gband_spreads(shared_data: Path):
     crop = load_crop(samples[0])
     x = prepare_crop(crop, size=(64, 68))
     assert x.shape == (64, 68) and x.max() > 0.5
+
+
+def _crop_files(root: Path, names: dict[str, list[str]]) -> Path:
+    rng = np.random.default_rng(0)
+    for cls, stems in names.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            a = np.full((30, 12), 230, np.uint8)
+            a[4:26, 3:9] = rng.integers(20, 120, (22, 6))
+            Image.fromarray(a).save(root / cls / f"{stem}.png")
+    return root
+
+
+def test_one_class_per_cell_is_refused_with_the_expected_pattern(tmp_path):
+    # every crop named by its own class: each "cell" holds one class, a split by cell is a split by class
+    root = _crop_files(tmp_path / "ds", {"1": ["one_a", "one_b"], "2": ["two_a", "two_b"], "X": ["x_a"]})
+    with pytest.raises(InputError, match=r"one class only.*'<cell>_<anything>\.<ext>'"):
+        scan_dataset(root)
+
+
+def test_patient_karyotype_names_split_by_patient(tmp_path):
+    stems = [f"{p}-{k}_{i}" for p in ("p1", "p2", "p3", "p4", "p5") for k in (1, 2) for i in range(2)]
+    root = _crop_files(tmp_path / "lab2", {"1": stems, "2": stems})
+    samples = scan_dataset(root)
+    assert {s.cell for s in samples} == {f"p{p}-{k}" for p in range(1, 6) for k in (1, 2)}  # scale unit
+    train, val = split_by_cell(samples, 0.4, seed=0)
+    patients = lambda ss: {s.cell.split("-")[0] for s in ss}  # noqa: E731
+    assert patients(train).isdisjoint(patients(val)) and len(patients(val)) == 2
+
+
+def test_sources_list_keeps_each_folder_split(tmp_path):
+    a = write_dataset(tmp_path / "labA", n_cells=5, seed=0)
+    stems = [f"{p}-{k}_{i}" for p in ("p1", "p2", "p3", "p4") for k in (1, 2) for i in range(2)]
+    b = _crop_files(tmp_path / "labB", {"3": stems, "X": stems})
+    (tmp_path / "sources.txt").write_text("# two labs\nlabA\nlabB   # patients\n\n")
+    assert detect_layout(tmp_path / "sources.txt") == "sources"
+    samples = scan_dataset(tmp_path / "sources.txt")
+    assert {s.source for s in samples} == {"labA", "labB"}
+    train, val = split_by_cell(samples, 0.4, seed=0)
+    alone_train, alone_val = split_by_cell(scan_dataset(a), 0.4, seed=0)
+    assert sorted(s.path for s in val if s.source == "labA") == sorted(s.path for s in alone_val)
+    assert {s.source for s in val} == {"labA", "labB"}
+    (tmp_path / "bad.txt").write_text("labA\nmissing_folder\n")
+    with pytest.raises(InputError, match="line 2.*missing_folder"):
+        scan_dataset(tmp_path / "bad.txt")
+    assert b.is_dir()

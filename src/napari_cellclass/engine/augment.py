@@ -94,13 +94,16 @@ def affine_colour_batch(x: torch.Tensor, size: int, gen: torch.Generator, *, rot
     return out.clamp_(0.0, 1.0)
 
 
-def affine_gamma_batch(x: torch.Tensor, g: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+def affine_gamma_batch(x: torch.Tensor, g: torch.Generator, strength: float = 1.0,
+                       degrade: float = 0.0) -> torch.Tensor:
     """Light geometric and photometric jitter of prepared crops (B, 1, H, W) in 0..1.
 
     Flips, a small rotation (the crops are already upright, so only about +-10 deg),
     scale and shift jitter (other labs image at other magnifications), then contrast,
     gamma and blur jitter (other labs stain and focus differently).  ``strength`` 0
-    leaves the batch untouched but for flips.
+    leaves the batch untouched but for flips.  ``degrade``: the share of crops
+    brought down to 35-80 % of their resolution and back, with sensor noise (a
+    coarser scanner than the training lab's).
     """
     b = x.shape[0]
     rnd = lambda *shape: torch.rand(*shape, generator=g)
@@ -123,6 +126,15 @@ def affine_gamma_batch(x: torch.Tensor, g: torch.Generator, strength: float = 1.
         k = torch.tensor([0.25, 0.5, 0.25])
         k2 = (k[:, None] * k[None, :])[None, None]
         x = torch.where(blur[:, None, None, None], F.conv2d(x, k2, padding=1), x)
+    if degrade > 0:
+        pick = rnd(b) < degrade
+        if pick.any():
+            h, w = x.shape[-2:]
+            f = float(0.35 + 0.45 * rnd(1))
+            small = F.interpolate(x, size=(max(8, round(h * f)), max(8, round(w * f))), mode="area")
+            coarse = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+            coarse = coarse + torch.randn(x.shape, generator=g) * (0.01 + 0.04 * rnd(b, 1, 1, 1))
+            x = torch.where(pick[:, None, None, None], coarse, x)
     return x.clamp(0, 1.2)
 
 

@@ -7,9 +7,18 @@ Three layouts are recognised (:func:`scan_dataset`):
 * **class-per-folder**: folders ``1``..``22``, ``X``, ``Y`` (or ``23``, ``24``) of
   crops; the cell is the file-name prefix before the first ``_`` or space
   (``cell003_7a.png`` -> ``cell003``), so a split by cell keeps homologues together.
+  Names ``<patient>-<karyotype>_<i>`` (``97002023-12_0.tiff``) are split by patient:
+  karyotypes of one patient are near-duplicates too.  A folder in which every
+  inferred cell holds crops of one class only is refused: its names do not say
+  the cell, and a split "by cell" would then be a split by class.
 * **spreads with VOC boxes** (Tseng et al. 2023): ``annotations/*.xml`` with
   object names ``A1``..``G22``, ``X``, ``Y`` and images in ``images/``; each box
   becomes one crop, the spread is the cell.
+
+Several labs in one training: a text file (``sources.txt``) that lists data set
+folders, one per line (relative to the file; ``#`` starts a comment), is a data
+set too.  Each folder keeps its own layout and its own split (so the held-out
+cells of a folder are the same whether it is trained alone or with others).
 
 :func:`prepare_crop` is the single preprocessing used by training and inference:
 polarity to bright-on-dark, background removed, long axis turned vertical (image
@@ -26,7 +35,7 @@ import numpy as np
 
 from ..classes import CHROMOSOME_CLASSES, class_index
 from ..errors import InputError
-from .limits import ScanReport, read_image, scan_files, to_uint8
+from .limits import ScanReport, check_regular_file, read_image, scan_files, to_uint8
 
 IMAGE_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 _BIOIMLAB = re.compile(r"^(?P<cell>\S+)\s+(?P<cls>\d{1,2})(?P<copy>[ab]?)$", re.IGNORECASE)
@@ -35,12 +44,23 @@ _FOLDER_NAMES = {str(i) for i in range(1, 25)} | {"X", "Y", "x", "y"}
 
 @dataclass(frozen=True)
 class ChromosomeSample:
-    """One chromosome crop: where it is, its class index (0..23) and its cell."""
+    """One chromosome crop: where it is, its class index (0..23), its cell and its split group.
+
+    ``cell`` is the unit of scale (one spread or karyotype: lengths are relative to
+    its median); ``group`` is the unit of the split (a patient, where the names say
+    it; else the cell); ``source`` names the data set folder in a multi-source list.
+    """
 
     path: Path
     label: int
     cell: str
     box: tuple[int, int, int, int] | None = None  # (y0, x0, y1, x1) inside ``path`` for spread crops
+    group: str | None = None
+    source: str = ""
+
+    @property
+    def split_group(self) -> tuple[str, str]:
+        return (self.source, self.group if self.group is not None else self.cell)
 
     @property
     def class_name(self) -> str:
@@ -89,6 +109,29 @@ def _cell_of(stem: str) -> str:
     return m.group(1) if m else stem
 
 
+_PATIENT_KARYOTYPE = re.compile(r"^(?P<patient>[^-_\s]+)-(?P<karyotype>[^-_\s]+)$")
+
+
+def _patient_of(cell: str) -> str | None:
+    """``97002023-12`` -> ``97002023`` (the patient of a ``<patient>-<karyotype>`` cell)."""
+    m = _PATIENT_KARYOTYPE.match(cell)
+    return m.group("patient") if m else None
+
+
+def _refuse_one_class_cells(samples: list[ChromosomeSample], root: Path) -> None:
+    """A class-per-folder set whose every cell holds one class: the names do not say the cell."""
+    classes: dict[str, set[int]] = {}
+    for s in samples:
+        classes.setdefault(s.cell, set()).add(s.label)
+    if len(classes) >= 2 and len({s.label for s in samples}) >= 2 and all(len(v) == 1 for v in classes.values()):
+        example = samples[0].path.name
+        raise InputError(
+            f"every cell inferred from the file names holds crops of one class only (e.g. {example!r} -> cell "
+            f"{samples[0].cell!r}), so a split by cell would be a split by class; name each crop "
+            "'<cell>_<anything>.<ext>' (e.g. 'cell003_7a.png', or '<patient>-<karyotype>_<i>.tiff'), "
+            "with the same <cell> for all chromosomes of one cell", root)
+
+
 def _unknown_class_folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir()
                   if p.is_dir() and p.name not in _FOLDER_NAMES and not p.name.startswith((".", "__MACOSX")))
@@ -117,7 +160,12 @@ def _scan_class_folders(root: Path, report: ScanReport) -> list[ChromosomeSample
         if not files:
             report.skip("empty class folder(s)", d)
         for f in files:
-            out.append(ChromosomeSample(f, k, _cell_of(f.stem)))
+            cell = _cell_of(f.stem)
+            out.append(ChromosomeSample(f, k, cell, group=_patient_of(cell)))
+    if out:
+        _refuse_one_class_cells(out, root)
+        if len({s.split_group for s in out}) < 2:  # one patient only: split by karyotype instead
+            out = [ChromosomeSample(s.path, s.label, s.cell, s.box) for s in out]
     return out
 
 
@@ -146,9 +194,30 @@ def _scan_spreads(root: Path, report: ScanReport) -> list[ChromosomeSample]:
     return out
 
 
+def read_sources(path: str | Path) -> list[Path]:
+    """The data set folders a ``sources.txt`` lists (one per line, relative to the file, ``#`` comments)."""
+    path = check_regular_file(path, "sources list")
+    if path.stat().st_size > 1_000_000:
+        raise InputError("a sources list is a short text file (one folder per line); this one is over 1 MB", path)
+    folders = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        folder = (path.parent / line) if not Path(line).is_absolute() else Path(line)
+        if not folder.is_dir():
+            raise InputError(f"line {n}: data set folder {line!r} does not exist", path)
+        folders.append(folder)
+    if not folders:
+        raise InputError("the sources list names no data set folder (one folder per line)", path)
+    return folders
+
+
 def detect_layout(root: str | Path) -> str:
-    """"bioimlab", "class_folders" or "spreads"; raises InputError when none fits."""
+    """"bioimlab", "class_folders", "spreads" or "sources"; raises InputError when none fits."""
     root = Path(root)
+    if root.is_file() and root.suffix.lower() == ".txt":
+        return "sources"
     if not root.is_dir():
         raise InputError("dataset folder does not exist", root)
     subdirs = [p for p in root.iterdir() if p.is_dir()]
@@ -171,6 +240,15 @@ def scan_dataset(root: str | Path) -> list[ChromosomeSample]:
     """All chromosome crops under ``root`` (layout detected automatically)."""
     root = Path(root)
     layout = detect_layout(root)
+    if layout == "sources":
+        samples = []
+        for folder in read_sources(root):
+            tag = folder.name
+            samples += [ChromosomeSample(s.path, s.label, f"{tag}/{s.cell}", s.box,
+                                         None if s.group is None else f"{tag}/{s.group}", tag)
+                        for s in scan_dataset(folder)]
+        LAST_SCAN.files = [s.path for s in samples]
+        return samples
     report = ScanReport()
     scan = {"bioimlab": _scan_bioimlab, "class_folders": _scan_class_folders, "spreads": _scan_spreads}[layout]
     samples = scan(root, report)
@@ -188,14 +266,25 @@ LAST_SCAN = ScanReport()
 
 def split_by_cell(samples: Sequence[ChromosomeSample], val_fraction: float = 0.2,
                   seed: int = 0) -> tuple[list[ChromosomeSample], list[ChromosomeSample]]:
-    """Train/validation split by cell (never by crop: homologues of a cell are near-duplicates)."""
+    """Train/validation split by cell or patient (never by crop: homologues are near-duplicates).
+
+    Each source of a multi-source list is split on its own, so a folder's held-out
+    cells do not move when other folders are added.
+    """
     from .splits import grouped_split
 
-    cells = [s.cell for s in samples]
-    if len(set(cells)) < 2:
-        raise InputError(f"need at least 2 cells to split by cell, found {len(set(cells))}")
-    tr, va = grouped_split(cells, val_fraction, seed)
-    return [samples[i] for i in tr], [samples[i] for i in va]
+    train: list[ChromosomeSample] = []
+    val: list[ChromosomeSample] = []
+    for source in sorted({s.source for s in samples}):
+        part = [s for s in samples if s.source == source]
+        groups = [s.group if s.group is not None else s.cell for s in part]
+        if len(set(groups)) < 2:
+            where = f" in {source}" if source else ""
+            raise InputError(f"need at least 2 cells to split by cell{where}, found {len(set(groups))}")
+        tr, va = grouped_split(groups, val_fraction, seed)
+        train += [part[i] for i in tr]
+        val += [part[i] for i in va]
+    return train, val
 
 
 # ----------------------------------------------------------------------------- loading
