@@ -12,7 +12,7 @@ the seed configuration: 448x456, half-width ResNet-50 (3,4,6,3) for GRiCoL/GRiL,
 a standard-width ResNet-50 baseline, batch 28, lr 1e-3.
 Seed anchors (Q-band, full size, hundreds of epochs): GRiCoL 97.3%, GRiL 95.9%, ResNet-50 95.3%.
 
-    python benchmarks/chromosome_accuracy.py --epochs 3 --json /tmp/chromosome_accuracy.json
+    python benchmarks/chromosome_accuracy.py --epochs 3 --json chromosome_accuracy.json
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (tiny nets run best on 1)")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/chromosome_bench"))
+    ap.add_argument("--out", type=Path, default=Path("runs/chromosome-bench"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

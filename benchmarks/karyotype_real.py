@@ -11,7 +11,7 @@ Everything is scored on the held-out part of the built-ins' own splits (seed 0, 
 Crop accuracies are printed with and without flip test-time augmentation.  Prints one JSON
 document; ``--json PATH`` also writes it.
 
-    python benchmarks/karyotype_real.py --json /tmp/karyotype_real.json
+    python benchmarks/karyotype_real.py --json karyotype_real.json
 """
 from __future__ import annotations
 

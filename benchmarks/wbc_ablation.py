@@ -17,7 +17,7 @@ seed draw its own split instead (repeated hold-out).  Results are read from
 held-out images listed in the checkpoint).  Runs are resumable: a finished run
 (its ``eval.json``) is not repeated.
 
-    OMP_NUM_THREADS=1 python benchmarks/wbc_ablation.py --out /work/runs/blood/ablation --seeds 0,1,2
+    OMP_NUM_THREADS=1 python benchmarks/wbc_ablation.py --out runs/blood/ablation --seeds 0,1,2
 
 Prints per run and a mean +- sd table (accuracy, macro F1, per-class recall).
 """

@@ -79,7 +79,8 @@ def _section(c: dict[str, Any]) -> list[str]:
         f"- task: `{c['task']}`, architecture: `{c['arch']}`",
         f"- classes ({len(c.get('classes', []))}): " + ", ".join(str(x) for x in c.get("classes", [])),
         f"- input: {inp.get('channels', '?')} channel(s), {'x'.join(str(s) for s in inp.get('size', []))} px; "
-        f"preprocessing: `{_inline(c.get('preprocessing'))}`",
+        f"preprocessing: `{_inline(c.get('preprocessing'))}`"
+        + (f"; transform: `{c['transform'].get('name')}`" if isinstance(c.get("transform"), dict) else ""),
         f"- training data: {t.get('source', '?')} (licence: {t.get('licence', '?')}); split: "
         f"{t.get('split_rule', '?')}; counts: " + (", ".join(f"{k} {v}" for k, v in (t.get("counts") or {}).items())
                                                    or "-"),
