@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_cellclass.engine import batch as B
+from napari_cellclass.tasks import batch as B
 from napari_cellclass.engine.progress import Progress, run_sync
 from napari_cellclass.errors import CellClassError, InputError
 from napari_cellclass.tasks.base import TaskOptions

@@ -111,7 +111,6 @@ def _fake_detector(monkeypatch):
     """A 'detector' that boxes dark connected blobs, so tiled and whole-image results must agree exactly."""
     from scipy import ndimage as ndi
 
-    import napari_cellclass.engine.checkpoint as ck
     import napari_cellclass.tasks.detect as det
 
     def detect(image, model_path, **kw):
@@ -121,12 +120,11 @@ def _fake_detector(monkeypatch):
         return {"boxes": np.asarray(boxes, float).reshape(-1, 4), "labels": ["cell"] * n, "scores": np.ones(n)}
 
     monkeypatch.setattr(det, "detect", detect)
-    monkeypatch.setattr(det, "resolve_model_path", lambda m: Path(m))
-    monkeypatch.setattr(ck, "build_from_checkpoint", lambda *a, **k: (None, None))
+    monkeypatch.setattr(det, "load", lambda m, device=None: m)  # no checkpoint: the fake needs none
 
 
 def test_tiled_detection_finds_every_object_once_with_windows_bounded_by_the_tile(tmp_path, monkeypatch):
-    from napari_cellclass.engine import tiled
+    from napari_cellclass.tasks import tiled
 
     _fake_detector(monkeypatch)
     img, n_objects = _blobs(900, 1300, 60)
@@ -147,7 +145,7 @@ def test_tiled_detection_finds_every_object_once_with_windows_bounded_by_the_til
 
 
 def test_cli_routes_large_images_to_tiles_and_others_to_the_task(tmp_path, monkeypatch):
-    from napari_cellclass.engine import batch, tiled
+    from napari_cellclass.tasks import batch, tiled
 
     img, n_objects = _blobs(300, 300, 5)
     (tmp_path / "in").mkdir()
@@ -181,7 +179,7 @@ def test_cli_routes_large_images_to_tiles_and_others_to_the_task(tmp_path, monke
 def test_tiled_hpa_cells_are_labelled_once_and_classified(tmp_path):
     import torch
 
-    from napari_cellclass.engine import tiled
+    from napari_cellclass.tasks import tiled
     from napari_cellclass.engine.checkpoint import CheckpointMeta, save_checkpoint
     from napari_cellclass.models.registry import build_model
     from napari_cellclass.synth.hpa import HPA_CLASSES, render_field

@@ -76,11 +76,11 @@ def _deliver(res: dict[str, Any], task: str, source: Any, viewer: Any, as_layers
     return ResultLayers(tuples if as_layers else L.add_layers(viewer, tuples), res)
 
 
-def _model(model: str | Path, task: str | None) -> Path:
-    """A built-in model name or a checkpoint path -> a verified local checkpoint path."""
-    from . import zoo
+def _model(model: Any, task: str | None, device: str | None = None):
+    """A built-in model name, a checkpoint path or a loaded model -> a :class:`~napari_cellclass.zoo.loaded.LoadedModel`."""
+    from .zoo.loaded import load_model
 
-    return zoo.resolve_model(model, task=task)
+    return load_model(model, task=task, device=device)
 
 
 def classify(image: Any, model: str | Path, *, task: str | None = None, cells: Any = None,
@@ -94,17 +94,15 @@ def classify(image: Any, model: str | Path, *, task: str | None = None, cells: A
     labels; white cells: ``<cells> (classified)`` shapes keeping a shapes layer's own features),
     with ``as_layers=True`` their layer-data tuples (both a :class:`ResultLayers`).
     """
-    from .engine.checkpoint import read_meta
-
-    model = _model(model, task)
-    task = task or read_meta(model).task
+    model = _model(model, task, device)
+    task = task or model.task
     fn = task_function(task, "classify")
     source = _source(image)
     if isinstance(image, (list, tuple)):
         image = [_data(i) for i in image]
     else:
         image = _data(image)
-    res = run_sync(fn(image, Path(model), cells=cells, device=device, **kwargs))
+    res = run_sync(fn(image, model, cells=cells, device=device, **kwargs))
     options = {"cells": cells if _is_layer(cells) else None} if task == "wbc" else {}
     return _deliver(res, task, source, viewer, as_layers, **options)
 
@@ -116,7 +114,7 @@ def detect(image: Any, model: str | Path, *, device: str | None = None, viewer: 
     With ``viewer=``: the ``<image> detections`` shapes (and ``<image> instances`` labels when
     the model has masks) added to it; with ``as_layers=True``: their layer-data tuples.
     """
-    res = run_sync(task_function("detect", "detect")(_data(image), _model(model, "detect"), device=device,
+    res = run_sync(task_function("detect", "detect")(_data(image), _model(model, "detect", device), device=device,
                                                      **kwargs))
     return _deliver(res, "detect", _source(image), viewer, as_layers)
 
@@ -134,7 +132,7 @@ def karyotype(image: Any, model: str | Path | None = None, *, device: str | None
     if kwargs.get("labels") is not None:
         kwargs["labels"] = _data(kwargs["labels"])
     res = run_sync(task_function("karyotype", "karyotype")(
-        _data(image), None if model is None else _model(model, "karyotype"), device=device, **kwargs))
+        _data(image), None if model is None else _model(model, "karyotype", device), device=device, **kwargs))
     return _deliver(res, "karyotype", _source(image), viewer, as_layers)
 
 
@@ -147,11 +145,11 @@ def karyotype_session(image: Any, result: dict[str, Any], model: str | Path | No
     with ``model`` (None: the built-in for the spread's banding) and re-pairs.
     Show the new result with :func:`show`.
     """
-    from .karyotype.corrections import KaryotypeSession, model_classifier
-    from .tasks.karyotype import default_classifier
+    from .karyotype.corrections import KaryotypeSession
+    from .tasks.karyotype import default_classifier, model_classifier
 
     img = _data(image)
-    path = default_classifier(img) if model is None else _model(model, "karyotype")
+    path = default_classifier(img, device) if model is None else _model(model, "karyotype", device)
     return KaryotypeSession.from_result(img, getattr(result, "result", result),
                                         classify=model_classifier(path, device))
 
@@ -191,7 +189,8 @@ def evaluate(task: str, model: str | Path, data: str | Path, **options) -> dict[
     """Evaluate a checkpoint on a dataset folder; returns JSON-able metrics."""
     opts = _task_options(task, "evaluate", options)
     seg_only = task == "karyotype" and (model is None or str(model).lower() in ("none", "-"))
-    return run_sync(task_function(task, "evaluate")(model if seg_only else _model(model, task), Path(data), opts))
+    return run_sync(task_function(task, "evaluate")(model if seg_only else _model(model, task, opts.device),
+                                                    Path(data), opts))
 
 
 def analyse_smear(image: Any, detector: str | Path | None = None, classifier: str | Path | None = None, *,

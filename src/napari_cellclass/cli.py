@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .engine import batch
 from .errors import CellClassError, NotImplementedTaskError
 
 EXIT_USER_ERROR = 2
@@ -43,6 +42,18 @@ class _TrainHelp(argparse.Action):
         if task:
             print("\n" + format_help(task))
         parser.exit()
+
+
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    """``--shard``/``--chunk``/``--nproc`` for the ``predict`` and ``karyotype`` subcommands
+    (batch mode: :mod:`napari_cellclass.tasks.batch`)."""
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="batch mode: run shard I of N (0-based) of the inputs; results stream to --out, "
+                        "a re-run skips inputs already done, the last shard merges the tables")
+    p.add_argument("--chunk", type=int, default=None, metavar="K",
+                   help="batch mode: inputs per task call (default: 1 karyotype, 8 wbc, 16 detect, 64 others)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="batch mode on N local processes (launches torchrun; each process one shard)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -97,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help=f"one of: {', '.join(TASKS)}")
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, default=None, help="run folder (model.safetensors, resume.pt)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="fine-tune this model (built-in name or checkpoint; chromosome and detect)")
     _train_opts(p)
     _common(p)
 
@@ -118,14 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wbc: the blood-cell detector that finds the white cells (default: the built-in)")
     p.add_argument("--out", type=Path, default=Path("cellclass-out"))
     p.add_argument("--batch-size", type=int, default=None)
-    batch.add_arguments(p)
+    _batch_options(p)
     _common(p)
 
     p = sub.add_parser("karyotype", help="karyotype metaphase spreads")
     p.add_argument("spreads", type=Path, nargs="+")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("cellclass-karyotype"))
-    batch.add_arguments(p)
+    _batch_options(p)
     _common(p)
 
     p = sub.add_parser("info", help="show the device policy and a checkpoint's metadata")
@@ -276,6 +289,8 @@ def run(argv: list[str] | None = None) -> int:
         result = _drive(task_function(args.task, "evaluate")(args.model, args.data, opts), quiet)
         _print_json(result, args.out)
         return 0
+    from .tasks import batch
+
     if args.command == "predict":  # batch.job_for: sharded/resumable with --shard or under torchrun
         result = _drive(batch.job_for(args.task, task_function(args.task, "predict"), args.model, args.inputs,
                                       opts, args), quiet)
@@ -315,6 +330,8 @@ def _resolve_models(args: argparse.Namespace) -> None:
             args.model = zoo.resolve_model(args.model, task=args.task)
     elif args.command == "karyotype":
         args.model = zoo.resolve_model(args.model, task="karyotype")
+    elif args.command == "train" and getattr(args, "model", None) is not None:
+        args.model = zoo.resolve_model(args.model, task=args.task)
     elif args.command == "info" and args.model is not None:
         args.model = zoo.resolve_model(args.model)
     for i, item in enumerate(getattr(args, "extra", []) or []):  # --set detector_model=NAME

@@ -16,6 +16,10 @@ chunk writes the task's usual outputs into ``OUT/parts/<chunk>/`` and then a
 
 ``OUT/batch.json`` binds the folder to one task, model and settings: a re-run with
 another model or other ``--set`` options is refused rather than mixed in.
+
+Nothing here knows a task: the caller (:mod:`napari_cellclass.tasks.batch`) passes
+the per-chunk function, how an input expands into units, the chunk size and the
+tables to recount rather than concatenate; the CLI adds the options.
 """
 from __future__ import annotations
 
@@ -27,7 +31,6 @@ import os
 import re
 import shutil
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -40,7 +43,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 HEADER = "batch.json"
 PARTS = "parts"
 DONE = ".done.json"
-DEFAULT_CHUNK = {"karyotype": 1, "wbc": 8, "detect": 16}  # others: 64 files per task call
+DEFAULT_CHUNK = 64  # inputs per task call unless the caller says otherwise
 
 
 @dataclass(frozen=True)
@@ -97,18 +100,24 @@ class Unit:
         return Path(self.key).name
 
 
-def list_units(task: str, inputs: Sequence[Path]) -> list[Unit]:
-    """Every input of the run in a fixed order (sorted by key), so all shards agree on the split."""
+def list_units(inputs: Sequence[Path], expand: Callable[[Path], list[Unit] | None] | None = None,
+               recursive: bool = True) -> list[Unit]:
+    """Every input of the run in a fixed order (sorted by key), so all shards agree on the split.
+
+    ``expand(path)`` may turn one input into its units (e.g. channel sets); None falls back to
+    image files (a folder's, recursively unless ``recursive=False``).
+    """
     units: dict[str, Unit] = {}
     for p in map(Path, inputs):
         if not p.exists():
             raise InputError("input does not exist", p)
-        if task == "hpa":
-            for u in _hpa_units(p):
+        own = expand(p) if expand is not None else None
+        if own is not None:
+            for u in own:
                 units.setdefault(u.key, u)
             continue
         if p.is_dir():
-            walk = p.iterdir() if task == "karyotype" else p.rglob("*")  # as the tasks themselves list folders
+            walk = p.rglob("*") if recursive else p.iterdir()
             files: Iterator[Path] = (f for f in walk if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         else:
             files = iter([p])
@@ -120,27 +129,10 @@ def list_units(task: str, inputs: Sequence[Path]) -> list[Unit]:
     return [units[k] for k in sorted(units)]
 
 
-def _hpa_units(p: Path) -> list[Unit]:
-    from ..io.hpa_reader import find_set, find_sets
-
-    if p.is_dir():
-        folder = p / "train" if (p / "train").is_dir() and not find_sets(p) else p
-        sets = find_sets(folder)
-    else:
-        s = find_set(p)
-        if s is None:
-            raise InputError("not an HPA channel file (<id>_red|green|blue|yellow.<png|tif|jpg>)", p)
-        sets = [s]
-    out = []
-    for s in sets:
-        first = sorted(s.paths.values())[0]
-        out.append(Unit(f"{first.parent.resolve()}/{s.set_id}", first))
-    return out
-
-
 # ----------------------------------------------------------------------------- the folder's binding
 
-def _fingerprint(model: Path | str) -> dict[str, Any]:
+def _fingerprint(model: Any) -> dict[str, Any]:
+    model = getattr(model, "path", None) or model  # a loaded model: its checkpoint file
     p = Path(model)
     if p.is_file():
         h = hashlib.sha256()
@@ -208,52 +200,6 @@ def _chunk_id(first: Unit) -> str:
 
 # ----------------------------------------------------------------------------- the run
 
-def add_arguments(p: Any) -> None:
-    """``--shard``/``--chunk``/``--nproc`` for the ``predict`` and ``karyotype`` subcommands."""
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="batch mode: run shard I of N (0-based) of the inputs; results stream to --out, "
-                        "a re-run skips inputs already done, the last shard merges the tables")
-    p.add_argument("--chunk", type=int, default=None, metavar="K",
-                   help="batch mode: inputs per task call (default: 1 karyotype, 8 wbc, 16 detect, 64 others)")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="batch mode on N local processes (launches torchrun; each process one shard)")
-
-
-def job_for(task: str, predict: Callable[..., Job[dict[str, Any]]], model: Path | str, inputs: Sequence[Path],
-            opts: Any, args: Any) -> Job[dict[str, Any]]:
-    """The task's plain ``predict``, or batch mode when ``--shard`` is given or torchrun started us.
-
-    Images too large for memory (OME-Zarr, big TIFFs, or ``--set tiled=true``) go the
-    tile-by-tile way (:mod:`napari_cellclass.engine.tiled`), one shard each.
-    """
-    from .tiled import split_inputs
-
-    shard = resolve_shard(getattr(args, "shard", None))
-    large, rest = split_inputs(task, inputs, opts)
-    if large:
-        return _large_and_rest(task, predict, model, large, rest, opts, shard, getattr(args, "chunk", None))
-    if shard is None:
-        return predict(model, list(inputs), opts)
-    return run_batch(task, predict, model, inputs, opts, shard, chunk=getattr(args, "chunk", None))
-
-
-def _large_and_rest(task: str, predict: Callable[..., Job[dict[str, Any]]], model: Path | str, large: list[Path],
-                    rest: list[Path], opts: Any, shard: Shard | None, chunk: int | None) -> Job[dict[str, Any]]:
-    from .tiled import predict_large
-
-    result: dict[str, Any] = {}
-    if rest:  # first, so a batch run binds its --out folder before the tiled outputs land there
-        if shard is None:
-            result["images"] = yield from predict(model, rest, opts)
-        else:
-            result["images"] = yield from run_batch(task, predict, model, rest, opts, shard, chunk=chunk)
-    mine = large if shard is None else large[shard.index::shard.count]
-    result["large_images"] = []
-    for p in mine:
-        result["large_images"].append((yield from predict_large(task, model, p, opts)))
-    return result
-
-
 def run_batch(
     task: str,
     predict: Callable[[Any, list[Path], Any], Job[dict[str, Any]]],
@@ -263,12 +209,18 @@ def run_batch(
     shard: Shard,
     *,
     chunk: int | None = None,
+    units: Sequence[Unit] | None = None,
+    recount: dict[str, Callable[[Path, str], Path | None]] | None = None,
 ) -> Job[dict[str, Any]]:
-    """Run ``predict`` (a task's) over this shard's not-yet-done inputs, chunk by chunk; merge when all are done."""
+    """Run ``predict`` over this shard's not-yet-done inputs, chunk by chunk; merge when all are done.
+
+    ``task`` only labels the folder (``batch.json``); ``units`` default to the image files of
+    ``inputs``; ``recount`` names tables rebuilt from the merged ones instead of concatenated.
+    """
     out = Path(opts.out or "cellclass-out")
-    units = list_units(task, inputs)
+    units = list(units) if units is not None else list_units(inputs)
     bind(out, task, model, opts)
-    chunk = max(1, int(chunk or DEFAULT_CHUNK.get(task, 64)))
+    chunk = max(1, int(chunk or DEFAULT_CHUNK))
     from .distributed import _share
 
     block = _share(len(units), shard.index, shard.count)
@@ -316,7 +268,7 @@ def run_batch(
                       note="other shards are still running; the last one to finish merges "
                            "(or re-run any shard: done inputs are skipped, then it merges)")
         return result
-    result.update(merged=True, pending=0, outputs=[str(p) for p in merge(out, units)])
+    result.update(merged=True, pending=0, outputs=[str(p) for p in merge(out, units, recount)])
     return result
 
 
@@ -353,8 +305,11 @@ def _runs(todo: Sequence[tuple[int, Unit]], size: int) -> list[list[Unit]]:
 
 # ----------------------------------------------------------------------------- merging
 
-def merge(out: Path, units: Sequence[Unit]) -> list[Path]:
-    """Concatenate the per-chunk CSV tables into ``OUT/NAME.csv`` in input order (streamed)."""
+def merge(out: Path, units: Sequence[Unit],
+          recount: dict[str, Callable[[Path, str], Path | None]] | None = None) -> list[Path]:
+    """Concatenate the per-chunk CSV tables into ``OUT/NAME.csv`` in input order (streamed);
+    ``recount[NAME](out, NAME)`` rebuilds a table from the merged others instead."""
+    recount = recount or {}
     order = {u.key: i for i, u in enumerate(units)}
     parts = sorted(((min((order.get(k, len(order)) for k in m.get("units", [])), default=len(order)), d)
                     for d, m in _manifests(out)), key=lambda t: (t[0], t[1].name))
@@ -366,10 +321,10 @@ def merge(out: Path, units: Sequence[Unit]) -> list[Path]:
             names.setdefault(f.name, None)
     written = []
     for name in names:
-        if name in _RECOUNT:
+        if name in recount:
             continue
         written.append(_concat_csv(out / name, [(d / name, lifted.get(d, {})) for d in dirs if (d / name).is_file()]))
-    for name, fn in _RECOUNT.items():
+    for name, fn in recount.items():
         if name in names:
             w = fn(out, name)
             if w is not None:
@@ -403,30 +358,3 @@ def _concat_csv(target: Path, sources: Sequence[tuple[Path, dict[str, str]]]) ->
                     for row in r:
                         w.writerow([moved.get(v, v) for v in row] if moved else row)
     return target
-
-
-def _recount_differential(out: Path, name: str) -> Path | None:
-    """WBC: the differential of the whole folder, counted from the merged cell table."""
-    table = out / "predictions.csv"
-    if not table.is_file():
-        return None
-    counts: Counter[str] = Counter()
-    with open(table, newline="") as fh:
-        r = csv.DictReader(fh)
-        classes = [c[2:] for c in (r.fieldnames or []) if c.startswith("p_")]
-        if "class" not in (r.fieldnames or []):
-            return None
-        for row in r:
-            counts[row["class"]] += 1
-    names = classes + [c for c in counts if c not in classes]
-    total = sum(counts.values())
-    rows = [{"class": n, "count": counts[n], "percent": round(100.0 * counts[n] / total, 1) if total else 0.0}
-            for n in names]
-    from ..tasks.wbc import differential_csv
-
-    with atomic_path(out / name) as tmp:
-        Path(tmp).write_text(differential_csv({"rows": rows, "total": total}))
-    return out / name
-
-
-_RECOUNT: dict[str, Callable[[Path, str], Path | None]] = {"differential.csv": _recount_differential}

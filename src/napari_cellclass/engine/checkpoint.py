@@ -217,7 +217,7 @@ def validate_meta(meta: CheckpointMeta, path: Path | None = None) -> None:
     if not isinstance(size, list) or not 1 <= len(size) <= 3 or not all(
             _is_int(v) and 1 <= v <= MAX_INPUT_SIDE for v in size):
         bad(f"input_size must be 1 to 3 integers in 1..{MAX_INPUT_SIDE}, got {str(size)[:60]}")
-    from ..io.limits import max_pixels
+    from ..budget import max_pixels
 
     n = 1
     for v in size:

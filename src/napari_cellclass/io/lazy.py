@@ -5,7 +5,7 @@ ordinary readers refuse it (io/limits pixel budget).  This module opens such
 files without decoding them, reads any window on demand (only the chunks or
 TIFF tiles it touches), and lays out overlapping tiles whose *cores* partition
 the image, so a job that processes one window at a time needs memory for one
-window whatever the image size (:mod:`napari_cellclass.engine.tiled`).
+window whatever the image size (:mod:`napari_cellclass.tasks.tiled`).
 
 Formats: OME-Zarr (NGFF 0.4/0.5: the full-resolution level of the first
 multiscale), a plain Zarr array, and TIFF read through ``tifffile``'s zarr view

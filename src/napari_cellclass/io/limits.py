@@ -31,32 +31,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..budget import DEFAULT_MAX_PIXELS, ENV_MAX_PIXELS, max_pixels  # noqa: F401  (the one budget, re-exported)
 from ..errors import InputError
 
-#: Default budget: values (pixels x channels x pages) one image may declare (268 M).
-DEFAULT_MAX_PIXELS = 1 << 28
-#: Environment variable that raises (or lowers) the budget, e.g. ``CELLCLASS_MAX_PIXELS=2e9``.
-ENV_MAX_PIXELS = "CELLCLASS_MAX_PIXELS"
 #: Class-count bound for checkpoints and data sets (more is a corrupt or hostile file).
 MAX_CLASSES = 100_000
 #: Largest side of a network input, in pixels.
 MAX_INPUT_SIDE = 65_536
 TIFF_SUFFIXES = (".tif", ".tiff")
 _APPLEDOUBLE = "._"
-
-
-def max_pixels() -> int:
-    """The pixel budget now in force (``CELLCLASS_MAX_PIXELS`` if set, else 2**28)."""
-    raw = os.environ.get(ENV_MAX_PIXELS, "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(float(raw))
-    except ValueError:
-        raise InputError(f"{ENV_MAX_PIXELS}={raw!r} is not a number of pixels") from None
-    if value < 1:
-        raise InputError(f"{ENV_MAX_PIXELS}={raw!r} must be a positive number of pixels")
-    return value
 
 
 def check_pixels(shape: Sequence[int], path: str | Path | None = None, what: str = "image") -> int:

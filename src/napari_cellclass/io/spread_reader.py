@@ -153,3 +153,50 @@ def read_spread(path: str | Path | list) -> list[LayerData]:
         check_declared_size(ann, img.shape[:2])
         layers.append(annotation_shapes(ann, name=f"{p.stem} annotations"))
     return layers
+
+
+# ----------------------------------------------------------------------------- annotated spreads (training, evaluation)
+def read_spread_image(path: Path) -> np.ndarray:
+    """One spread as gray, with a clear error when the file is missing."""
+    if not Path(path).is_file():
+        raise InputError("spread image does not exist", path)
+    return read_gray(path)
+
+
+def spread_truth(image_path: Path, sidecar: Path) -> tuple[np.ndarray, list[int]]:
+    """Annotated boxes (y0, x0, y1, x1) and class indices (-1 when unknown)."""
+    from .chromosome_dataset import voc_class
+
+    ann = _annotations(image_path, sidecar)
+    boxes = ann.boxes[:, [1, 0, 3, 2]] if len(ann.boxes) else np.zeros((0, 4))
+    classes = []
+    for name in ann.labels:
+        try:
+            classes.append(voc_class(name))
+        except Exception:
+            classes.append(-1)
+    return boxes, classes
+
+
+def annotated_spreads(data: Path) -> list[tuple[Path, Path]]:
+    """(image, VOC/COCO sidecar) pairs under ``data`` (a spread, a folder, or images/ + annotations/).
+
+    A ``sources.txt`` listing several such folders (one per line) gives all their pairs.
+    """
+    data = Path(data)
+    if data.is_file() and data.suffix.lower() == ".txt":
+        from .chromosome_dataset import read_sources
+
+        return [pair for folder in read_sources(data) for pair in annotated_spreads(folder)]
+    if data.is_file():
+        cands = [data]
+    elif (data / "images").is_dir():
+        cands = sorted(p for p in (data / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif data.is_dir():
+        cands = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        raise InputError("no such file or folder", data)
+    pairs = [(p, s) for p in cands if (s := find_sidecar(p)) is not None]
+    if not pairs:
+        raise InputError("no spread images with VOC/COCO annotations found", data)
+    return pairs

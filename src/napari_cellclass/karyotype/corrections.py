@@ -26,7 +26,8 @@ from .iscn import iscn_summary
 from .karyogram import Karyogram, Orientation, chromosome_table, render_karyogram
 
 Classifier = Callable[[np.ndarray, np.ndarray, list[int]], np.ndarray]
-"""(image, labels, label ids) -> (len(ids), 24) class probabilities."""
+"""(image, labels, label ids) -> (len(ids), 24) class probabilities
+(:func:`napari_cellclass.tasks.karyotype.model_classifier` makes one from a model)."""
 
 
 @dataclass
@@ -353,35 +354,3 @@ class KaryotypeSession:
             fixed = {int(r) + 1: int(c) for r, c in (result.get("fixed") or {}).items()}
         probs = {i: np.asarray(p) for i, p in zip(ids, result["probabilities"])}
         return cls(image, labels, probs, classify, fixed=fixed, **kw)
-
-
-def model_classifier(model, device: str | None = None) -> Classifier | None:
-    """A :data:`Classifier` running a chromosome checkpoint (path or network), loaded once.
-
-    Labels are renumbered 1..N before the call (a session's ids have gaps after
-    deletions) so the classifier sees the whole spread as context, as in the
-    first run.
-    """
-    if model is None:
-        return None
-    state: dict[str, Any] = {}
-
-    def classify(image: np.ndarray, labels: np.ndarray, ids: list[int]) -> np.ndarray:
-        from ..engine.progress import run_sync
-        from ..tasks.karyotype import classify_labels
-
-        if "net" not in state:
-            try:
-                from ..tasks.chromosome import _load
-
-                state["net"] = _load(model, device)[0]
-            except Exception:  # noqa: BLE001 - fall back to loading the checkpoint on each call
-                state["net"] = model
-        present = np.nonzero(np.bincount(labels.ravel()))[0]
-        present = present[present > 0]
-        lut = np.zeros(int(labels.max()) + 1, np.int32)
-        lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
-        compact = lut[labels]
-        return run_sync(classify_labels(image, compact, state["net"], [int(lut[i]) for i in ids], device))
-
-    return classify

@@ -146,7 +146,8 @@ class Spread:
 
 
 def load_spreads(pairs: Sequence[tuple[Path, Path]], cancel: CancelToken | None = None) -> list[Spread]:
-    from ..tasks.karyotype import _read_spread, _truth
+    from ..io.spread_reader import read_spread_image as _read_spread
+    from ..io.spread_reader import spread_truth as _truth
 
     out = []
     for k, (img, side) in enumerate(pairs):
@@ -258,10 +259,13 @@ def _forward_padded(model: torch.nn.Module, x: np.ndarray, autocast, tta: int = 
     if flips is None:
         raise InputError(f"tta must be 1, 2 or 4, got {tta}")
     batch = torch.cat([t.flip(f) if f else t for f in flips])
+    param = next(model.parameters(), None)
+    if param is not None:
+        batch = batch.to(param.device)
     with torch.inference_mode(), autocast():
         out = model(batch).float()
     out = torch.stack([o.flip([d - 1 for d in f]) if f else o for o, f in zip(out, flips)]).mean(0)
-    return out[:, :H, :W].numpy()
+    return out[:, :H, :W].cpu().numpy()
 
 
 def decode(out: np.ndarray, score_threshold: float = 0.3, nms_iou: float = 0.5
@@ -329,7 +333,12 @@ def _tidy(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out.astype(np.int32), np.asarray(inverse.in_values[inverse.in_values > 0], int) - 1
 
 
-def detect_chromosomes(image: np.ndarray, model: Path | str | torch.nn.Module, device: str | None = None,
+def detector_device(device: str | None) -> str | None:
+    """The device a spread detector runs on: the one asked for, else CUDA when present, else the CPU."""
+    return "cpu" if device is None and not torch.cuda.is_available() else device
+
+
+def detect_chromosomes(image: np.ndarray, model: Any, device: str | None = None,
                        score_threshold: float = DEFAULT_SCORE, cancel: CancelToken | None = None,
                        work_scale: float | None = None, tta: int = DEFAULT_TTA) -> Job[dict[str, Any]]:
     """``{"labels", "boxes", "scores", "seconds"}`` for one spread.
@@ -344,21 +353,16 @@ def detect_chromosomes(image: np.ndarray, model: Path | str | torch.nn.Module, d
     """
     from skimage.transform import resize
 
-    from ..engine.checkpoint import build_from_checkpoint
-    from ..engine.device import resolve_device
+    from ..zoo.loaded import load_model
 
     t0 = time.monotonic()
-    reference = REFERENCE_BLOB
-    if isinstance(model, torch.nn.Module):
-        net, scale = model, WORK_SCALE
-    else:
-        net, meta = build_from_checkpoint(Path(model), task=TASK, in_channels=1)
-        scale = float(meta.normalization.get("work_scale", WORK_SCALE))
-        reference = float(meta.normalization.get("reference_blob", REFERENCE_BLOB))
+    lm = load_model(model, task=TASK, device=detector_device(device), in_channels=1)
+    net, meta, policy = lm.net, lm.meta, lm.policy
+    norm = meta.normalization if meta is not None else {}
+    scale = float(norm.get("work_scale", WORK_SCALE))
+    reference = float(norm.get("reference_blob", REFERENCE_BLOB))
     explicit_scale = work_scale is not None
     work_scale = work_scale or scale
-    policy = resolve_device("cpu" if device is None and not torch.cuda.is_available() else device)
-    net = net.to(policy.device).eval()
     yield Progress(0, 2, "detect", "normalising spread")
     x = spread_input(image)
     H, W = x.shape
@@ -367,7 +371,7 @@ def detect_chromosomes(image: np.ndarray, model: Path | str | torch.nn.Module, d
     f = min(float(work_scale), MAX_SIDE / max(H, W))
     xs = resize(x, (round(H * f), round(W * f)), order=1, anti_aliasing=True).astype(np.float32) if f != 1 else x
     check_cancel(cancel)
-    out = _forward_padded(net.cpu() if policy.device.type == "cpu" else net, xs, policy.autocast, tta)
+    out = _forward_padded(net, xs, policy.autocast, tta)
     yield Progress(1, 2, "detect", "separating chromosomes")
     boxes, scores = decode(out, score_threshold)
     fg = 1 / (1 + np.exp(-out[0])) > 0.5
@@ -399,7 +403,7 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
     from ..karyotype.metrics import match_boxes
     from ..models.registry import build_model
     from ..recipes import Recipe
-    from ..tasks.karyotype import annotated_spreads
+    from ..io.spread_reader import annotated_spreads
 
     opts = ctx.opts
     recipe = Recipe.from_options(opts, lr=2e-3, batch_size=8, optimizer="adamw", schedule="cosine",
@@ -451,7 +455,10 @@ def split_spreads(pairs: Sequence[tuple[Path, Path]], val_fraction: float, seed:
     detector and the classifier hold out the same spreads and the end-to-end numbers are honest."""
     from ..io.chromosome_dataset import ChromosomeSample, split_by_cell
 
-    samples = [ChromosomeSample(img, 0, side.stem) for img, side in pairs]
+    def source(img: Path) -> str:  # the data set folder: each is split on its own (sources.txt)
+        return img.parent.parent.name if img.parent.name == "images" else img.parent.name
+
+    samples = [ChromosomeSample(img, 0, side.stem, source=source(Path(img))) for img, side in pairs]
     tr, va = split_by_cell(samples, val_fraction, seed)
     val_cells = {s.cell for s in va}
     return [p for p in pairs if p[1].stem not in val_cells], [p for p in pairs if p[1].stem in val_cells]

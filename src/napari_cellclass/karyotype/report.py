@@ -25,6 +25,8 @@ FLAG_LINES_FIRST_PAGE = 14
 
 def model_info(spec: str | Path | None, role: str) -> dict[str, Any]:
     """Name, version, checksum and training data of a model, for the report; never raises."""
+    if spec is not None and hasattr(spec, "net"):  # a loaded model: its source (a built-in name) or its file
+        spec = spec.source if spec.card is not None else (spec.path or spec.source)
     info: dict[str, Any] = {"role": role, "name": "none" if spec is None else Path(str(spec)).name}
     if spec is None:
         return info
@@ -43,7 +45,7 @@ def model_info(spec: str | Path | None, role: str) -> dict[str, Any]:
                         sha256=str(card.get("sha256", ""))[:12], date=card.get("date", ""),
                         trained_on=trained.get("source", "") if isinstance(trained, dict) else str(trained),
                         synthetic=bool(trained.get("synthetic")) if isinstance(trained, dict) else False)
-            path = zoo.resolve_model(name)
+            path = zoo.load_model(name).path  # the one loader (cached): the verified file
         if path.is_file():
             import hashlib
 

@@ -245,8 +245,22 @@ class GRiCoL(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.full_inference:
-            return torch.log_softmax(self.forward_all(x).float(), -1).mean(1)
+            return full_model_logits(self, x)
         return self.heads[-1](self.global_features(x))
+
+
+def full_model_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The full GRiCoL model: the mean of every head's log-probabilities (B, num_classes).
+
+    A per-call choice (the classifier runs ``forward`` or this), so a network
+    shared between callers is never switched in place.
+    """
+    return torch.log_softmax(net.forward_all(x).float(), -1).mean(1)
+
+
+def has_full_model(net: nn.Module) -> bool:
+    """True for GRiCoL / GRiL, whose heads the full model averages."""
+    return isinstance(net, GRiCoL)
 
 
 class PlainClassifier(nn.Module):

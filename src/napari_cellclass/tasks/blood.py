@@ -30,6 +30,7 @@ import numpy as np
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
 from ..errors import InputError
 from ..io import wbc_dataset as D
+from ..zoo.loaded import LoadedModel, load_model
 
 WBC_NAMES = {"WBC", "WHITE", "WHITE BLOOD CELL", "WHITE_BLOOD_CELL", "LEUKOCYTE", "LEUCOCYTE"}
 RBC_NAMES = {"RBC", "RED", "RED BLOOD CELL", "RED_BLOOD_CELL", "ERYTHROCYTE"}
@@ -59,10 +60,11 @@ def count_kind(label: str) -> str:
     return str(label)
 
 
-def model_info(spec: str | Path, path: Path, meta: Any) -> dict[str, Any]:
-    """Name, version and checksum of a model, for reports (built-in card when there is one)."""
+def model_info(model: LoadedModel) -> dict[str, Any]:
+    """Name, version and checksum of a loaded model, for reports (built-in card when there is one)."""
     from .. import zoo
 
+    meta, path, spec = model.meta, model.path, model.source
     info: dict[str, Any] = {"task": meta.task, "arch": meta.arch, "trained_on": meta.trained_on,
                             "package_version": meta.version}
     p = Path(path)
@@ -84,56 +86,51 @@ def model_info(spec: str | Path, path: Path, meta: Any) -> dict[str, Any]:
 class SmearModels:
     """A detector and a white-cell classifier, loaded once (folder mode reuses them per smear).
 
-    ``None`` means the best built-in for the task.  The detector is loaded on first
-    use, so smears whose boxes come from annotation files never need one.
+    Each may be a built-in name, a checkpoint path or a :class:`LoadedModel`; ``None``
+    means the best built-in for the task.  The detector is loaded on first use, so
+    smears whose boxes come from annotation files never need one.
     """
 
-    def __init__(self, detector: str | Path | None = None, classifier: str | Path | None = None):
+    def __init__(self, detector: Any = None, classifier: Any = None, device: str | None = None):
         from .. import zoo
-        from ..engine.checkpoint import build_from_checkpoint
 
+        self.device = device
         self._det_spec = detector if detector not in (None, "") else zoo.default_model("detect")
         cls_spec = classifier if classifier not in (None, "") else zoo.default_model("wbc")
         if cls_spec is None:
             raise InputError("no white-cell classifier: name one (a 'wbc' model; see `cellclass models`)")
-        self.classifier_path = zoo.resolve_model(cls_spec, task="wbc")
-        self.classifier = build_from_checkpoint(self.classifier_path, task="wbc", in_channels=3)
-        self.info: dict[str, Any] = {"classifier": model_info(cls_spec, self.classifier_path, self.classifier[1])}
-        self._detector: tuple | None = None
-        self.detector_path: Path | None = None
+        self.classifier = load_model(cls_spec, task="wbc", device=device, in_channels=3)
+        self.info: dict[str, Any] = {"classifier": model_info(self.classifier)}
+        self._detector: LoadedModel | None = None
 
     @property
-    def detector(self) -> tuple:
+    def detector(self) -> LoadedModel:
         if self._detector is None:
-            from .. import zoo
-            from ..engine.checkpoint import build_from_checkpoint
-
             if self._det_spec is None:
                 raise InputError("no blood-cell detector: name one (a 'detect' model; see `cellclass models`)")
-            self.detector_path = zoo.resolve_model(self._det_spec, task="detect")
-            self._detector = build_from_checkpoint(self.detector_path, task="detect")
-            self.info["detector"] = model_info(self._det_spec, self.detector_path, self._detector[1])
+            self._detector = load_model(self._det_spec, task="detect", device=self.device)
+            self.info["detector"] = model_info(self._detector)
         return self._detector
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.classifier[1].class_names)
+        return list(self.classifier.classes)
 
     @property
     def reference_cell_size(self) -> float | None:
         """The detector's training cell size (:func:`cell_size`), None when unknown (no normalisation)."""
-        meta = self.detector[1]
+        meta = self.detector.meta
         size = (getattr(meta, "training", None) or {}).get("cell_size")
         if size:
             return float(size)
-        spec = str(self._det_spec)  # a built-in's name, or its file in the zoo folder (what the widget passes)
+        spec = str(self.detector.source)  # a built-in's name, or its file in the zoo folder (what the widget passes)
         return KNOWN_CELL_SIZE.get(spec, KNOWN_CELL_SIZE.get(Path(spec).stem) if spec.endswith(".safetensors") else None)
 
     @property
     def score_threshold(self) -> float:
         from .detect import model_score_threshold
 
-        return model_score_threshold(self.detector[1])
+        return model_score_threshold(self.detector.meta)
 
 
 def cell_size(rgb: np.ndarray) -> float:
@@ -219,14 +216,12 @@ def analyse_smear(image: Any, detector: str | Path | None = None, classifier: st
     work, mag = rgb, 1.0  # the image the models see, and how much larger than that the user's image is
     if models is None:
         yield Progress(0, None, "load", "loading the detector and the white-cell classifier")
-        models = SmearModels(detector, classifier)
+        models = SmearModels(detector, classifier, device)
     check_cancel(cancel)
     if annotation is not None:
-        from ..engine.device import resolve_device
-
         thr = 1.0
         det = {"labels": list(annotation.labels), "boxes": np.asarray(annotation.boxes).reshape(-1, 4)[:, [1, 0, 3, 2]],
-               "scores": np.ones(len(annotation.labels)), "device": resolve_device(device).describe()}
+               "scores": np.ones(len(annotation.labels)), "device": models.classifier.policy.describe()}
         models.info.setdefault("detector", {"name": "annotation file", "arch": "", "sha256": "", "trained_on": "",
                                             "package_version": ""})
     else:
@@ -238,8 +233,8 @@ def analyse_smear(image: Any, detector: str | Path | None = None, classifier: st
             yield Progress(0, None, "load", f"cells are {mag:.2f}x the detector's training size: resizing")
             work = np.clip(rescale(rgb, 1 / mag, order=1, channel_axis=-1, anti_aliasing=mag > 1,
                                    preserve_range=True), 0, 255).round().astype(np.uint8)
-        det = yield from det_task.detect(work, models.detector_path, device=device, score_threshold=thr,
-                                         nms_iou=nms_iou, cancel=cancel, _model=models.detector)
+        det = yield from det_task.detect(work, models.detector, device=device, score_threshold=thr,
+                                         nms_iou=nms_iou, cancel=cancel)
     t1 = time.monotonic()
     labels = list(det["labels"])
     boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
@@ -248,8 +243,8 @@ def analyse_smear(image: Any, detector: str | Path | None = None, classifier: st
     probs = np.zeros((0, len(names)), np.float32)
     if wbc_idx:
         yield Progress(0, None, "classify", f"classifying {len(wbc_idx)} white cell(s)")
-        cls = yield from wbc_task.classify(work, models.classifier_path, cells=boxes[wbc_idx], device=device,
-                                           cancel=cancel, _model=models.classifier)
+        cls = yield from wbc_task.classify(work, models.classifier, cells=boxes[wbc_idx], device=device,
+                                           cancel=cancel)
         probs = np.asarray(cls["probabilities"], dtype=np.float32).reshape(-1, len(names))
     if mag != 1.0:  # back to the user's pixels
         boxes = np.clip(boxes * mag, 0, [rgb.shape[0], rgb.shape[1], rgb.shape[0], rgb.shape[1]])
@@ -550,7 +545,7 @@ def analyse_folder(inputs: Sequence[str | Path], out: str | Path, detector: str 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     yield Progress(0, len(files), "load", "loading the detector and the white-cell classifier")
-    models = SmearModels(detector, classifier)
+    models = SmearModels(detector, classifier, device)
     names = models.class_names
     rows, problems, cells = [], [], []
     t0 = time.monotonic()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from ..engine.augment import affine_gamma_batch as augment_batch  # the chromosome batch augmenter
-from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, read_meta
+from ..engine.checkpoint import CheckpointMeta
 from ..engine.data import SeededBatches
 from ..engine.device import resolve_device
 from ..engine.inference import predict_batches
@@ -32,10 +33,11 @@ from ..io.chromosome_dataset import (
     split_by_cell,
 )
 from ..metrics import classification_metrics
-from ..models.gricol import GRiCoLLoss
+from ..models.gricol import GRiCoLLoss, full_model_logits, has_full_model
 from ..models.registry import build_model
-from ..preprocess import ChromosomeCanvas, Oriented, crop_lengths, get_transform, orient_all, reference_length
+from ..preprocess import ChromosomeCanvas, Oriented, crop_lengths, orient_all, reference_length
 from ..synth.chromosomes import CHROMOSOME_CLASSES, write_dataset
+from ..zoo.loaded import LoadedModel, load_model
 
 TASK = "chromosome"
 ARCH_ALIASES = {"resnet50": "resnet50_chromosome", "resnet": "resnet50_chromosome", "gricol": "gricol",
@@ -100,7 +102,7 @@ class CropBatches(SeededBatches):
     def __init__(self, crops: Sequence[np.ndarray], labels: Sequence[int], size: Sequence[int],
                  pad_to: int | Sequence[float] | None, batch_size: int, shuffle: bool = True,
                  augment: bool = True,
-                 seed: int = 0, cancel: CancelToken | None = None):
+                 seed: int = 0, cancel: CancelToken | None = None, degrade: float = 0.0):
         self.crops = list(crops)
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.size = (int(size[0]), int(size[1]))
@@ -108,6 +110,7 @@ class CropBatches(SeededBatches):
         self.pad_to = list(pad_to) if isinstance(pad_to, (list, tuple, np.ndarray)) else [pad_to] * len(self.crops)
         self.batch_size = int(batch_size)
         self.shuffle, self.augment = shuffle, augment
+        self.degrade = float(degrade)
         self.seed = seed
         self.epoch = 0
         self.cache: torch.Tensor | None = None
@@ -145,7 +148,8 @@ class CropBatches(SeededBatches):
         idx = torch.as_tensor(indices, dtype=torch.long)
         x = self.get(idx)
         if self.augment:
-            x = augment_batch(x, self._g, strength=self.augment if isinstance(self.augment, float) else 1.0)
+            x = augment_batch(x, self._g, strength=self.augment if isinstance(self.augment, float) else 1.0,
+                              degrade=self.degrade)
         return x, self.labels[idx]
 
 
@@ -182,12 +186,37 @@ def _metrics_from(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- train
 def train(data: Path, opts) -> Job[dict[str, Any]]:
-    """Train GRiCoL (default), GRiL or ResNet-50 on a chromosome dataset folder, split by cell."""
+    """Train GRiCoL (default), GRiL or ResNet-50 on a chromosome dataset folder, split by cell.
+
+    ``data`` may be a ``sources.txt`` listing several folders (labs); each is split on
+    its own and validation reports each one's accuracy too.  ``opts.model`` (a
+    built-in name or checkpoint) fine-tunes that network: its architecture is kept.
+    """
     from ..engine.run import train_run
 
     amp = opts.get("amp")
     policy = resolve_device(opts.device, amp=None if amp is None else bool(amp))
     return (yield from train_run(TASK, opts, lambda ctx: _train_spec(data, ctx), policy=policy))
+
+
+def _fine_tune_start(opts) -> LoadedModel | None:
+    """The model ``opts.model`` names (a built-in or a checkpoint), as the caller's own copy on the CPU."""
+    source = getattr(opts, "model", None)
+    if not source:
+        return None
+    if isinstance(source, LoadedModel):  # shared with other callers: train a copy, never the shared network
+        if source.path is None:
+            import copy
+
+            return replace(load(source), net=copy.deepcopy(source.net).cpu())
+        source = source.path
+    try:
+        return load_model(source, task=TASK, device="cpu", in_channels=1, cache=False)
+    except InputError as exc:
+        if "model, but" in exc.problem:  # another task's model
+            raise InputError(f"cannot fine-tune from it for chromosome classification: {exc.problem}",
+                             opts.model) from None
+        raise
 
 
 def _train_spec(data: Path, ctx) -> Job[Any]:
@@ -196,7 +225,9 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
     from ..recipes import Recipe
 
     opts, policy = ctx.opts, ctx.policy
-    arch = arch_name(opts.arch)
+    start = _fine_tune_start(opts)
+    init = start.meta if start is not None else None
+    arch = init.arch if init is not None else arch_name(opts.arch)
     recipe = Recipe.from_options(opts, lr=1e-3, batch_size=28, optimizer="adam",
                                  epochs=3 if opts.quick else 30)
     samples = scan_dataset(data)
@@ -206,7 +237,7 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
     straight = bool(opts.get("straighten", False))
     train_c = orient_all(load_samples(train_s, opts.cancel), opts.cancel, straight)
     val_c = orient_all(load_samples(val_s, opts.cancel), opts.cancel, straight)
-    cfg = arch_config(arch, opts)
+    cfg = dict(init.arch_config) if init is not None else arch_config(arch, opts)
     size = cfg["input_size"]
     canvas = str(opts.get("canvas", "relative"))
     if canvas not in ("relative", "absolute"):
@@ -226,10 +257,17 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
         note = f"canvas {pad_to} px"
     yield Progress(0, None, "prepare", f"preparing crops at {size[0]}x{size[1]} ({note})")
     batches = CropBatches(train_c, [s.label for s in train_s], size, train_pad, recipe.batch_size,
-                          augment=recipe.augment, seed=opts.seed, cancel=opts.cancel)
+                          augment=recipe.augment, seed=opts.seed, cancel=opts.cancel,
+                          degrade=float(opts.get("degrade", 0.0)))
     val_b = CropBatches(val_c, [s.label for s in val_s], size, val_pad, max(recipe.batch_size, 32),
                         shuffle=False, augment=False, cancel=opts.cancel)
-    model = build_model(arch, **cfg)
+    val_sources = np.array([s.source for s in val_s])
+    if start is not None:
+        model = start.net
+        model.train()
+        yield Progress(0, None, "prepare", f"fine-tuning {start.name}")
+    else:
+        model = build_model(arch, **cfg)
     loss_obj = GRiCoLLoss(beta=float(opts.get("beta", 0.1)), lam=float(opts.get("lam", opts.get("lambda", 150))),
                           label_smoothing=recipe.label_smoothing)
 
@@ -238,13 +276,16 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
         return loss_obj(m.forward_all(x), y, epoch)
 
     def evaluate_fn(m: torch.nn.Module, epoch: int) -> dict[str, float]:
-        correct, total = 0, 0
+        hits = []
         for x, y in val_b:
             check_cancel(opts.cancel)
             pred = m(policy.prepare_input(x)).argmax(1).cpu()
-            correct += int((pred == y).sum())
-            total += len(y)
-        return {"accuracy": correct / max(total, 1)}
+            hits.append((pred == y).numpy())
+        hit = np.concatenate(hits) if hits else np.zeros(0, bool)
+        out = {"accuracy": float(hit.mean()) if len(hit) else 0.0}
+        if len(set(val_sources)) > 1:  # each lab on its own: the mean hides a lab left behind
+            out.update({f"accuracy_{src}": float(hit[val_sources == src].mean()) for src in sorted(set(val_sources))})
+        return out
 
     def make_meta(best: dict[str, float], hist: list[dict[str, float]]) -> CheckpointMeta:
         return CheckpointMeta(
@@ -255,10 +296,12 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
                            "pad_rel": pad_rel, "range": [0.0, 1.0],
                            "polarity": "auto (bright chromosome on dark)"},
             training={"recipe": recipe.to_dict(), "beta": loss_obj.beta, "lambda": loss_obj.lam,
-                      "data": str(data), "train_cells": len({s.cell for s in train_s}),
+                      "data": Path(data).name, "sources": sorted({s.source for s in samples if s.source}),
+                      "fine_tuned_from": start.name if start is not None else None,
+                      "degrade": float(opts.get("degrade", 0.0)), "train_cells": len({s.cell for s in train_s}),
                       "val_cells": len({s.cell for s in val_s}), "n_train": len(train_s), "n_val": len(val_s),
                       "history": hist},
-            metrics=dict(best), trained_on=str(opts.get("trained_on", data)),
+            metrics=dict(best), trained_on=str(opts.get("trained_on", Path(data).name)),
         )
 
     return TrainSpec(model=model, batches=batches.loader(), loss_fn=loss_fn, recipe=recipe, make_meta=make_meta,
@@ -268,29 +311,40 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
 
 
 # ----------------------------------------------------------------------------- inference
-def _load(model: Path | torch.nn.Module, device: str | None) -> tuple[torch.nn.Module, ChromosomeCanvas]:
-    """The network and the transform its checkpoint declares (a bare network: its
-    ``chromosome_preprocess`` params, else an absolute canvas at its input size)."""
-    if isinstance(model, torch.nn.Module):
-        pre = getattr(model, "chromosome_preprocess", None) or {
-            "size": list(getattr(model, "input_size", FULL_SIZE)), "pad_to": None}
-        return model, pre if isinstance(pre, ChromosomeCanvas) else ChromosomeCanvas(**pre)
-    net, meta = build_from_checkpoint(Path(model), task=TASK, in_channels=1)
-    tf = get_transform(meta)
-    net.chromosome_preprocess = tf
-    return net, tf
+def load(model: Any, device: str | None = None) -> LoadedModel:
+    """The chromosome classifier as a :class:`LoadedModel` (a name, a path, a loaded model or a bare
+    network; a bare network is fed on an absolute canvas at its input size)."""
+    lm = load_model(model, task=TASK, device=device, in_channels=1)
+    if lm.transform is None:  # a bare network: the absolute canvas its input size implies
+        lm = replace(lm, transform=ChromosomeCanvas(size=list(getattr(lm.net, "input_size", FULL_SIZE)),
+                                                    pad_to=None))
+    return lm
 
 
 def _plain_probs(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(m(x).float(), -1)
 
 
-def _flip_tta(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    views = torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-2, -1)])
-    return torch.softmax(m(views).float(), -1).view(4, x.shape[0], -1).mean(0)
+def _full_probs(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(full_model_logits(m, x), -1)
 
 
-def classify_crops(crops: list, model: Path | torch.nn.Module, device: str | None = None,
+def _flip_views(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-2, -1)])
+
+
+def _forward(full: bool, tta: bool):
+    probs = _full_probs if full else _plain_probs
+    if not tta:
+        return probs
+
+    def flip_tta(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return probs(m, _flip_views(x)).view(4, x.shape[0], -1).mean(0)
+
+    return flip_tta
+
+
+def classify_crops(crops: list, model: Any, device: str | None = None,
                    cancel: CancelToken | None = None, full_model: bool = False,
                    batch_size: int = 32, tta: bool = True,
                    ref_length: float | Sequence[float] | None = None,
@@ -305,28 +359,18 @@ def classify_crops(crops: list, model: Path | torch.nn.Module, device: str | Non
     or else of ``crops``, right when they are one whole spread or cell).
 
     ``crops``: 2-D arrays, or ``(image, mask)`` pairs (the mask marks the
-    chromosome when neighbours intrude into the box).  ``model``: a checkpoint
-    path or a network.  ``full_model`` uses every GRiCoL head instead of the
-    global branch alone.
+    chromosome when neighbours intrude into the box).  ``model``: a built-in name,
+    a checkpoint path, a :class:`LoadedModel` or a network.  ``full_model`` uses every
+    GRiCoL head instead of the global branch alone (for this call only).
     """
-    net, tf = _load(model, device)
-    policy = resolve_device(device)
+    lm = load(model, device)
     crops = list(crops)
     if not len(crops):
         return np.zeros((0, len(CHROMOSOME_CLASSES)), np.float32)
-    had_full = getattr(net, "full_inference", None)
-    if had_full is not None:
-        net.full_inference = bool(full_model)
-
-    preprocess = tf.tensors(crops, ref_length, context, cancel)  # the checkpoint's declared transform
-
-    try:
-        rows = yield from predict_batches(
-            net, list(range(len(crops))), policy=policy, preprocess=preprocess, batch_size=batch_size,
-            forward=_flip_tta if tta else _plain_probs, cancel=cancel, stage="classify")
-    finally:
-        if had_full is not None:
-            net.full_inference = had_full
+    preprocess = lm.transform.tensors(crops, ref_length, context, cancel)  # the checkpoint's declared transform
+    rows = yield from predict_batches(
+        lm.net, list(range(len(crops))), policy=lm.policy, preprocess=preprocess, batch_size=batch_size,
+        forward=_forward(bool(full_model) and has_full_model(lm.net), tta), cancel=cancel, stage="classify")
     return torch.stack(list(rows)).numpy().astype(np.float32)
 
 
@@ -340,16 +384,17 @@ def evaluate(model: Path, data: Path, opts) -> Job[dict[str, Any]]:
     samples = scan_dataset(data)
     if opts.get("split") == "val":
         _, samples = split_by_cell(samples, float(opts.get("val_fraction", 0.2)), opts.seed)
-    crops = get_transform(read_meta(model)).orient(load_samples(samples, opts.cancel), opts.cancel)
+    lm = load(model, opts.device)
+    crops = lm.transform.orient(load_samples(samples, opts.cancel), opts.cancel)
     refs = cell_references(crops, [s.cell for s in samples])[1]  # each cell at its own scale
-    probs = yield from classify_crops(crops, Path(model), opts.device, opts.cancel,
+    probs = yield from classify_crops(crops, lm, opts.device, opts.cancel,
                                       full_model=bool(opts.get("full_model", False)),
                                       batch_size=opts.batch_size or 32, tta=bool(opts.get("tta", True)),
                                       ref_length=refs)
     y_true = np.array([s.label for s in samples])
     y_pred = probs.argmax(1)
     res = _metrics_from(y_true, y_pred)
-    res.update({"model": str(model), "data": str(data), "device": resolve_device(opts.device).describe(),
+    res.update({"model": str(lm.path or model), "data": str(data), "device": lm.policy.describe(),
                 "cells": len({s.cell for s in samples}), "seconds": round(time.monotonic() - t0, 1),
                 "full_model": bool(opts.get("full_model", False))})
     return res  # the CLI prints it and writes `evaluate --out FILE.json`, as for every task
@@ -380,7 +425,7 @@ def predict(model: Path, inputs: list[Path], opts) -> Job[dict[str, Any]]:
     crops = []
     for f in files:  # through io/limits: size checked before decoding, 16-bit/float rescaled, not clipped
         crops.append(read_gray8(f))
-    probs = yield from classify_crops(crops, Path(model), opts.device, opts.cancel,
+    probs = yield from classify_crops(crops, load(model, opts.device), opts.device, opts.cancel,
                                       full_model=bool(opts.get("full_model", False)),
                                       batch_size=opts.batch_size or 32, tta=bool(opts.get("tta", True)))
     out = Path(opts.out or "cellclass-out")

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from ..engine.augment import flip_detection
-from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint, load_checkpoint
+from ..engine.checkpoint import CheckpointMeta, load_checkpoint
 from ..engine.data import SeededBatches
-from ..engine.device import resolve_device
 from ..engine.progress import CancelToken, Job, Progress, check_cancel, run_sync
 from ..errors import InputError
 from ..io.detection_dataset import DetectionDataset, from_layers, load_dataset, read_image, to_rgb_uint8
 from ..models import detection as detection_models  # registers the archs (incl. fasterrcnn_tiny)
 from ..models.registry import build_model
+from ..zoo.loaded import LoadedModel, load_model
 from . import detect_centernet as dc
 from .base import TaskOptions
 
@@ -409,9 +409,9 @@ def model_score_threshold(meta: CheckpointMeta) -> float:
     return float(meta.training.get("score_threshold", 0.7) or 0.7)
 
 
-def detect(image: Any, model_path: Path, device: str | None = None, score_threshold: float | None = None,
+def detect(image: Any, model_path: Any, device: str | None = None, score_threshold: float | None = None,
            nms_iou: float = 0.5, tile: int | None = None, overlap: int = 128, cancel: CancelToken | None = None,
-           hpa: bool | None = None, _model: tuple | None = None) -> Job[dict]:
+           hpa: bool | None = None) -> Job[dict]:
     """Detect objects in one image.
 
     Returns ``boxes`` (N, 4) ``y0, x0, y1, x1``, ``labels`` (names), ``label_ids``
@@ -421,12 +421,8 @@ def detect(image: Any, model_path: Path, device: str | None = None, score_thresh
     ``score_threshold=None`` uses the model's own (stored at training); ``message``
     says how many objects passed it, also when none did (a normal result).
     """
-    policy = resolve_device(device)
-    if _model is not None:
-        model, meta = _model
-    else:
-        model, meta = build_from_checkpoint(resolve_model_path(model_path), task=TASK)
-    model = model.to(policy.device).eval()
+    lm = load(model_path, device)  # a name, a path or a loaded model (used as it is)
+    model, meta, policy = lm.net, lm.meta, lm.policy
     rgb = prepare_image(image, hpa)
     H, W = rgb.shape[:2]
     scale = float(meta.training.get("pixel_scale", 1.0))
@@ -559,11 +555,9 @@ def _predict_dataset(model, meta, ds: DetectionDataset, policy, cancel, score_th
     return preds
 
 
-def resolve_model_path(spec: str | Path, task: str = TASK) -> Path:
-    """A checkpoint path, or a built-in model's name resolved (and sha256-checked) through the zoo."""
-    from ..zoo import resolve_model
-
-    return Path(resolve_model(spec, task=task))
+def load(model: Any, device: Any = None) -> LoadedModel:
+    """The detector: a built-in name, a checkpoint path or a :class:`LoadedModel`."""
+    return load_model(model, task=TASK, device=device)
 
 
 def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict]:
@@ -573,9 +567,9 @@ def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict]:
     evaluates only the images the model held out when it was trained (listed in
     its checkpoint), ``split=train`` the others; default: all images given.
     """
-    policy = resolve_device(opts.device)
-    model = resolve_model_path(model, TASK)
-    net, meta = build_from_checkpoint(model, task=TASK)
+    lm = load(model, opts.device)
+    net, meta, policy = lm.net, lm.meta, lm.policy
+    model = lm.path or model
     ds = load_dataset(data, classes=list(meta.class_names))
     unknown = [c for c in ds.classes if c not in meta.class_names]
     if unknown:
@@ -608,9 +602,8 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict]:
 
     from ..engine.atomic import atomic_path
 
-    policy = resolve_device(opts.device)
-    model = resolve_model_path(model)
-    net, meta = build_from_checkpoint(model, task=TASK)
+    model = load(model, opts.device)  # once, for every image
+    meta, policy = model.meta, model.policy
     out = Path(opts.out or Path("runs") / f"{TASK}-predict-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     rows, images, anns = [], [], []
@@ -620,7 +613,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict]:
         thr = opts.get("score_threshold")
         r = yield from detect(img, model, device=opts.device, score_threshold=None if thr is None else float(thr),
                               nms_iou=float(opts.get("nms_iou", 0.5)), tile=opts.get("tile"),
-                              overlap=int(opts.get("overlap", 128)), cancel=opts.cancel, _model=(net, meta))
+                              overlap=int(opts.get("overlap", 128)), cancel=opts.cancel)
         images.append({"id": n + 1, "file_name": str(Path(path).resolve()), "width": img.shape[1],
                        "height": img.shape[0]})
         for k, (b, lab, lid, s) in enumerate(zip(r["boxes"], r["labels"], r["label_ids"], r["scores"])):
@@ -665,13 +658,14 @@ def demo(out: Path, opts: TaskOptions) -> Job[dict]:
     tr = yield from train(data, o)
     ds = load_dataset(data)
     _, va = split_by_image(len(ds), 8 / 28, opts.seed)
-    net, meta = build_from_checkpoint(tr["checkpoint"], task=TASK)
+    lm = load(tr["checkpoint"], opts.device)
+    net, meta = lm.net, lm.meta
     val = ds.subset(va)
     val.classes = list(meta.class_names)
-    preds = yield from _predict_dataset(net, meta, val, resolve_device(opts.device), opts.cancel)
+    preds = yield from _predict_dataset(net, meta, val, lm.policy, opts.cancel)
     m = coco_metrics(val, preds, val.classes)
     s = make_image(192, n_objects=7, seed=opts.seed + 999)
-    r = yield from detect(s["image"], Path(tr["checkpoint"]), device=opts.device, _model=(net, meta))
+    r = yield from detect(s["image"], lm, device=opts.device)
     overlay = s["image"].copy()
     for b in r["boxes"].astype(int):
         y0, x0, y1, x1 = np.clip(b, 0, [191, 191, 191, 191])

@@ -16,14 +16,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint
-from ..engine.device import resolve_device
+from ..engine.checkpoint import CheckpointMeta
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
 from ..errors import InputError
 from ..io import hpa_dataset as D
 from ..preprocess import as_rgby, get_transform
 from ..synth.hpa import HPA_CLASSES
+from ..zoo.loaded import LoadedModel, load_model
 from .base import TaskOptions
 
 TASK = "hpa"
@@ -133,12 +133,11 @@ def _probs(model: torch.nn.Module, ds: D.HPADataset, policy, batch_size: int) ->
 
 # ---------------------------------------------------------------------------- inference
 
-def load_model(model_path: Path, device: str | None = None) -> tuple[torch.nn.Module, CheckpointMeta, Any]:
+def load(model: Any, device: str | None = None) -> LoadedModel:
+    """The HPA classifier: a built-in name, a checkpoint path or a :class:`LoadedModel`."""
     import napari_cellclass.recipes  # noqa: F401  (registers "recipe_model" for recipe-changed nets)
 
-    policy = resolve_device(device)
-    model, meta = build_from_checkpoint(model_path, task=TASK, in_channels=4)
-    return model, meta, policy
+    return load_model(model, task=TASK, device=device, in_channels=4)
 
 
 #: (4, H, W) from a (4, H, W) array or a list of 4 arrays; clear errors otherwise.
@@ -186,9 +185,10 @@ def classify(
     if mode not in ("whole", "cells"):
         raise InputError(f"mode must be 'whole' or 'cells', got {mode!r}")
     fld = _as_field(image)
-    model, meta, policy = load_model(Path(model_path), device)
+    lm = load(model_path, device)
+    model, meta, policy = lm.net, lm.meta, lm.policy
     size = int(meta.input_size[-1])
-    tf = get_transform(meta)  # the checkpoint's declared preprocessing
+    tf = lm.transform  # the checkpoint's declared preprocessing
     yield Progress(0, None, "classify", f"device: {policy.describe()}")
     base = {"class_names": list(meta.class_names), "thresholds": list(meta.thresholds or [0.5] * len(meta.class_names)),
             "device": policy.describe(), "mode": mode, "trained_on": meta.trained_on, "input_size": size}
@@ -247,9 +247,10 @@ def _dataset_for_eval(data: Path) -> tuple[Path, list[D.HPAItem]]:
 
 def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     """Macro F1, accuracy and per-class F1 (stored thresholds) on a Kaggle-layout folder."""
-    net, meta, policy = load_model(Path(model), opts.device)
+    lm = load(model, opts.device)
+    net, meta, policy, tf = lm.net, lm.meta, lm.policy, lm.transform
+    model = lm.path or model
     folder, items = _dataset_for_eval(data)
-    tf = get_transform(meta)
     ds = D.HPADataset(folder, items, tf.size, mean=tf.mean.flatten().tolist(), std=tf.std.flatten().tolist())
     bs = opts.batch_size or 16
     probs = yield from predict_batches(net, list(range(len(ds))), policy=policy, preprocess=lambda i: ds[i][0],
@@ -300,9 +301,9 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
 
     out = Path(opts.out or "cellclass-out")
     out.mkdir(parents=True, exist_ok=True)
-    net, meta, policy = load_model(Path(model), opts.device)
+    lm = load(model, opts.device)
+    net, meta, policy, tf = lm.net, lm.meta, lm.policy, lm.transform
     sets = _collect_sets(inputs)
-    tf = get_transform(meta)
     how = str(opts.get("field", "resize"))
     rows = []
     bs = opts.batch_size or 16

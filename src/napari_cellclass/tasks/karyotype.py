@@ -21,6 +21,7 @@ from ..karyotype.assign import CLASS_NAMES
 from ..karyotype.karyogram import save_png, write_csv
 from ..karyotype.pipeline import finish_karyotype, spread_crops
 from ..karyotype.segment import SegmentOptions, label_boxes, segment_spread, to_gray
+from ..zoo.loaded import LoadedModel, load_model
 
 TASK = "karyotype"
 SEGMENTERS = ("auto", "threshold", "detector")
@@ -34,25 +35,25 @@ def banding(image: np.ndarray) -> str:
     return "G" if float(np.median(to_gray(image))) >= 0.5 else "Q"
 
 
-def builtin_path(name: str) -> Path | None:
-    """The verified file of a built-in model, or None when this install does not have it."""
+def builtin_model(name: str, device: str | None = None) -> LoadedModel | None:
+    """The built-in model ``name``, loaded (verified, cached), or None when this install does not have it."""
     from .. import zoo
 
-    return zoo.resolve_model(name) if zoo.is_builtin(name) else None
+    return load_model(name, device=device) if zoo.is_builtin(name) else None
 
 
-def default_classifier(image: np.ndarray) -> Path:
+def default_classifier(image: np.ndarray, device: str | None = None) -> LoadedModel:
     """The built-in chromosome classifier for this spread's banding."""
     band = banding(image)
-    path = builtin_path(BUILTIN_CLASSIFIERS[band])
-    if path is None:
+    lm = builtin_model(BUILTIN_CLASSIFIERS[band], device)
+    if lm is None:
         raise InputError(f"no chromosome classifier was given and the built-in {band}-band model "
                          f"{BUILTIN_CLASSIFIERS[band]!r} is not installed; pass --model (see 'cellclass models')")
-    return path
+    return lm
 
 
 # ----------------------------------------------------------------------------- segmentation
-def segment(image: np.ndarray, segmenter: str = "auto", detector_model: Path | None = None,
+def segment(image: np.ndarray, segmenter: str = "auto", detector_model: Any = None,
             device: str | None = None, cancel: CancelToken | None = None,
             options: SegmentOptions | None = None) -> Job[np.ndarray]:
     """Label image of the chromosomes, from a trained detector or the classical pipeline.
@@ -64,56 +65,65 @@ def segment(image: np.ndarray, segmenter: str = "auto", detector_model: Path | N
     return labels
 
 
-def segment_with_boxes(image: np.ndarray, segmenter: str = "auto", detector_model: Path | None = None,
+def segment_with_boxes(image: np.ndarray, segmenter: str = "auto", detector_model: Any = None,
                        device: str | None = None, cancel: CancelToken | None = None,
                        options: SegmentOptions | None = None) -> Job[tuple[np.ndarray, np.ndarray]]:
     """``(labels, boxes)``: boxes row k-1 for label k, the learned detector's own boxes where it ran."""
-    segmenter, detector_model = resolve_segmenter(segmenter, detector_model)
+    labels, boxes, _ = yield from _segment(image, segmenter, detector_model, device, cancel, options)
+    return labels, boxes
+
+
+def _segment(image, segmenter, detector_model, device, cancel, options) -> Job[tuple[np.ndarray, np.ndarray, bool]]:
+    """``(labels, boxes, detected)``; ``detected``: the boxes are the learned chromosome detector's own."""
+    segmenter, det = resolve_segmenter(segmenter, detector_model, device)
     yield Progress(0, 1, "segment", f"segmenting ({segmenter})")
     boxes = None
+    detected = segmenter == "detector" and _is_chromdet(det)
     if segmenter == "threshold":
         labels = segment_spread(image, options)
-    elif _is_chromdet(detector_model):
+    elif detected:
         from ..karyotype.detector import detect_chromosomes
 
-        found = yield from detect_chromosomes(image, detector_model, device=device, cancel=cancel)
+        found = yield from detect_chromosomes(image, det, device=device, cancel=cancel)
         labels, boxes = found["labels"], found["boxes"]
     else:
-        labels = yield from _detector_labels(image, detector_model, device, cancel)
+        labels = yield from _detector_labels(image, det, device, cancel)
     yield Progress(1, 1, "segment", f"{int(labels.max())} objects")
-    return labels, (label_boxes(labels) if boxes is None else np.asarray(boxes, float).reshape(-1, 4))
+    return labels, (label_boxes(labels) if boxes is None else np.asarray(boxes, float).reshape(-1, 4)), detected
 
 
-def resolve_segmenter(segmenter: str, detector_model) -> tuple[str, Any]:
-    """``(segmenter, detector)`` that will actually run: a built-in name becomes its file, ``auto``
-    becomes the given or built-in detector, else the threshold segmenter."""
+def resolve_segmenter(segmenter: str, detector_model: Any, device: str | None = None
+                      ) -> tuple[str, LoadedModel | None]:
+    """``(segmenter, detector)`` that will actually run: the detector loaded (a built-in name, a path or a
+    loaded model), ``auto`` becomes the given or built-in detector, else the threshold segmenter."""
+    from ..karyotype.detector import detector_device
+
+    segmenter, source = segmenter_choice(segmenter, detector_model)
+    return segmenter, None if source is None else load_model(source, device=detector_device(device))
+
+
+def segmenter_choice(segmenter: str, detector_model: Any) -> tuple[str, Any]:
+    """``(segmenter, detector as given or the built-in's name)`` that will run, without loading anything."""
+    from .. import zoo
+
     if segmenter not in SEGMENTERS:
         raise InputError(f"segmenter must be one of {SEGMENTERS}, got {segmenter!r}")
-    if isinstance(detector_model, str) and builtin_path(detector_model) is not None:
-        detector_model = builtin_path(detector_model)  # a built-in name
+    if segmenter == "threshold":
+        return segmenter, None
+    det = None if detector_model is None or str(detector_model) == "" else detector_model
     if segmenter == "auto":
-        detector_model = detector_model or builtin_path(BUILTIN_DETECTOR)
-        segmenter = "detector" if detector_model is not None else "threshold"
-    return segmenter, detector_model
+        det = det or (BUILTIN_DETECTOR if zoo.is_builtin(BUILTIN_DETECTOR) else None)
+        segmenter = "detector" if det is not None else "threshold"
+    return segmenter, det
 
 
-def _uses_chromdet(segmenter: str, detector_model) -> bool:
-    """Whether :func:`segment_with_boxes` ran the learned chromosome detector (so boxes are its own)."""
-    segmenter, detector_model = resolve_segmenter(segmenter, detector_model)
-    return segmenter == "detector" and _is_chromdet(detector_model)
-
-
-def _is_chromdet(detector_model) -> bool:
+def _is_chromdet(det: LoadedModel | None) -> bool:
     """True for the karyotype task's own chromosome detector (``cellclass train karyotype``)."""
-    import torch
-
-    if isinstance(detector_model, torch.nn.Module):
-        return hasattr(detector_model, "multiple")
-    if detector_model is None or not Path(detector_model).is_file():
+    if det is None:
         return False
-    from ..engine.checkpoint import read_meta
-
-    return read_meta(detector_model).arch == "chromdet_unet"
+    if det.meta is None:
+        return hasattr(det.net, "multiple")
+    return det.meta.arch == "chromdet_unet"
 
 
 def train(data: Path, opts) -> Job[dict[str, Any]]:
@@ -123,8 +133,8 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
     return (yield from train_detector(Path(data), opts))
 
 
-def _detector_labels(image, detector_model, device, cancel) -> Job[np.ndarray]:
-    if detector_model is None:
+def _detector_labels(image, detector: LoadedModel | None, device, cancel) -> Job[np.ndarray]:
+    if detector is None:
         raise InputError("the 'detector' segmenter needs a detector checkpoint (task 'detect')")
     try:
         from .detect import detect
@@ -132,7 +142,7 @@ def _detector_labels(image, detector_model, device, cancel) -> Job[np.ndarray]:
         raise InputError(f"the detector segmenter is not available in this version ({exc})") from None
     gray = to_gray(image)
     rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=-1)
-    res = yield from detect(rgb, Path(detector_model), device=device, cancel=cancel)
+    res = yield from detect(rgb, detector, device=device, cancel=cancel)
     labels = res.get("instance_labels")  # Mask R-CNN: one mask per chromosome
     if labels is None:  # boxes only: fill each box with the thresholded stain inside it
         fg = segment_spread(image, SegmentOptions(split=False)) > 0
@@ -149,7 +159,7 @@ def _detector_labels(image, detector_model, device, cancel) -> Job[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- classification
-def classify_labels(image: np.ndarray, labels: np.ndarray, model: Path | Any, ids: list[int] | None = None,
+def classify_labels(image: np.ndarray, labels: np.ndarray, model: Any, ids: list[int] | None = None,
                     device: str | None = None, cancel: CancelToken | None = None,
                     full_model: bool = False, boxes: np.ndarray | None = None) -> Job[np.ndarray]:
     """(len(ids), 24) probabilities for the given label ids (all labels when None).
@@ -161,10 +171,11 @@ def classify_labels(image: np.ndarray, labels: np.ndarray, model: Path | Any, id
     after pairing on held-out Tseng spreads (0.651 against 0.731 averaged; box
     crops alone 0.702; the same order on training spreads).
     """
-    from .chromosome import classify_crops
-
     from ..karyotype.karyogram import chromosome_crop
+    from .chromosome import classify_crops
+    from .chromosome import load as load_classifier
 
+    model = load_classifier(model, device)  # once: both views run the same loaded model
     n = int(labels.max()) if labels.size else 0
     every = list(range(1, n + 1))
     ids = every if ids is None else list(ids)
@@ -198,9 +209,9 @@ def classify_labels(image: np.ndarray, labels: np.ndarray, model: Path | Any, id
     return probs
 
 
-def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, device: str | None = None,
+def karyotype(image: np.ndarray, model_path: Any = None, device: str | None = None,
               labels: np.ndarray | None = None, segmenter: str = "auto",
-              detector_model: Path | None = None, cancel: CancelToken | None = None,
+              detector_model: Any = None, cancel: CancelToken | None = None,
               known_probs: dict[int, np.ndarray] | None = None, fixed: dict[int, int] | None = None,
               pairing: bool = True, low_confidence: float = 0.5, full_model: bool = False,
               segment_options: SegmentOptions | None = None, **kw: Any) -> Job[dict[str, Any]]:
@@ -209,8 +220,10 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, dev
     Parameters
     ----------
     image : 2D gray or RGB spread.
-    model_path : chromosome classifier checkpoint (task "chromosome") or a loaded network; None
-        picks the built-in classifier for the spread's banding (G or Q).
+    model_path : chromosome classifier (task "chromosome"): a built-in name, a checkpoint, a
+        :class:`~napari_cellclass.zoo.loaded.LoadedModel` or a network; None picks the built-in
+        classifier for the spread's banding (G or Q).
+    detector_model : the chromosome detector, given the same ways (None: the built-in one).
     segmenter : "auto" (the built-in or given detector, else the threshold segmenter),
         "detector" or "threshold".
     labels : user-edited labels to reuse instead of segmenting.
@@ -231,9 +244,8 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, dev
         from ..io.limits import check_informative
 
         check_informative(img, "the spread image", min_side=32)  # blank or 1x1: an error, not 46 "losses"
-        labels, boxes = yield from segment_with_boxes(img, segmenter, detector_model, device, cancel,
+        labels, boxes, detected = yield from _segment(img, segmenter, detector_model, device, cancel,
                                                       segment_options)
-        detected = _uses_chromdet(segmenter, detector_model)
         if not np.asarray(labels).any():
             raise InputError("no chromosomes were found in this image; is it a metaphase spread?")
     else:
@@ -244,7 +256,7 @@ def karyotype(image: np.ndarray, model_path: Path | str | Any | None = None, dev
         labels, known_probs, fixed = _relabel(labels.astype(np.int32), known_probs, fixed)
     check_cancel(cancel)
     if model_path is None:
-        model_path = default_classifier(img)
+        model_path = default_classifier(img, device)
     n = int(labels.max()) if labels.size else 0
     present = set(np.unique(labels[labels > 0]).tolist())
     known = {int(k): np.asarray(v, np.float64) for k, v in (known_probs or {}).items() if int(k) in present}
@@ -282,13 +294,46 @@ def _relabel(labels: np.ndarray, known: dict | None, fixed: dict | None):
     return lut[labels], known, fixed
 
 
-# ----------------------------------------------------------------------------- CLI: predict
-def _read_spread(path: Path) -> np.ndarray:
-    from ..io.spread_reader import read_gray
+def _builtin(name: Any) -> bool:
+    from .. import zoo
 
-    if not Path(path).is_file():
-        raise InputError("spread image does not exist", path)
-    return read_gray(path)
+    return zoo.is_builtin(name)
+
+
+def model_classifier(model: Any, device: str | None = None):
+    """A :data:`~napari_cellclass.karyotype.corrections.Classifier` for a
+    :class:`~napari_cellclass.karyotype.corrections.KaryotypeSession`: the chromosome
+    classifier ``model`` (a name, a path or a loaded model), loaded once on first use.
+
+    Labels are renumbered 1..N before the call (a session's ids have gaps after
+    deletions) so the classifier sees the whole spread as context, as in the
+    first run.
+    """
+    if model is None:
+        return None
+    from .chromosome import load as load_classifier
+
+    state: dict[str, Any] = {}
+
+    def classify(image: np.ndarray, labels: np.ndarray, ids: list[int]) -> np.ndarray:
+        from ..engine.progress import run_sync
+
+        if "model" not in state:
+            state["model"] = load_classifier(model, device)
+        present = np.nonzero(np.bincount(labels.ravel()))[0]
+        present = present[present > 0]
+        lut = np.zeros(int(labels.max()) + 1, np.int32)
+        lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+        compact = lut[labels]
+        return run_sync(classify_labels(image, compact, state["model"], [int(lut[i]) for i in ids], device))
+
+    return classify
+
+
+# ----------------------------------------------------------------------------- CLI: predict
+from ..io.spread_reader import annotated_spreads  # noqa: E402,F401  (public here as before)
+from ..io.spread_reader import read_spread_image as _read_spread  # noqa: E402
+from ..io.spread_reader import spread_truth as _truth  # noqa: E402
 
 
 def _spread_files(inputs: Sequence[Path]) -> list[Path]:
@@ -436,17 +481,15 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
     its error, not the end of the batch.  ``--set report=false`` skips the PDFs.
     """
     from ..karyotype.report import model_info
+    from .chromosome import load as load_classifier
 
     out = Path(opts.out) if opts.out else Path("cellclass-karyotype")
     files = _spread_files(spreads)
-    seg = opts.get("segmenter", "auto")
-    detector = opts.get("detector_model")
     report = bool(opts.get("report", True))
-    if seg == "auto":  # what 'auto' runs, for the table and the reports
-        detector = detector or builtin_path(BUILTIN_DETECTOR)
-        seg_used = "detector" if detector is not None else "threshold"
-    else:
-        seg_used = seg
+    # each model loaded once for the whole batch; 'auto' resolved here, for the table and the reports
+    model = load_classifier(model, opts.device)
+    seg_used, detector = resolve_segmenter(opts.get("segmenter", "auto"), opts.get("detector_model"), opts.device)
+    seg = seg_used
     models = [model_info(model, "classifier"),
               model_info(detector, "detector") if seg_used == "detector"
               else {"role": "segmenter", "name": "classical threshold segmenter (no model)"}]
@@ -468,7 +511,7 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
         yield Progress(k, len(files), "spreads", f.name)
         try:
             img = _read_spread(f)
-            res = yield from karyotype(img, Path(model), device=opts.device, segmenter=seg,
+            res = yield from karyotype(img, model, device=opts.device, segmenter=seg,
                                        detector_model=detector, cancel=opts.cancel,
                                        pairing=bool(opts.get("pairing", True)),
                                        full_model=bool(opts.get("full_model", False)))
@@ -491,41 +534,6 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- evaluate
-def annotated_spreads(data: Path) -> list[tuple[Path, Path]]:
-    """(image, VOC/COCO sidecar) pairs under ``data`` (a spread, a folder, or images/ + annotations/)."""
-    from ..io.spread_reader import IMAGE_SUFFIXES, find_sidecar
-
-    data = Path(data)
-    if data.is_file():
-        cands = [data]
-    elif (data / "images").is_dir():
-        cands = sorted(p for p in (data / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    elif data.is_dir():
-        cands = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        raise InputError("no such file or folder", data)
-    pairs = [(p, s) for p in cands if (s := find_sidecar(p)) is not None]
-    if not pairs:
-        raise InputError("no spread images with VOC/COCO annotations found", data)
-    return pairs
-
-
-def _truth(image_path: Path, sidecar: Path) -> tuple[np.ndarray, list[int]]:
-    """Annotated boxes (y0, x0, y1, x1) and class indices (-1 when unknown)."""
-    from ..io.chromosome_dataset import voc_class
-    from ..io.spread_reader import _annotations
-
-    ann = _annotations(image_path, sidecar)
-    boxes = ann.boxes[:, [1, 0, 3, 2]] if len(ann.boxes) else np.zeros((0, 4))
-    classes = []
-    for name in ann.labels:
-        try:
-            classes.append(voc_class(name))
-        except Exception:
-            classes.append(-1)
-    return boxes, classes
-
-
 def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
     """Detection recall/precision at IoU 0.5, count accuracy and (with a model) class accuracy.
 
@@ -546,9 +554,14 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
     if opts.get("limit"):
         pairs = pairs[: int(opts.get("limit"))]
     seg_only = bool(opts.get("segment_only", False)) or model is None or str(model).lower() in ("none", "-")
-    if not seg_only and not Path(model).is_file():
-        raise InputError("checkpoint does not exist (use 'none' to score segmentation only)", model)
+    if not seg_only:
+        from .chromosome import load as load_classifier
+
+        if not hasattr(model, "net") and not Path(str(model)).is_file() and not _builtin(model):
+            raise InputError("checkpoint does not exist (use 'none' to score segmentation only)", model)
+        model = load_classifier(model, opts.device)
     seg = opts.get("segmenter", "auto")
+    _, detector = resolve_segmenter(seg, opts.get("detector_model"), opts.device)  # loaded once for all spreads
     tp = n_pred = n_true = right_count = 0
     cls_ok = cls_ok_argmax = n_matched_cls = 0
     right_karyo = 0
@@ -559,12 +572,11 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
         img = _read_spread(img_path)
         boxes_t, classes_t = _truth(img_path, side)
         if seg_only:
-            labels, boxes_p = yield from segment_with_boxes(img, seg, opts.get("detector_model"), opts.device,
-                                                            opts.cancel)
+            labels, boxes_p = yield from segment_with_boxes(img, seg, detector, opts.device, opts.cancel)
             res = None
         else:
-            res = yield from karyotype(img, Path(model), device=opts.device, segmenter=seg,
-                                       detector_model=opts.get("detector_model"), cancel=opts.cancel)
+            res = yield from karyotype(img, model, device=opts.device, segmenter=seg,
+                                       detector_model=detector, cancel=opts.cancel)
             labels, boxes_p = res["labels"], res["boxes"]
         matches = match_boxes(boxes_p, boxes_t, 0.5)
         tp += len(matches)
@@ -596,7 +608,7 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
     }
     if not seg_only:
         out.update({
-            "model": str(model),
+            "model": str(model.path or model.source),
             "class_accuracy_paired": cls_ok / max(n_matched_cls, 1),
             "class_accuracy_argmax": cls_ok_argmax / max(n_matched_cls, 1),
             "karyotype_string_accuracy": right_karyo / max(len(pairs), 1),

@@ -1,5 +1,8 @@
 """Whole images larger than memory, tile by tile: segmentation, detection and classification.
 
+The task side of :mod:`napari_cellclass.engine.tiled` (which owns the loop and the
+outputs' plumbing and knows no task).
+
 ``cellclass predict hpa|wbc|detect MODEL big.ome.zarr`` (or a TIFF over
 :data:`~napari_cellclass.io.lazy.LARGE_PIXELS`, or any image with ``--set tiled=true``)
 reads the image lazily (:mod:`napari_cellclass.io.lazy`) one window at a time:
@@ -24,18 +27,16 @@ largest object (default 256 px; HPA 384 px).
 """
 from __future__ import annotations
 
-import csv
-import json
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..engine.atomic import atomic_path
+from ..engine.progress import Job
+from ..engine.tiled import RowWriter, as_uint8, centre, predict_tiled, rgb, rows_job, run_tiles
 from ..errors import InputError
-from .atomic import atomic_path
-from .progress import Job, Progress, check_cancel
 
 TILED_TASKS = ("hpa", "wbc", "detect")
 # detectors keep at most a few hundred objects per image: a 1024 px core (1536 px window) of a
@@ -82,7 +83,7 @@ def split_inputs(task: str, inputs: Sequence[Path], opts: Any) -> tuple[list[Pat
     return large, rest
 
 
-def predict_large(task: str, model: Path | str, path: Path, opts: Any) -> Job[dict[str, Any]]:
+def predict_large(task: str, model: Any, path: Path, opts: Any) -> Job[dict[str, Any]]:
     """Run ``task`` over one large image tile by tile; returns a summary (outputs, counts, seconds)."""
     from ..io import lazy
 
@@ -94,22 +95,11 @@ def predict_large(task: str, model: Path | str, path: Path, opts: Any) -> Job[di
     overlap = int(opts.get("overlap") if opts.get("overlap") is not None else DEFAULT_OVERLAP[task])
     grid = lazy.tile_grid(img.height, img.width, tile, overlap)
     stem = path.name.split(".")[0]
-    yield Progress(0, len(grid), "tiles", f"{path.name}: {img.height} x {img.width} x {img.channels}, "
-                                          f"{len(grid)} tiles of {tile} px (+{overlap} px context)")
     scale = _uint8_scale(img)
-    t0 = time.monotonic()
     runner = {"detect": _detect_tiles, "wbc": _wbc_tiles, "hpa": _hpa_tiles}[task]
-    summary = yield from runner(img, grid, model, opts, out, stem, scale)
-    summary.update({"image": str(path), "height": img.height, "width": img.width, "channels": img.channels,
-                    "tiles": len(grid), "tile": tile, "overlap": overlap,
-                    "seconds": round(time.monotonic() - t0, 1)})
-    with atomic_path(out / f"{stem}_tiled.json") as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    summary["outputs"] = summary.get("outputs", []) + [str(out / f"{stem}_tiled.json")]
-    return summary
+    return (yield from predict_tiled(img, grid, lambda: runner(img, grid, model, opts, out, stem, scale),
+                                     path=path, out=out, stem=stem, tile=tile, overlap=overlap))
 
-
-# ----------------------------------------------------------------------------- shared pieces
 
 def _uint8_scale(img: Any) -> float | None:
     """One factor from the image's bit depth (sampled once), so every tile is scaled alike; None for uint8."""
@@ -123,120 +113,60 @@ def _uint8_scale(img: Any) -> float | None:
     return 255.0 / float((1 << effective_bits(np.asarray([int(np.ceil(hi))]))) - 1)
 
 
-def _as_uint8(block: np.ndarray, scale: float | None) -> np.ndarray:
-    if scale is None:
-        return block
-    return np.clip(np.round(block.astype(np.float32) * scale), 0, 255).astype(np.uint8)
-
-
-def _rgb(block: np.ndarray) -> np.ndarray:
-    if block.ndim == 2:
-        return np.repeat(block[..., None], 3, axis=2)
-    if block.shape[2] == 1:
-        return np.repeat(block, 3, axis=2)
-    return block[..., :3]
-
-
-def _centre(box: Sequence[float]) -> tuple[float, float]:
-    y0, x0, y1, x1 = (float(v) for v in box)
-    return (y0 + y1) / 2, (x0 + x1) / 2
-
-
-class _Rows:
-    """A CSV written row by row into a temporary file, put in place when the job ends well."""
-
-    def __init__(self, target: Path, fields: Sequence[str]):
-        self.target = target
-        self._ctx = atomic_path(target)
-        tmp = self._ctx.__enter__()
-        self._fh = open(tmp, "w", newline="")
-        self.writer = csv.DictWriter(self._fh, fieldnames=list(fields), extrasaction="ignore")
-        self.writer.writeheader()
-        self.n = 0
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.writer.writerow(row)
-        self.n += 1
-
-    def close(self, ok: bool = True) -> None:
-        self._fh.close()
-        if ok:
-            self._ctx.__exit__(None, None, None)
-        else:
-            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-
-
-def _rows_job(body):
-    """Close every ``_Rows`` of a tile job on success; on error or cancel keep nothing half-written."""
-    def wrapper(*args, **kwargs):
-        opened: list[_Rows] = []
-        try:
-            result = yield from body(*args, opened=opened, **kwargs)
-        except BaseException:
-            for r in opened:
-                r.close(ok=False)
-            raise
-        for r in opened:
-            r.close()
-        return result
-    return wrapper
-
-
 # ----------------------------------------------------------------------------- detection
 
-@_rows_job
+@rows_job
 def _detect_tiles(img, grid, model, opts, out: Path, stem: str, scale, *, opened) -> Job[dict[str, Any]]:
-    from ..engine.checkpoint import build_from_checkpoint
-    from ..tasks import detect as det
+    from . import detect as det
 
-    path = det.resolve_model_path(model)
-    net, meta = build_from_checkpoint(path, task="detect")
+    lm = det.load(model, opts.device)  # once for every tile
     thr = opts.get("score_threshold")
-    rows = _Rows(out / f"{stem}_detections.csv", ["label", "score", "y0", "x0", "y1", "x1", "tile"])
+    rows = RowWriter(out / f"{stem}_detections.csv", ["label", "score", "y0", "x0", "y1", "x1", "tile"])
     opened.append(rows)
     counts: Counter[str] = Counter()
-    for k, t in enumerate(grid):
-        check_cancel(opts.cancel)
-        block = _rgb(_as_uint8(img.region(t.y0, t.y1, t.x0, t.x1), scale))
-        r = yield from det.detect(block, path, device=opts.device, score_threshold=None if thr is None else float(thr),
+
+    def per_tile(k: int, t, block: np.ndarray) -> Job[str]:
+        block = rgb(as_uint8(block, scale))
+        r = yield from det.detect(block, lm, device=opts.device, score_threshold=None if thr is None else float(thr),
                                   nms_iou=float(opts.get("nms_iou", 0.5)), tile=max(block.shape[:2]),
-                                  cancel=opts.cancel, _model=(net, meta))
+                                  cancel=opts.cancel)
         for b, lab, s in zip(r["boxes"], r["labels"], r["scores"]):
-            cy, cx = _centre(b)
+            cy, cx = centre(b)
             if t.owns(cy + t.y0, cx + t.x0):
                 y0, x0, y1, x1 = (float(v) for v in b)
                 rows.write({"label": lab, "score": round(float(s), 4), "y0": y0 + t.y0, "x0": x0 + t.x0,
                             "y1": y1 + t.y0, "x1": x1 + t.x0, "tile": k})
                 counts[lab] += 1
-        yield Progress(k + 1, len(grid), "tiles", f"tile {k + 1}/{len(grid)}: {rows.n} objects so far")
+        return f"{rows.n} objects so far"
+
+    yield from run_tiles(img, grid, per_tile, cancel=opts.cancel)
     return {"task": "detect", "objects": rows.n, "counts": dict(counts), "outputs": [str(rows.target)]}
 
 
 # ----------------------------------------------------------------------------- white cells of a smear
 
-@_rows_job
+@rows_job
 def _wbc_tiles(img, grid, model, opts, out: Path, stem: str, scale, *, opened) -> Job[dict[str, Any]]:
-    from ..tasks import blood
-    from ..tasks.wbc import differential_csv
+    from . import blood
+    from .wbc import differential_csv
 
-    models = blood.SmearModels(opts.get("detector"), model)
+    models = blood.SmearModels(opts.get("detector"), model, opts.device)
     names = list(models.class_names)
-    rows = _Rows(out / f"{stem}_cells.csv", ["object", "label", "score", "y0", "x0", "y1", "x1", "wbc_class",
-                                              "wbc_score", "tile"] + [f"p_{n}" for n in names])
+    rows = RowWriter(out / f"{stem}_cells.csv", ["object", "label", "score", "y0", "x0", "y1", "x1", "wbc_class",
+                                                  "wbc_score", "tile"] + [f"p_{n}" for n in names])
     opened.append(rows)
     kinds: Counter[str] = Counter()
     classes: Counter[str] = Counter()
-    for k, t in enumerate(grid):
-        check_cancel(opts.cancel)
-        block = _rgb(_as_uint8(img.region(t.y0, t.y1, t.x0, t.x1), scale))
+
+    def per_tile(k: int, t, block: np.ndarray) -> Job[str]:
+        block = rgb(as_uint8(block, scale))
         if block.max() == block.min():  # blank glass / padding: nothing to find, and the classifier refuses it
-            yield Progress(k + 1, len(grid), "tiles", f"tile {k + 1}/{len(grid)}: empty")
-            continue
+            return "empty"
         res = yield from blood.analyse_smear(block, models=models, device=opts.device,
                                              score_threshold=opts.get("score_threshold"), cancel=opts.cancel)
         probs = {i: res["probabilities"][j] for j, i in enumerate(res["wbc_index"])}
         for i, (b, lab, s) in enumerate(zip(res["boxes"], res["labels"], res["scores"])):
-            cy, cx = _centre(b)
+            cy, cx = centre(b)
             if not t.owns(cy + t.y0, cx + t.x0):
                 continue
             y0, x0, y1, x1 = (float(v) for v in b)
@@ -248,7 +178,9 @@ def _wbc_tiles(img, grid, model, opts, out: Path, stem: str, scale, *, opened) -
                 classes[res["wbc_class"][i]] += 1
             rows.write(row)
             kinds[blood.count_kind(lab)] += 1
-        yield Progress(k + 1, len(grid), "tiles", f"tile {k + 1}/{len(grid)}: {rows.n} objects so far")
+        return f"{rows.n} objects so far"
+
+    yield from run_tiles(img, grid, per_tile, cancel=opts.cancel)
     total = sum(classes.values())
     order = names + [c for c in classes if c not in names]
     diff_rows = [{"class": n, "count": classes[n], "percent": round(100.0 * classes[n] / total, 1) if total else 0.0}
@@ -262,7 +194,7 @@ def _wbc_tiles(img, grid, model, opts, out: Path, stem: str, scale, *, opened) -
 
 # ----------------------------------------------------------------------------- HPA cells
 
-@_rows_job
+@rows_job
 def _hpa_tiles(img, grid, model, opts, out: Path, stem: str, scale, *, opened) -> Job[dict[str, Any]]:
     import torch
     from scipy import ndimage as ndi
@@ -271,14 +203,15 @@ def _hpa_tiles(img, grid, model, opts, out: Path, stem: str, scale, *, opened) -
     from ..io import hpa_dataset as D
     from ..io import lazy
     from ..segmentation.cells import cell_boxes, segment_cells
-    from ..tasks import hpa
+    from . import hpa
 
-    net, meta, policy = hpa.load_model(Path(model), opts.device)
+    lm = hpa.load(model, opts.device)
+    net, meta, policy = lm.net, lm.meta, lm.policy
     size = int(meta.input_size[-1])
-    norm = hpa._normalizer(meta)
+    norm = lm.transform.normalize
     names = list(meta.class_names)
-    rows = _Rows(out / f"{stem}_cells.csv", ["label", "y0", "x0", "y1", "x1", "area", "predicted", "top_class",
-                                              "score", "tile"] + [f"p_{n}" for n in names])
+    rows = RowWriter(out / f"{stem}_cells.csv", ["label", "y0", "x0", "y1", "x1", "area", "predicted", "top_class",
+                                                  "score", "tile"] + [f"p_{n}" for n in names])
     opened.append(rows)
     labels_path = out / f"{stem}_labels.zarr"
     if labels_path.exists():
@@ -289,21 +222,20 @@ def _hpa_tiles(img, grid, model, opts, out: Path, stem: str, scale, *, opened) -
 
         shutil.rmtree(labels_tmp)
     glabels = lazy.create_labels(labels_tmp, img.height, img.width)
-    next_id = 1
+    state = {"next_id": 1}
     bs = int(opts.batch_size or 16)
     s = max(1.0, min(img.height, img.width, grid[0].cy1 - grid[0].cy0) / 512)  # parameters of a tile-sized field
     seg = {"sigma": 2.0 * s, "min_nucleus_area": int(150 * s * s), "max_distance": 128.0 * s}
-    for k, t in enumerate(grid):
-        check_cancel(opts.cancel)
-        field = np.moveaxis(_as_uint8(img.region(t.y0, t.y1, t.x0, t.x1), scale), -1, 0)
+
+    def per_tile(k: int, t, block: np.ndarray) -> Job[str]:
+        field = np.moveaxis(as_uint8(block, scale), -1, 0)
         if field.shape[0] == 3:
             field = np.concatenate([field, field[:1] * 0], 0)
         lab = segment_cells(field, **seg)
         ids = np.unique(lab)
         ids = ids[ids > 0]
         if not len(ids):
-            yield Progress(k + 1, len(grid), "tiles", f"tile {k + 1}/{len(grid)}: no cells")
-            continue
+            return "no cells"
         centres = ndi.center_of_mass(np.ones_like(lab), lab, ids)
         own = [int(i) for i, (cy, cx) in zip(ids, centres) if t.owns(cy + t.y0, cx + t.x0)]
         boxes = cell_boxes(lab)
@@ -319,16 +251,18 @@ def _hpa_tiles(img, grid, model, opts, out: Path, stem: str, scale, *, opened) -
             gy0, gy1, gx0, gx1 = sl[0].start + t.y0, sl[0].stop + t.y0, sl[1].start + t.x0, sl[1].stop + t.x0
             mask = lab[sl] == i
             patch = np.asarray(glabels[gy0:gy1, gx0:gx1])
-            patch[mask & (patch == 0)] = next_id
+            patch[mask & (patch == 0)] = state["next_id"]
             glabels[gy0:gy1, gx0:gx1] = patch
             r = hpa._row(np.asarray(p), meta)
             y0, x0, y1, x1 = boxes[i]
-            rows.write({"label": next_id, "y0": y0 + t.y0, "x0": x0 + t.x0, "y1": y1 + t.y0, "x1": x1 + t.x0,
-                        "area": int(mask.sum()), "predicted": "; ".join(r["predicted"]), "top_class": r["top_class"],
-                        "score": round(r["score"], 4), "tile": k,
+            rows.write({"label": state["next_id"], "y0": y0 + t.y0, "x0": x0 + t.x0, "y1": y1 + t.y0,
+                        "x1": x1 + t.x0, "area": int(mask.sum()), "predicted": "; ".join(r["predicted"]),
+                        "top_class": r["top_class"], "score": round(r["score"], 4), "tile": k,
                         **{f"p_{n}": round(float(v), 4) for n, v in zip(names, r["probabilities"])}})
-            next_id += 1
-        yield Progress(k + 1, len(grid), "tiles", f"tile {k + 1}/{len(grid)}: {rows.n} cells so far")
+            state["next_id"] += 1
+        return f"{rows.n} cells so far"
+
+    yield from run_tiles(img, grid, per_tile, cancel=opts.cancel)
     labels_tmp.rename(labels_path)
     return {"task": "hpa", "cells": rows.n, "device": policy.describe(),
             "outputs": [str(rows.target), str(labels_path)]}

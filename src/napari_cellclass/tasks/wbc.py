@@ -29,13 +29,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint
-from ..engine.device import resolve_device
+from ..engine.checkpoint import CheckpointMeta
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
 from ..errors import InputError
 from ..io import wbc_dataset as D
 from ..metrics import classification_metrics
+from ..zoo.loaded import LoadedModel, load_model
 from .base import TaskOptions
 
 TASK = "wbc"
@@ -388,9 +388,9 @@ def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
     the TEST folder of a Kaggle-layout dataset.
     """
     data = Path(data)
-    policy = resolve_device(opts.device)
-    model = resolve_model_path(model)
-    net, meta = build_from_checkpoint(model, task=TASK, in_channels=3)
+    lm = load(model, opts.device)
+    net, meta, policy = lm.net, lm.meta, lm.policy
+    model = lm.path or model
     split = str(opts.get("split", "all")).lower()
     folder_split = split if split in ("train", "test") else None
     if folder_split is None and _has_split_folders(data) and split == "all":
@@ -429,11 +429,9 @@ def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- classify / predict
 
-def resolve_model_path(spec: str | Path) -> Path:
-    """A checkpoint path, or a built-in model's name resolved through the zoo."""
-    from .detect import resolve_model_path as resolve
-
-    return resolve(spec, TASK)
+def load(model: Any, device: Any = None) -> LoadedModel:
+    """The white-cell classifier: a built-in name, a checkpoint path or a :class:`LoadedModel`."""
+    return load_model(model, task=TASK, device=device, in_channels=3)
 
 
 def _boxes_from_cells(cells: Any, shape: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -463,9 +461,8 @@ def _boxes_from_cells(cells: Any, shape: tuple[int, int]) -> tuple[np.ndarray | 
     return np.array(boxes, dtype=float).reshape(-1, 4), None
 
 
-def classify(image: Any, model_path: str | Path, cells: Any = None, device: str | None = None,
-             cancel: CancelToken | None = None, batch_size: int = 32, _model: tuple | None = None,
-             **kw: Any) -> Job[dict[str, Any]]:
+def classify(image: Any, model_path: Any, cells: Any = None, device: str | None = None,
+             cancel: CancelToken | None = None, batch_size: int = 32, **kw: Any) -> Job[dict[str, Any]]:
     """Classify every white cell of ``image`` (or the image as one cell when ``cells`` is None).
 
     ``cells``: a list of boxes (y0, x0, y1, x1), shape vertex arrays (a shapes
@@ -473,12 +470,10 @@ def classify(image: Any, model_path: str | Path, cells: Any = None, device: str 
     names, per-cell classes, probabilities (N, C), scores, boxes, label ids (for a
     labels input), the differential count and the device used.
     """
-    policy = resolve_device(device)
-    if _model is not None:  # already loaded (smear analysis reuses one model for many smears)
-        model, meta = _model
-    else:
-        yield Progress(0, None, "load", f"loading {Path(model_path).name} on {policy.device}")
-        model, meta = build_from_checkpoint(resolve_model_path(model_path), task=TASK, in_channels=3)
+    if not isinstance(model_path, LoadedModel):
+        yield Progress(0, None, "load", f"loading {Path(str(model_path)).name}")
+    lm = load(model_path, device)  # a loaded model (smear analysis reuses one for many smears) is used as it is
+    model, meta, policy = lm.net, lm.meta, lm.policy
     raw = image if isinstance(image, np.ndarray) else np.asarray(getattr(image, "data", image))
     img = D.require_stained_rgb(raw)  # gray or fluorescence: refuse, do not guess
     from ..io.limits import check_informative
@@ -547,10 +542,8 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     mode = str(opts.get("boxes", "auto" if opts.get("sidecar", True) else "whole")).lower()
     if mode not in ("auto", "detector", "sidecar", "whole"):
         raise InputError(f"boxes must be auto, detector, sidecar or whole, got {mode!r}")
-    model = resolve_model_path(model)
-    from ..engine.checkpoint import read_meta
-
-    meta = read_meta(model)
+    model = load(model, opts.device)  # once, for every smear and crop
+    meta = model.meta
     window = float((meta.normalization or {}).get("window_px") or D.FIXED_WINDOW)
     if mode == "whole":
         smears, crops = [], files
@@ -561,7 +554,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
         crops = [f for f in files if f not in set(smears)]
     rows: list[dict[str, Any]] = []
     names: list[str] = list(meta.class_names)
-    device = resolve_device(opts.device).describe()
+    device = model.policy.describe()
     t0 = time.monotonic()
     smear_summary = None
     if smears:

@@ -64,9 +64,11 @@ def _wrappable(text: str) -> str:
     return text.replace(",", ",\u200b")
 
 
-def _trained_on(model: Path) -> str:
+def _trained_on(model: Any) -> str:
     from ..engine.checkpoint import read_meta
 
+    if getattr(model, "meta", None) is not None:  # a loaded model
+        return model.meta.trained_on
     try:
         return read_meta(model).trained_on
     except CellClassError:
@@ -195,7 +197,7 @@ class KaryotypeWidget(RunsJobs, QWidget):
         if model is None and self.model_edit.is_auto:
             from ..tasks.karyotype import default_classifier
 
-            model = default_classifier(image)  # the built-in for this spread's banding
+            model = default_classifier(image, device)  # the built-in for this spread's banding
         if model is None:
             raise CellClassError("choose a chromosome classifier checkpoint (task 'chromosome')")
         self._trained_on = _trained_on(model)
@@ -203,22 +205,24 @@ class KaryotypeWidget(RunsJobs, QWidget):
 
         check = check_spread(image)  # blank, oversized, fluorescence: say so before any work
         self._image, self._image_name = image, layer.name
-        from ..tasks.karyotype import resolve_segmenter
+        from ..tasks.karyotype import segmenter_choice
 
-        seg, effective = resolve_segmenter(self.segmenter_box.value, Path(detector) if detector else None)
-        self._models = (Path(model), Path(effective) if seg == "detector" and effective else None, seg)  # report
+        seg, effective = segmenter_choice(self.segmenter_box.value, detector or None)
+        self._models = (model, effective if seg == "detector" else None, seg)  # for the report
         self._device = device
         self._notes = list(check.notes)
         self._banding_note = self._banding_mismatch(image)
-        return karyotype(image, Path(model), device=device, labels=labels, segmenter=self.segmenter_box.value,
-                         detector_model=Path(detector) if detector else None, cancel=self.runner.new_token())
+        # the job loads the models (zoo.loaded: once, cached); corrections reuse the same loaded objects
+        return karyotype(image, model, device=device, labels=labels, segmenter=self.segmenter_box.value,
+                         detector_model=detector or None, cancel=self.runner.new_token())
 
     def _fail(self, msg: str):
         """Bad input or a refused correction: one line in the status and one notification."""
         return self.runner.fail(msg)
 
     def _on_done(self, res: dict[str, Any]) -> None:
-        from ..karyotype.corrections import KaryotypeSession, model_classifier
+        from ..karyotype.corrections import KaryotypeSession
+        from ..tasks.karyotype import model_classifier
 
         n = len(res["classes"])
         classifier = model_classifier(self._models[0], self._device)

@@ -4,8 +4,10 @@ Each built-in is a model card ``weights/NAME.json`` beside its weights
 ``weights/NAME.safetensors`` (the one checkpoint format of
 :mod:`napari_cellclass.engine.checkpoint`).  A card may instead carry ``url`` and
 ``sha256`` for weights too large to ship; those are fetched once into the user
-cache.  Everything that accepts a model (CLI, API, widgets) passes what the user
-gave through :func:`resolve_model`, so a built-in name works wherever a path does.
+cache.  Everything that accepts a model (CLI, API, widgets, tasks) passes what the
+user gave to :func:`load_model` (:mod:`napari_cellclass.zoo.loaded`), the one place
+that turns a name into a file (:func:`resolve_model`), so a built-in name works
+wherever a path does.
 
 ``CELLCLASS_ZOO_DIR`` replaces the packaged folder (tests, site-wide model
 folders); ``CELLCLASS_CACHE_DIR`` replaces the download cache.  No Qt here.
@@ -206,8 +208,14 @@ def _check_path(path: Path, want: tuple[str, ...] | None, task: str | None) -> P
     return path
 
 
-def load_model(spec: str | Path, task: str | None = None, map_location: str = "cpu"):
-    """(network in eval mode, CheckpointMeta) for a built-in name or a path, via the one loader."""
-    from ..engine.checkpoint import build_from_checkpoint
+def load_model(spec: Any, task: str | None = None, device: Any = None, **kw: Any):
+    """The one model loader (:func:`napari_cellclass.zoo.loaded.load_model`): a cached
+    :class:`~napari_cellclass.zoo.loaded.LoadedModel`, which also unpacks as ``(network, meta)``.
 
-    return build_from_checkpoint(resolve_model(spec, task), map_location=map_location)
+    ``map_location=`` (older name of ``device``) is still accepted.
+    """
+    from .loaded import load_model as _load
+
+    if "map_location" in kw:
+        device = kw.pop("map_location") if device is None else device
+    return _load(spec, task=task, device=device, **kw)
