@@ -45,6 +45,23 @@ def test_train_writes_checkpoint(trained):
     assert meta.normalization["pad_rel"] == res["pad_rel"] > 1  # the canvas holds chromosomes longer than the median
     json.dumps(meta.arch_config)
     assert res["n_train"] + res["n_val"] == 4 * 46
+    # calibrated after training; with one held-out cell it is fitted and measured there, and says so
+    cal = meta.calibration
+    assert cal == res["calibration"] and 0.01 <= cal["temperature"] <= 100
+    assert cal["n_fit"] == cal["n_test"] == res["n_val"] and "same data" in cal["fit_on"]
+    assert 0 <= cal["ece_after"] <= 1
+
+
+def test_calibrated_probabilities_keep_the_argmax_and_change_the_confidence(trained, one_thread):
+    ckpt = trained[0]["checkpoint"]
+    crops = [make_chromosome(c, seed=7)[0] for c in range(24)]
+    raw = run_sync(task.classify_crops(crops, ckpt, calibrated=False))
+    cal = run_sync(task.classify_crops(crops, ckpt))
+    t = read_meta(ckpt).calibration["temperature"]
+    assert np.array_equal(raw.argmax(1), cal.argmax(1))
+    assert np.allclose(cal.sum(1), 1, atol=1e-4)
+    if abs(t - 1) > 0.05:  # softened (T > 1) or sharpened (T < 1) as fitted
+        assert (cal.max(1).mean() < raw.max(1).mean()) == (t > 1)
 
 
 def test_evaluate_and_predict(trained, dataset, tmp_path, one_thread):

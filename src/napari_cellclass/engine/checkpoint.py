@@ -44,6 +44,9 @@ class CheckpointMeta:
     ``{"name": ..., "params": {...}}`` (see :mod:`napari_cellclass.preprocess`);
     empty in checkpoints written before it existed, where :func:`declared_preprocess`
     derives it from ``normalization``.
+    ``calibration`` holds the softmax temperature fitted on held-out data
+    (:mod:`napari_cellclass.engine.calibration`) and the calibration error it left;
+    empty where the model was never calibrated.
     """
 
     task: str
@@ -55,6 +58,7 @@ class CheckpointMeta:
     normalization: dict[str, Any] = field(default_factory=dict)
     thresholds: list[float] | None = None
     preprocess: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     trained_on: str = "unknown"
@@ -243,6 +247,13 @@ def validate_meta(meta: CheckpointMeta, path: Path | None = None) -> None:
     big = _big_ints(meta.arch_config)
     if big:
         bad(f"arch_config values out of range: {', '.join(big[:3])} (at most {MAX_CONFIG_INT:,})")
+    cal = meta.calibration
+    if not isinstance(cal, dict):
+        bad(f"calibration must be a mapping, got {type(cal).__name__}")
+    elif "temperature" in cal:
+        t = cal["temperature"]
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not (0.01 <= t <= 100):
+            bad(f"calibration temperature must be a number in 0.01..100, got {t!r}")
     th = meta.thresholds
     if th is not None:
         if not isinstance(th, list) or not all(isinstance(t, (int, float)) and not isinstance(t, bool)

@@ -121,6 +121,8 @@ TASK_OPTIONS: dict[str, list[Option]] = {
         _opt("grid", "int", 3, "GRiCoL/GRiL: grid of local heads"),
         _opt("overlap", "bool", True, "GRiCoL/GRiL: overlapping grid tiles"),
         _opt("tile", "int|list[int]", AUTO, "GRiCoL/GRiL: tile size H,W"),
+        _opt("calibrate", "bool", True, "after training, fit the softmax temperature on half the validation "
+             "cells and report the calibration error (ECE) on the other half"),
         _opt("degrade", "float", 0.0, "share of training crops blurred to a lower resolution and given noise "
              "(other labs' scanners)"),
         _opt("split", "str", "all", "evaluate: all crops, or val (the training split's validation cells)", USE),
