@@ -43,7 +43,7 @@ extra = {"tile": tile} if tile else {}
 if len(sys.argv) > 8 and sys.argv[8]:
     extra["detector"] = sys.argv[8]
 opts = TaskOptions(out=out, device="cpu", extra=extra)
-import napari_cellclass.engine.tiled as tiled, napari_cellclass.tasks.detect, napari_cellclass.tasks.blood  # noqa
+import napari_cellclass.tasks.tiled as tiled, napari_cellclass.tasks.detect, napari_cellclass.tasks.blood  # noqa
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.monotonic()
 if whole:

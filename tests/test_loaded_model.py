@@ -131,3 +131,70 @@ def test_karyotyping_a_spread_loads_each_checkpoint_once(tmp_path, count_loads):
     assert probs.shape == (2, 24)
     run_sync(karyotype(spread["image"], path, device="cpu", segmenter="threshold"))
     assert len(count_loads) == 1
+
+
+def test_model_file_resolves_without_loading(tmp_path, monkeypatch, count_loads):
+    from napari_cellclass.zoo.loaded import model_file
+
+    make_zoo(tmp_path, monkeypatch, {"wbc-good": {}})
+    path = model_file("wbc-good", task="wbc")
+    assert path.is_file() and path.suffix == ".safetensors" and len(count_loads) == 0
+    with pytest.raises(CellClassError, match="'wbc' model, but 'hpa' needs"):
+        model_file("wbc-good", task="hpa")
+    lm = load_model("wbc-good", task="wbc", device="cpu")
+    assert lm.path == path and model_file(lm) == path  # load_model resolves names through it
+    with pytest.raises(CellClassError, match="'wbc' model, but 'detect' needs"):
+        model_file(lm, task="detect")
+
+
+def test_explain_and_embedding_use_the_shared_model_and_leave_it_unchanged(tmp_path, count_loads):
+    import numpy as np
+
+    from napari_cellclass.explain.job import explain_job
+
+    path = tiny_checkpoint(tmp_path / "m.safetensors")
+    lm = load_model(path, task="wbc", device="cpu")
+    before = {k: v.clone() for k, v in lm.net.state_dict().items()}
+    img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for method in ("gradcam", "guided_gradcam"):
+        res = run_sync(explain_job(path, img, None, method, None, "cpu"))
+        assert res["heatmap"].shape == (64, 64)
+    assert len(count_loads) == 1  # the explain job found the cached model
+    assert all(p.grad is None for p in lm.net.parameters())  # no gradients left on the shared network
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.net.modules())
+    assert all(torch.equal(before[k], v) for k, v in lm.net.state_dict().items()) and not lm.net.training
+
+
+def _tiny_detector(path):
+    from napari_cellclass.models.registry import build_model
+
+    torch.manual_seed(0)
+    cfg = {"num_classes": 3, "width": 8, "min_size": 128, "max_size": 160}
+    net = build_model("fasterrcnn_tiny", **cfg)
+    meta = CheckpointMeta(task="detect", arch="fasterrcnn_tiny", arch_config=cfg, class_names=["cell", "debris"],
+                          in_channels=3, input_size=[128, 128])
+    return save_checkpoint(path, net, meta)
+
+
+def test_detect_thresholds_are_per_call_on_a_shared_detector(tmp_path):
+    """Two threads detecting with one cached network and different thresholds get their own results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from napari_cellclass.tasks.detect import detect
+
+    lm = load_model(_tiny_detector(tmp_path / "d.safetensors"), task="detect", device="cpu")
+    img = np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+
+    def run(thr, nms):
+        r = run_sync(detect(img, lm, device="cpu", score_threshold=thr, nms_iou=nms))
+        return r["boxes"].round(3).tolist(), r["scores"].round(4).tolist()
+
+    settings = [(0.0, 0.3), (0.99, 0.9), (0.0, 0.9)]
+    reference = {s: run(*s) for s in settings}
+    assert reference[(0.0, 0.3)] != reference[(0.99, 0.9)]
+    with ThreadPoolExecutor(3) as pool:
+        futures = [(s, pool.submit(run, *s)) for _ in range(3) for s in settings]
+        for s, f in futures:
+            assert f.result() == reference[s], s

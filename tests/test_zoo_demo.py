@@ -57,7 +57,7 @@ def _tiny_detector(path, classes):
 
 
 def test_builtin_demo_runs_each_model_on_the_real_samples(tmp_path, monkeypatch):
-    from napari_cellclass.zoo.demo import markdown, run_builtin_demo
+    from napari_cellclass.tasks.builtin_demo import markdown, run_builtin_demo
 
     folder = make_zoo(tmp_path, monkeypatch, {
         "wbc-real": {},

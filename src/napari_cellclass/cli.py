@@ -247,9 +247,9 @@ def run(argv: list[str] | None = None) -> int:
     _resolve_models(args)
     opts = _options(args)
     if getattr(args, "detector", None):
-        from . import zoo
+        from .zoo.loaded import model_file
 
-        opts.extra["detector"] = str(zoo.resolve_model(args.detector, task="detect"))
+        opts.extra["detector"] = str(model_file(args.detector, task="detect"))
     quiet = getattr(args, "quiet", False)
     from .engine import distributed
 
@@ -323,21 +323,22 @@ def _resolve_models(args: argparse.Namespace) -> None:
     """Built-in names -> verified local checkpoints, before any task sees them (paths pass through)."""
     from . import zoo
     from .tasks.base import TASKS, task_function
+    from .zoo.loaded import model_file  # the one name -> file step (load_model uses it too)
 
     if args.command in ("evaluate", "predict") and args.task in TASKS:
         task_function(args.task, args.command)  # "not implemented" comes before any complaint about the model
         if not (args.task == "karyotype" and str(args.model).lower() in ("none", "-")):  # segmentation only
-            args.model = zoo.resolve_model(args.model, task=args.task)
+            args.model = model_file(args.model, task=args.task)
     elif args.command == "karyotype":
-        args.model = zoo.resolve_model(args.model, task="karyotype")
+        args.model = model_file(args.model, task="karyotype")
     elif args.command == "train" and getattr(args, "model", None) is not None:
-        args.model = zoo.resolve_model(args.model, task=args.task)
+        args.model = model_file(args.model, task=args.task)
     elif args.command == "info" and args.model is not None:
-        args.model = zoo.resolve_model(args.model)
+        args.model = model_file(args.model)
     for i, item in enumerate(getattr(args, "extra", []) or []):  # --set detector_model=NAME
         key, _, value = item.partition("=")
         if key.strip().replace("-", "_") == "detector_model" and value.strip():
-            args.extra[i] = f"{key}={zoo.resolve_model(value.strip())}"
+            args.extra[i] = f"{key}={model_file(value.strip())}"
     model = getattr(args, "model", None)
     if args.command in ("evaluate", "predict", "karyotype") and isinstance(model, Path) and model.is_file():
         from .engine.checkpoint import read_meta

@@ -5,7 +5,7 @@ well under a minute each).  The demo writes everything under one folder, plus
 ``SUMMARY.md`` that says plainly that the models it trains see only generated
 data, so their numbers say the pipeline works, not how well it does on real cells.
 A second part runs each built-in model (trained on real images) on the real
-sample images that ship with the package (:mod:`napari_cellclass.zoo.demo`).
+sample images that ship with the package (:mod:`napari_cellclass.tasks.builtin_demo`).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def run_demo(out: Path, opts: TaskOptions, tasks: list[str] | None = None) -> Jo
             ok = False
             results[task] = {"status": "failed", "reason": repr(exc), "traceback": traceback.format_exc()}
     try:  # the built-in models on the real samples that ship
-        from .zoo.demo import run_builtin_demo
+        from .tasks.builtin_demo import run_builtin_demo
 
         builtin = yield from run_builtin_demo(out / "builtin", opts.device, tasks)
     except CellClassError as exc:
@@ -91,7 +91,7 @@ def _markdown(report: dict[str, Any]) -> str:
     if isinstance(builtin, dict) and builtin.get("status") == "failed":
         lines += ["## Built-in models on real sample images", "", f"failed: {builtin.get('reason')}", ""]
     elif builtin is not None:
-        from .zoo.demo import markdown
+        from .tasks.builtin_demo import markdown
 
         lines += markdown(builtin)
     return "\n".join(lines)

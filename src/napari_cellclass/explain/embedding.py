@@ -7,6 +7,7 @@ last Linear layer; images are prepared by the checkpoint's declared transform
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -27,9 +28,16 @@ def extract_features(model: nn.Module, batches: Iterable[torch.Tensor]) -> tuple
         raise InputError("the model has no Linear head, so there are no penultimate features to embed")
     head = found[2]
     box: list[torch.Tensor] = []
-    handle = head.register_forward_pre_hook(lambda m, a: box.append(a[0].detach().flatten(1).float().cpu()))
+    me = threading.get_ident()  # the network may be shared (zoo.loaded): keep only this thread's forwards
+
+    def keep(m, a):
+        if threading.get_ident() == me:
+            box.append(a[0].detach().flatten(1).float().cpu())
+
+    handle = head.register_forward_pre_hook(keep)
     preds = []
-    model.eval()
+    if model.training:
+        model.eval()
     try:
         with torch.inference_mode():
             for xb in batches:
@@ -143,19 +151,27 @@ def class_folder_items(root: str | Path, class_names: Sequence[str] = (), limit_
     return paths, labels, names
 
 
-def embedding_job(checkpoint: str | Path, data: str | Path, out: str | Path | None = None, method: str = "tsne",
-                  task: str | None = None, limit_per_class: int = 100, batch_size: int = 32, seed: int = 0):
+def embedding_job(checkpoint: Any, data: str | Path, out: str | Path | None = None, method: str = "tsne",
+                  task: str | None = None, limit_per_class: int = 100, batch_size: int = 32, seed: int = 0,
+                  device: Any = None):
     """Job: features of a class-per-folder dataset -> 2-D embedding -> PNG (+ CSV of coordinates).
+
+    ``checkpoint`` is a built-in name, a checkpoint path or a loaded model
+    (:func:`napari_cellclass.zoo.loaded.load_model`, cached and shared); ``device``
+    as everywhere ("auto"/None honours ``CELLCLASS_DEVICE``).
 
     Yields Progress; returns ``{"png", "csv", "method", "n", "neighbour_agreement", "coords", "labels", "class_names"}``.
     """
-    from ..engine.checkpoint import build_from_checkpoint
-    from ..io.limits import read_image
     from ..engine.progress import Progress
+    from ..io.limits import read_image
     from ..preprocess import get_transform
+    from ..zoo.loaded import load_model
 
-    model, meta = build_from_checkpoint(checkpoint, task=task)
-    tf = get_transform(meta)  # the checkpoint's own preprocessing, as in classify
+    lm = load_model(checkpoint, task=task, device=device)
+    model, meta = lm.net, lm.meta
+    if meta is None:
+        raise InputError("an embedding needs a checkpoint (its classes and declared preprocessing), not a bare network")
+    tf = lm.transform if lm.transform is not None else get_transform(meta)  # the checkpoint's own, as in classify
     paths, labels, names = class_folder_items(data, meta.class_names, limit_per_class)
     feats: list[np.ndarray] = []
     total = math.ceil(len(paths) / batch_size)
@@ -165,7 +181,7 @@ def embedding_job(checkpoint: str | Path, data: str | Path, out: str | Path | No
         for p in chunk:
             img = read_image(p)  # io/limits: size checked before decoding, stacks refused
             xs.append(tf.batch(img))
-        f, _ = extract_features(model, [torch.cat(xs)])
+        f, _ = extract_features(model, [torch.cat(xs).to(lm.device)])
         feats.append(f)
         yield Progress(step=b + 1, total=total + 1, stage="features", message=f"{min(len(paths), (b + 1) * batch_size)} images")
     features = np.concatenate(feats)

@@ -7,7 +7,8 @@ straightened, polarity-flipped and padded onto its canvas first.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import copy
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +18,15 @@ from ..errors import CellClassError
 PREDICTED = "(predicted class)"
 
 
-def explain_job(checkpoint: Path, image: np.ndarray, box: tuple[int, int, int, int] | None, method: str,
+def explain_job(checkpoint: Any, image: np.ndarray, box: tuple[int, int, int, int] | None, method: str,
                 class_name: str | None, device: str | None, cancel: CancelToken | None = None):
     """Job: load the model, prepare the (cropped) image, compute the map.
+
+    ``checkpoint`` is a built-in name, a checkpoint path or a
+    :class:`~napari_cellclass.zoo.loaded.LoadedModel`; it is loaded through
+    :func:`~napari_cellclass.zoo.loaded.load_model` (cached, shared).  The maps need
+    gradients and hooks, so they are computed on a private copy of the network:
+    the shared one is never changed.
 
     ``aligned`` in the result says whether ``heatmap`` (resized to the box) lies on
     the image; when it is False (a chromosome canvas, rotated and padded) the map
@@ -28,21 +35,23 @@ def explain_job(checkpoint: Path, image: np.ndarray, box: tuple[int, int, int, i
     """
     from skimage.transform import resize
 
-    from ..engine.checkpoint import build_from_checkpoint
-    from ..engine.device import resolve_device
     from ..engine.progress import check_cancel
     from ..preprocess import get_transform
+    from ..zoo.loaded import load_model
     from .guided_backprop import explain
 
     yield Progress(0, 3, "explain", "loading the model")
-    model, meta = build_from_checkpoint(checkpoint)
-    policy = resolve_device(device)
-    model = model.to(policy.device).float()
+    lm = load_model(checkpoint, device=device)
+    meta, policy = lm.meta, lm.policy
+    if meta is None:
+        raise CellClassError("explain needs a checkpoint (its classes and declared preprocessing), not a bare network")
+    # Grad-CAM registers hooks and back-propagates into the weights: never on the shared network
+    model = copy.deepcopy(lm.net).float().eval()
     check_cancel(cancel)
     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
     r0, c0, r1, c1 = box if box is not None else (0, 0, image.shape[-3 if rgb else -2], image.shape[-2 if rgb else -1])
     crop = image[r0:r1, c0:c1] if rgb or image.ndim == 2 else image[..., r0:r1, c0:c1]
-    tf = get_transform(meta)
+    tf = lm.transform if lm.transform is not None else get_transform(meta)
     x = tf.batch(crop).to(policy.device)
     yield Progress(1, 3, "explain", f"{method} on {policy.describe()}")
     idx = None

@@ -18,7 +18,9 @@ import contextlib
 import io
 import json
 import math
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from ..errors import InputError
 from ..io.detection_dataset import DetectionDataset, from_layers, load_dataset, read_image, to_rgb_uint8
 from ..models import detection as detection_models  # registers the archs (incl. fasterrcnn_tiny)
 from ..models.registry import build_model
-from ..zoo.loaded import LoadedModel, load_model
+from ..zoo.loaded import LoadedModel, load_model, model_file
 from . import detect_centernet as dc
 from .base import TaskOptions
 
@@ -189,7 +191,8 @@ def _train_spec(ctx, train_ds: DetectionDataset, val_ds: DetectionDataset | None
     classes = list(train_ds.classes)
     init_state = None
     if init_from is not None:  # fine-tune: keep the checkpoint's architecture and classes (plus new ones)
-        ck = load_checkpoint(init_from, task=TASK)
+        # the raw state dict and header, not a built network; a built-in name resolves as everywhere
+        ck = load_checkpoint(model_file(init_from, task=TASK), task=TASK)
         arch = ck.meta.arch
         classes = list(ck.meta.class_names) + [c for c in classes if c not in ck.meta.class_names]
         cfg = dict(ck.meta.arch_config, num_classes=len(classes) + (0 if arch == dc.ARCH else 1))
@@ -350,15 +353,40 @@ def _set_scale(model: torch.nn.Module, h: int, w: int, scale: float) -> None:
     t.max_size = max(8, int(math.ceil(max(h, w) * scale)) + 1)
 
 
-def _infer_whole(model: torch.nn.Module, x: torch.Tensor, scale: float, policy) -> dict[str, np.ndarray]:
-    """One image/tile -> numpy boxes (x0,y0,x1,y1), 1-based label ids, scores, masks (N,h,w) or None."""
-    if dc.is_centernet(model):
-        return dc.infer(model, x, scale, policy, getattr(model, "score_thresh", 0.05),
-                        getattr(model, "nms_thresh", 0.5))
+#: one lock per torchvision detector: its input size and thresholds are attributes of the
+#: network, which zoo.loaded shares between callers, so they are set and used under it
+_FORWARD_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _forward_lock(model: torch.nn.Module) -> threading.Lock:
+    with _LOCKS_LOCK:
+        lock = _FORWARD_LOCKS.get(model)
+        if lock is None:
+            lock = _FORWARD_LOCKS[model] = threading.Lock()
+        return lock
+
+
+def _infer_whole(model: torch.nn.Module, x: torch.Tensor, scale: float, policy, score_threshold: float | None = None,
+                 nms_iou: float | None = None) -> dict[str, np.ndarray]:
+    """One image/tile -> numpy boxes (x0,y0,x1,y1), 1-based label ids, scores, masks (N,h,w) or None.
+
+    ``score_threshold``/``nms_iou`` apply to this call only (None: the network's own,
+    as during training's validation).  A torchvision detector keeps them, and its
+    input size, as attributes; they are set and the forward run under the network's
+    lock, so two callers of one shared (cached) network cannot mix them up.
+    """
+    if dc.is_centernet(model):  # CenterNet takes them as arguments: nothing on the network changes
+        return dc.infer(model, x, scale, policy,
+                        getattr(model, "score_thresh", 0.05) if score_threshold is None else float(score_threshold),
+                        getattr(model, "nms_thresh", 0.5) if nms_iou is None else float(nms_iou))
     h, w = x.shape[-2:]
-    _set_scale(model, h, w, scale)
-    with torch.inference_mode(), policy.autocast():
-        out = model([x.to(policy.device)])[0]
+    with _forward_lock(model):
+        _set_scale(model, h, w, scale)
+        if score_threshold is not None or nms_iou is not None:
+            _set_thresholds(model, score_threshold, nms_iou)
+        with torch.inference_mode(), policy.autocast():
+            out = model([x.to(policy.device)])[0]
     res = {k: out[k].float().cpu().numpy() for k in ("boxes", "scores")}
     res["labels"] = out["labels"].cpu().numpy()
     res["masks"] = out["masks"][:, 0].float().cpu().numpy() > 0.5 if "masks" in out else None
@@ -399,9 +427,13 @@ def _merge(boxes, labels, scores, truncated, nms_iou: float) -> np.ndarray:
     return idx[k]
 
 
-def _set_thresholds(model: torch.nn.Module, score_threshold: float, nms_iou: float) -> None:
-    target = getattr(model, "roi_heads", model)  # torchvision: the ROI heads; CenterNet: the model itself
-    target.score_thresh, target.nms_thresh = float(score_threshold), float(nms_iou)
+def _set_thresholds(model: torch.nn.Module, score_threshold: float | None, nms_iou: float | None) -> None:
+    """Only under :func:`_forward_lock` (see :func:`_infer_whole`): the network may be shared."""
+    target = getattr(model, "roi_heads", model)  # torchvision: the ROI heads
+    if score_threshold is not None:
+        target.score_thresh = float(score_threshold)
+    if nms_iou is not None:
+        target.nms_thresh = float(nms_iou)
 
 
 def model_score_threshold(meta: CheckpointMeta) -> float:
@@ -428,7 +460,6 @@ def detect(image: Any, model_path: Any, device: str | None = None, score_thresho
     scale = float(meta.training.get("pixel_scale", 1.0))
     if score_threshold is None:
         score_threshold = model_score_threshold(meta)
-    _set_thresholds(model, score_threshold, nms_iou)
     if tile is None and max(H, W) > 2048:
         tile = 1024
     tile = int(tile) if tile else max(H, W)
@@ -442,7 +473,7 @@ def detect(image: Any, model_path: Any, device: str | None = None, score_thresho
         for x0 in xs:
             check_cancel(cancel)
             y1, x1 = min(H, y0 + tile), min(W, x0 + tile)
-            r = _infer_whole(model, x_all[:, y0:y1, x0:x1], scale, policy)
+            r = _infer_whole(model, x_all[:, y0:y1, x0:x1], scale, policy, score_threshold, nms_iou)
             b = r["boxes"] + [x0, y0, x0, y0]
             edge = 2.0
             cut = np.zeros(len(b), dtype=bool)
@@ -544,13 +575,12 @@ def coco_metrics(ds: DetectionDataset, preds: list[dict[str, np.ndarray]], class
 
 def _predict_dataset(model, meta, ds: DetectionDataset, policy, cancel, score_threshold: float = 0.05,
                      nms_iou: float = 0.5) -> Job[list[dict]]:
-    model = model.to(policy.device).eval()
-    _set_thresholds(model, score_threshold, nms_iou)
+    # the network comes from load_model: already in eval mode on policy.device (and maybe shared)
     scale = float(meta.training.get("pixel_scale", 1.0))
     preds = []
     for i in range(len(ds)):
         check_cancel(cancel)
-        preds.append(_infer_whole(model, _tensor(ds.image(i)), scale, policy))
+        preds.append(_infer_whole(model, _tensor(ds.image(i)), scale, policy, score_threshold, nms_iou))
         yield Progress(i + 1, len(ds), "evaluate", f"image {i + 1}/{len(ds)}")
     return preds
 

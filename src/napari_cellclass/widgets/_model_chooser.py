@@ -5,8 +5,9 @@ best one); it is editable, so a checkpoint path can also be typed or pasted, and
 "Browse..." adds a file.  Below it one line says what the chosen model is (the
 card's summary, or a checkpoint's header), warns when it was trained only on
 generated data, and, when no built-in exists for the task, where to learn to
-train one.  ``value`` resolves the choice through :func:`napari_cellclass.zoo.resolve_model`
-(sha256-checked; URL models fetched once), so widgets pass on a plain path.
+train one.  ``value`` resolves the choice through :func:`napari_cellclass.zoo.loaded.model_file`
+(the name -> file step of ``load_model``: sha256-checked; URL models fetched once), so
+widgets pass on a plain path.
 """
 from __future__ import annotations
 
@@ -174,7 +175,9 @@ class ModelChooser(QWidget):
         if not text or (self.auto and text == self.auto[0]):
             return None
         task = self.tasks[0] if self.check_task and self.tasks is not None and len(self.tasks) == 1 else None
-        return zoo.resolve_model(text, task=task)
+        from ..zoo.loaded import model_file  # the one name -> file step (load_model uses it too)
+
+        return model_file(text, task=task)
 
     # ------------------------------------------------------------------ UI
     def browse(self) -> None:

@@ -212,17 +212,16 @@ def export_package(model: str | Path, out: str | Path, *, test_input: Path | np.
     from bioimageio.spec.model import v0_5 as bio
 
     from ..engine.atomic import atomic_path
-    from ..engine.checkpoint import build_from_checkpoint
     from ..models.registry import ARCH_MODULES
-    from . import card as zoo_card
-    from . import is_builtin, resolve_model
+    from .loaded import load_model
 
     out = Path(out)
     if out.suffix.lower() != ".zip":
         raise InputError("the bioimage.io package must be a .zip file", out)
-    card = zoo_card(str(model)) if is_builtin(model) else None
-    path = resolve_model(model)
-    net, meta = build_from_checkpoint(path)
+    lm = load_model(model, device="cpu")  # the shared, cached model: wrapped below, never changed
+    net, meta, card, path = lm.net, lm.meta, lm.card, lm.path
+    if meta is None or path is None:
+        raise InputError("export needs a checkpoint file or a built-in model's name, not a network in memory")
     if meta.task == "detect" or meta.arch.startswith(("fasterrcnn", "maskrcnn")):
         raise InputError("detectors cannot be exported to bioimage.io: their outputs (variable-length box lists) "
                          "have no bioimage.io 0.5 tensor description; only classifiers are exported", path)

@@ -2,8 +2,9 @@
 
 :func:`load_model` is the one place where a model given by the user (a built-in
 name, a checkpoint path, or an object already loaded) becomes something a task
-can run: the name is resolved to a file (:func:`napari_cellclass.zoo.resolve_model`,
-which verifies a built-in's sha256 and fetches URL-registered weights), the
+can run: the name is resolved to a file (:func:`model_file`, through
+:func:`napari_cellclass.zoo.resolve_model`, which verifies a built-in's sha256 and
+fetches URL-registered weights; callers that need only the file use :func:`model_file`), the
 checkpoint is read (:func:`napari_cellclass.engine.checkpoint.build_from_checkpoint`),
 the task is checked, the device policy resolved
 (:func:`napari_cellclass.engine.device.resolve_device`) and the network moved there
@@ -30,7 +31,7 @@ from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint
 from ..engine.device import DevicePolicy, resolve_device
 from ..errors import CheckpointError, InputError
 
-__all__ = ["LoadedModel", "load_model", "clear_cache", "CACHE_SIZE"]
+__all__ = ["LoadedModel", "load_model", "model_file", "clear_cache", "CACHE_SIZE"]
 
 #: how many loaded models stay in memory (least recently used dropped first)
 CACHE_SIZE = 8
@@ -119,6 +120,26 @@ def _check_task(meta: CheckpointMeta, task: str | None, where: Any) -> None:
         raise InputError(f"this checkpoint is a {meta.task!r} model, but {task!r} needs a {needs} model", where)
 
 
+def model_file(source: Any, task: str | None = None) -> Path:
+    """The verified local checkpoint file of a built-in name, a path or a loaded model, without loading it.
+
+    The one name -> file step (:func:`load_model` uses it too): built-ins are checked
+    against their card's sha256 and URL-registered ones fetched
+    (:func:`napari_cellclass.zoo.resolve_model`); a model for another ``task`` is
+    refused.  For callers that need only the file: the CLI's early check of a name,
+    the model field of a widget, a bioimage.io export.
+    """
+    if isinstance(source, LoadedModel):
+        if source.path is None:
+            raise InputError(f"the model {source.source!r} was not loaded from a file, so it has no checkpoint file")
+        if source.meta is not None:
+            _check_task(source.meta, task, source.path)
+        return source.path
+    from . import resolve_model
+
+    return Path(resolve_model(source, task=task))
+
+
 def load_model(source: Any, task: str | None = None, device: str | DevicePolicy | None = None, *,
                in_channels: int | None = None, cache: bool = True) -> LoadedModel:
     """A :class:`LoadedModel` for a built-in name, a checkpoint path or a loaded model.
@@ -139,9 +160,9 @@ def load_model(source: Any, task: str | None = None, device: str | DevicePolicy 
     if isinstance(source, torch.nn.Module):
         return LoadedModel.from_network(source, device=device)
     from . import card as _card
-    from . import is_builtin, resolve_model
+    from . import is_builtin
 
-    path = Path(resolve_model(source, task=task))  # names -> verified files; wrong task refused here
+    path = model_file(source, task=task)  # names -> verified files; wrong task refused here
     card = _card(str(source).strip()) if is_builtin(source) else None
     policy = device if isinstance(device, DevicePolicy) else resolve_device(device)
     try:

@@ -4,6 +4,10 @@ Only blood-smear samples can ship (BCCD, MIT); built-ins of other tasks are
 listed with the reason they were not run.  Each result says whether the sample
 image was held out when the model was trained (from the image lists a
 checkpoint keeps), so a hit on a training image is not mistaken for a test.
+
+It lives among the tasks (it runs the wbc and detect tasks) so that ``zoo/``
+never imports ``tasks/``; each model is loaded once through
+:func:`napari_cellclass.zoo.loaded.load_model`.
 """
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ import numpy as np
 
 from ..engine.progress import Job, Progress
 from ..errors import CellClassError
-from . import list_models, resolve_model
-from .provenance import synthetic_warning
+from ..zoo import list_models
+from ..zoo.loaded import LoadedModel, load_model
+from ..zoo.provenance import synthetic_warning
 
 
 def _seen(meta, image: Path) -> str:
@@ -36,16 +41,15 @@ def _seen(meta, image: Path) -> str:
     return "unknown"
 
 
-def _wbc(card: dict, path: Path, samples, device) -> Job[list[dict[str, Any]]]:
-    from ..engine.checkpoint import read_meta
-    from ..tasks.wbc import classify
+def _wbc(card: dict, lm: LoadedModel, samples, device) -> Job[list[dict[str, Any]]]:
+    from .wbc import classify
 
-    meta = read_meta(path)
+    meta = lm.meta
     rows = []
     for s in samples:
         boxes, labels = s.boxes()
         wbc = boxes[[i for i, lab in enumerate(labels) if lab == "WBC"]]
-        res = yield from classify(s.read(), path, cells=wbc, device=device)
+        res = yield from classify(s.read(), lm, cells=wbc, device=device)
         rows.append({"image": s.image.name, "expected": s.wbc_class, "predicted": list(res["classes"]),
                      "score": [round(float(v), 3) for v in res["scores"]],
                      "correct": bool(res["classes"]) and all(c == s.wbc_class for c in res["classes"]),
@@ -53,15 +57,14 @@ def _wbc(card: dict, path: Path, samples, device) -> Job[list[dict[str, Any]]]:
     return rows
 
 
-def _detect(card: dict, path: Path, samples, device) -> Job[list[dict[str, Any]]]:
-    from ..engine.checkpoint import read_meta
-    from ..tasks.detect import detect
+def _detect(card: dict, lm: LoadedModel, samples, device) -> Job[list[dict[str, Any]]]:
+    from .detect import detect
 
-    meta = read_meta(path)
+    meta = lm.meta
     rows = []
     for s in samples:
         _, labels = s.boxes()
-        res = yield from detect(s.read(), path, device=device)
+        res = yield from detect(s.read(), lm, device=device)
         found = {n: int(sum(lab == n for lab in res["labels"])) for n in res["class_names"]}
         truth = {n: int(sum(lab.lower() == n.lower() for lab in labels)) for n in res["class_names"]}
         rows.append({"image": s.image.name, "found": found, "annotated": truth, "split": _seen(meta, s.image)})
@@ -98,8 +101,8 @@ def run_builtin_demo(out: Path, device: str | None = None, tasks: list[str] | No
             continue
         t0 = time.monotonic()
         try:
-            path = resolve_model(c["name"], task=c["task"])
-            rows = yield from runner(c, path, samples, device)
+            lm = load_model(c["name"], task=c["task"], device=device)  # verified, read once, shared
+            rows = yield from runner(c, lm, samples, device)
             entry.update(status="ok", samples=BCCD_SOURCE, seconds=round(time.monotonic() - t0, 1), results=rows)
         except CellClassError as exc:
             entry.update(status="failed", reason=str(exc))
