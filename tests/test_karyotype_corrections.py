@@ -107,7 +107,8 @@ def test_move_rotate_mirror_update_summary_and_karyogram(spread):
     ses.move(one, "21")  # the user insists
     res = ses.update()
     assert ses.last_classified == []
-    assert "+21" in res["summary"] and "-1" in res["summary"]
+    # the finding follows the user; while a copy of 21 is flagged it is written as questionable
+    assert ("+21" in res["summary"] or "+?21" in res["summary"]) and ("-1" in res["summary"] or "-?1" in res["summary"])
     assert res["classes"][list(res["ids"]).index(one)] == CLASS_NAMES.index("21")
     ses.move(one, "?")  # not a chromosome after all
     res = ses.update()

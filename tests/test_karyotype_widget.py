@@ -80,10 +80,11 @@ def test_karyotype_widget_end_to_end(make_napari_viewer, qtbot, tmp_path):
     # the user says chromosomes 1-3 are 21s: the summary follows, without re-classification
     probs_before = w.result["probabilities"].copy()
     for lid in (1, 2, 3):
-        w.table.cellWidget(lid - 1, 1).setCurrentText("21")
+        w.table.cellWidget(w.table_row(lid), 1).setCurrentText("21")
     qtbot.waitUntil(lambda: w.result["class_names"][:3] == ["21", "21", "21"], timeout=10000)
     assert np.array_equal(w.result["probabilities"], probs_before)
-    assert w.result["class_names"].count("21") >= 3 and "+21" in w.summary_label.text()
+    assert w.result["class_names"].count("21") >= 3 and ("+21" in w.summary_label.text()
+                                                         or "+?21" in w.summary_label.text())
     assert w.session.last_classified == []
     # key binding on the selected label steps its class
     lab = viewer.layers[LABELS_NAME]
@@ -143,14 +144,14 @@ def test_cut_merge_delete_undo_drag_rotate_and_report(make_napari_viewer, qtbot,
 
     # --- merge the two pieces back (two table rows selected)
     ids = [int(i) for i in w.result["ids"]]
-    select_rows(w.table, [ids.index(lid), ids.index(new_id)])
+    select_rows(w.table, [w.table_row(lid), w.table_row(new_id)])
     assert sorted(w.selected_ids()) == sorted([lid, new_id])
     qtbot.mouseClick(w.merge_button, Qt.MouseButton.LeftButton)
     assert len(w.result["ids"]) == n_objects0 and ses.last_classified == [lid]
 
     # --- delete debris: nothing to classify, one object fewer
     victim = int(w.result["ids"][-1])
-    select_rows(w.table, [len(w.result["ids"]) - 1])
+    select_rows(w.table, [w.table_row(victim)])
     qtbot.mouseClick(w.delete_button, Qt.MouseButton.LeftButton)
     assert victim not in set(w.result["ids"]) and ses.last_classified == []
     assert not (viewer.layers["chromosomes"].data == victim).any()
@@ -176,9 +177,9 @@ def test_cut_merge_delete_undo_drag_rotate_and_report(make_napari_viewer, qtbot,
     assert w.result["classes"][ids.index(mover)] == 20
     from napari_cellclass.karyotype.iscn import iscn_summary
 
-    assert w.result["summary"] == iscn_summary(w.result["classes"]).text  # re-paired around the user's 21
+    assert w.result["summary"] == iscn_summary(w.result["classes"], w.result["flagged"]).text  # re-paired
     assert w.result["summary"] != summary_before or w.result["class_names"].count("21") == 2
-    assert w.result["fixed"][mover] == 20 and w.summary_label.text().replace("\u200b", "") == w.result["summary"]
+    assert w.result["fixed"][mover] == 20 and w.summary_label.text().replace("\u200b", "") == w.result["headline"]
 
     # --- click selects, 180° turns it (drawn upside down), mirror, undo
     k = ses.karyogram
@@ -278,7 +279,7 @@ def test_default_classifier_is_chosen_by_the_spreads_banding(make_napari_viewer,
     seen = []
 
     def fake_karyotype(image, model, **kw):  # record the classifier the widget resolved; no pipeline run
-        seen.append(Path(model).stem)
+        seen.append(Path(getattr(model, "path", None) or model).stem)  # a LoadedModel or a path
         raise kt.InputError("stop here")
         yield  # pragma: no cover
 
@@ -296,3 +297,19 @@ def test_default_classifier_is_chosen_by_the_spreads_banding(make_napari_viewer,
     w.run(sync=True)
     assert seen == ["gricol-gband-tseng", "gricol-qband-bioimlab"]
     assert w._banding_mismatch(spread) == ""
+
+
+@pytest.mark.viewer
+def test_review_order_and_headline_colour(qtbot, make_napari_viewer, tmp_path):
+    """Flagged chromosomes head the table; the headline is green only when none is flagged."""
+    viewer = make_napari_viewer()
+    w, _ = _started(None, qtbot, viewer, tmp_path)
+    flagged = [bool(w.result["flagged"][w._row_of[r]]) for r in range(w.table.rowCount())]
+    assert flagged == sorted(flagged, reverse=True)  # all flagged rows before the others
+    for r in range(w.table.rowCount()):  # every row shows its own chromosome
+        assert int(w.table.item(r, 0).text()) == int(w.result["ids"][w._row_of[r]])
+    text = w.summary_label.text().replace("\u200b", "")
+    if w.result["n_flagged"]:
+        assert f"{w.result['n_flagged']} to review" in text and "#3a3" not in w.summary_label.styleSheet()
+    else:
+        assert "#3a3" in w.summary_label.styleSheet() or w.result["abnormal"]

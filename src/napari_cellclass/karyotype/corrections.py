@@ -306,9 +306,9 @@ class KaryotypeSession:
             for k, r in enumerate(rows):
                 reasons[r], slots[r] = a.reasons[k], a.slot[k]
             sex = a.sex
-        summary = iscn_summary(classes)
+        summary = iscn_summary(classes, flagged)
         if title is None:
-            title = summary.text + ("  (abnormal: check flagged)" if summary.abnormal else "")
+            title = summary.headline
         self.karyogram = render_karyogram(self.image, self.labels, classes, ids=ids, flagged=flagged,
                                           orientation=self.orientation, selected=self.selected,
                                           title=title, cache=self._crop_cache, row_height=self.row_height)
@@ -330,6 +330,10 @@ class KaryotypeSession:
             "slots": slots,
             "sex_template": sex,
             "summary": summary.text,
+            "headline": summary.headline,
+            "confident": summary.confident,
+            "n_flagged": summary.n_flagged,
+            "iscn_valid": summary.valid,
             "count": summary.count,
             "abnormal": summary.abnormal,
             "findings": summary.findings,

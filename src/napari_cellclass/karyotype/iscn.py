@@ -79,6 +79,8 @@ def iscn_summary(classes: np.ndarray | list[int], flagged: np.ndarray | list[boo
 
     sure_sex = "X" * int(counts[X_INDEX] - unsure[X_INDEX]) + "Y" * int(counts[Y_INDEX] - unsure[Y_INDEX])
     unsure_sex = ["?X"] * int(unsure[X_INDEX]) + ["?Y"] * int(unsure[Y_INDEX])
+    if not sure_sex and unsure_sex:  # ISCN needs one sex chromosome first: the first found leads, the rest are "?"
+        sure_sex = unsure_sex.pop(0)[1:]
     sex = "X" * int(counts[X_INDEX]) + "Y" * int(counts[Y_INDEX])
     findings: list[str] = []
     for c in range(22):

@@ -204,7 +204,8 @@ def train(data: Path, opts) -> Job[dict[str, Any]]:
     return summary
 
 
-def calibrate(checkpoint: Path, data: Path, opts, *, write: bool = True) -> Job[dict[str, Any]]:
+def calibrate(checkpoint: Path, data: Path, opts, *, write: bool = True,
+              plot: Path | None = None) -> Job[dict[str, Any]]:
     """Fit the softmax temperature on the validation split and store it in ``checkpoint``.
 
     The validation cells (the training split's, same seed and ``val_fraction``) are
@@ -225,8 +226,18 @@ def calibrate(checkpoint: Path, data: Path, opts, *, write: bool = True) -> Job[
     refs = cell_references(crops, [s.cell for s in val])[1]
     probs = yield from classify_crops(crops, lm, opts.device, opts.cancel, ref_length=refs, calibrated=False)
     labels = np.array([s.label for s in val])
-    cal = calibrate_held_out(probs, labels, ["/".join(s.split_group) for s in val],
+    groups = ["/".join(s.split_group) for s in val]
+    cal = calibrate_held_out(probs, labels, groups,
                              fit_on="every other held-out cell/patient (sorted); ECE on the rest").to_dict()
+    if plot is not None:  # the reliability diagram of the half the temperature was not fitted on
+        from ..engine.calibration import plot_reliability, scale_probs
+
+        names = sorted(set(groups))
+        test = np.array([g not in set(names[0::2]) for g in groups]) if len(names) > 1 else np.ones(len(val), bool)
+        plot_reliability({"softmax": (probs[test], labels[test]),
+                          f"T = {cal['temperature']:.2f}": (scale_probs(probs[test], cal["temperature"]),
+                                                            labels[test])},
+                         plot, f"{Path(checkpoint).name}: {int(test.sum())} held-out chromosomes")
     if write:
         ck = load_checkpoint(checkpoint)
         save_checkpoint(checkpoint, ck.state_dict, replace(ck.meta, calibration=cal))

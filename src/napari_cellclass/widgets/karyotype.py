@@ -84,6 +84,7 @@ class KaryotypeWidget(RunsJobs, QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.result: dict[str, Any] | None = None
+        self._row_of: list[int] = []  # table row -> result row (flagged chromosomes first)
         self.session = None  # KaryotypeSession of the shown result: all corrections go through it
         self._image: np.ndarray | None = None
         self._image_name = ""
@@ -280,9 +281,10 @@ class KaryotypeWidget(RunsJobs, QWidget):
                 self._hook(layer)
         finally:
             self._updating = False
-        self.summary_label.setText(_wrappable(res["summary"]))
-        self.summary_label.setStyleSheet(
-            f"font-size: 16pt; font-weight: bold; color: {'#d33' if res['abnormal'] else '#3a3'}")
+        # green only when nothing needs review; amber while chromosomes are flagged; red for a settled finding
+        colour = "#e0a020" if not res.get("confident", True) else ("#d33" if res["abnormal"] else "#3a3")
+        self.summary_label.setText(_wrappable(res.get("headline", res["summary"])))
+        self.summary_label.setStyleSheet(f"font-size: 16pt; font-weight: bold; color: {colour}")
         flagged = int(np.sum(res["flagged"]))
         self.findings_label.setText(
             ("; ".join(res["findings"]) + ". " if res["findings"] else "")
@@ -300,9 +302,28 @@ class KaryotypeWidget(RunsJobs, QWidget):
         elif layer.name == KARYOGRAM_NAME and self._karyogram_drag not in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.append(self._karyogram_drag)
 
+    def review_order(self, res: dict[str, Any] | None = None) -> list[int]:
+        """Result rows in the table's order: flagged chromosomes first, least confident first."""
+        res = res if res is not None else self.result
+        if res is None:
+            return []
+        n = len(res["ids"])
+        return sorted(range(n), key=lambda k: (not bool(res["flagged"][k]), float(res["confidence"][k]), k))
+
+    def table_row(self, lid: int) -> int:
+        """The table row that shows chromosome ``lid`` (rows are in review order)."""
+        k = [int(i) for i in self.result["ids"]].index(int(lid))
+        return self._row_of.index(k) if self._row_of else k
+
     def _fill_table(self, res: dict[str, Any], names: list[str]) -> None:
         self.table.blockSignals(True)
         self.table.setRowCount(len(names))
+        self._row_of = self.review_order(res)  # table row -> result row
+        ids, conf, reasons, flagged = res["ids"], res["confidence"], res["reasons"], res["flagged"]
+        res = {"ids": [ids[k] for k in self._row_of], "confidence": [conf[k] for k in self._row_of],
+               "reasons": [reasons[k] if k < len(reasons) else "" for k in self._row_of],
+               "flagged": [flagged[k] for k in self._row_of]}
+        names = [names[k] for k in self._row_of]
         def cell(text: str) -> QTableWidgetItem:  # read-only: classes change through the combo box
             item = QTableWidgetItem(text)
             item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
@@ -334,7 +355,8 @@ class KaryotypeWidget(RunsJobs, QWidget):
         """Chromosomes selected in the table, else the one picked in the karyogram or the labels layer."""
         rows = sorted({i.row() for i in self.table.selectedIndexes()})
         if rows and self.result is not None:
-            return [int(self.result["ids"][r]) for r in rows if r < len(self.result["ids"])]
+            order = self._row_of or list(range(len(self.result["ids"])))
+            return [int(self.result["ids"][order[r]]) for r in rows if r < len(order)]
         if self.session is not None and self.session.selected is not None:
             return [self.session.selected]
         lab = self._layer(LABELS_NAME)
@@ -353,7 +375,9 @@ class KaryotypeWidget(RunsJobs, QWidget):
         if lid is not None and self.result is not None and lid in set(int(i) for i in self.result["ids"]):
             self.table.blockSignals(True)
             self.table.clearSelection()
-            self.table.selectRow(list(int(i) for i in self.result["ids"]).index(lid))
+            k = list(int(i) for i in self.result["ids"]).index(lid)
+            order = self._row_of or list(range(len(self.result["ids"])))
+            self.table.selectRow(order.index(k) if k in order else k)
             self.table.blockSignals(False)
         self.refresh()
 
