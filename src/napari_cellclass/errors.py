@@ -29,6 +29,10 @@ class InputError(CellClassError):
     """An image, annotation or dataset cannot be used as given."""
 
 
+class WrongTaskError(CheckpointError, InputError):
+    """A model given for a job it was not trained for (a WBC classifier where an HPA one is needed)."""
+
+
 class OutputError(CellClassError):
     """A result could not be written (disk full, read-only folder); the path is the target."""
 

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, WrongTaskError
 from .provenance import SYNTHETIC_WARNING, is_synthetic, synthetic_warning
 
 __all__ = [
@@ -204,7 +204,7 @@ def _check_path(path: Path, want: tuple[str, ...] | None, task: str | None) -> P
 
         meta = read_meta(path)
         if meta.task not in want:
-            raise InputError(f"this checkpoint is a {meta.task!r} model, but {task!r} needs {_needs(want)}", path)
+            raise WrongTaskError(f"this checkpoint is a {meta.task!r} model, but {task!r} needs {_needs(want)}", path)
     return path
 
 

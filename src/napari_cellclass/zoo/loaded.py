@@ -29,7 +29,7 @@ import torch
 
 from ..engine.checkpoint import CheckpointMeta, build_from_checkpoint
 from ..engine.device import DevicePolicy, resolve_device
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, WrongTaskError
 
 __all__ = ["LoadedModel", "load_model", "model_file", "clear_cache", "CACHE_SIZE"]
 
@@ -117,7 +117,7 @@ def _check_task(meta: CheckpointMeta, task: str | None, where: Any) -> None:
     want = accepted_tasks(task)
     if want is not None and meta.task not in want:
         needs = " or ".join(repr(t) for t in want)
-        raise InputError(f"this checkpoint is a {meta.task!r} model, but {task!r} needs a {needs} model", where)
+        raise WrongTaskError(f"this checkpoint is a {meta.task!r} model, but {task!r} needs a {needs} model", where)
 
 
 def model_file(source: Any, task: str | None = None) -> Path:
