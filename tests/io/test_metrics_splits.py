@@ -68,6 +68,7 @@ def test_the_former_split_functions_give_their_former_splits():
     assert _fp(i.set_id for i in H.split_by_id(items, 0.2, 0)[1]) == (11, "847e51eefad2")
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_held_out_sets_of_the_shipped_models_are_unchanged(shared_data: Path):
     from napari_cellclass.io.blood_split import bccd_split

@@ -167,6 +167,7 @@ def _chromosome_model(path: Path) -> Path:
     return save_checkpoint(path, model, meta)
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_predict_a_folder_like_one_process(tmp_path):
     _images(tmp_path / "in", 10)
     model = _chromosome_model(tmp_path / "chromo.safetensors")

@@ -81,6 +81,7 @@ def trained(tmp_path_factory):
     return root, Path(summary["checkpoint"]), test, summary
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_generated_fields(trained):
     root, ckpt, test, summary = trained
     meta = read_meta(ckpt)

@@ -73,6 +73,7 @@ def trained(tmp_path_factory):
     return root, res
 
 
+@pytest.mark.slow
 def test_tiny_model_beats_chance_on_held_out_generated_cells(trained):
     root, res = trained
     assert Path(res["checkpoint"]).is_file() and res["loss"] == "triplet"

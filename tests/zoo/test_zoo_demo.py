@@ -86,6 +86,7 @@ def test_builtin_demo_runs_each_model_on_the_real_samples(tmp_path, monkeypatch)
     assert "### wbc-real (wbc): ok" in text and "trained only on generated" in text
 
 
+@pytest.mark.slow
 def test_demo_summary_has_both_parts(tmp_path, monkeypatch, capsys):
     from napari_cellclass import cli
 

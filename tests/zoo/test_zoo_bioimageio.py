@@ -110,7 +110,7 @@ def test_import_refuses_foreign_packages(exported, tmp_path):
 
 
 def test_chromosome_gricol_exports_and_runs(tmp_path):
-    from test_karyotype_task import tiny_checkpoint as tiny_gricol
+    from karyotype_utils import tiny_checkpoint as tiny_gricol
 
     from napari_cellclass.zoo.bioimageio import export_package
 

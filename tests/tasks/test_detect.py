@@ -47,6 +47,7 @@ def trained(tmp_path_factory):
     return data, Path(result["checkpoint"]), result
 
 
+@pytest.mark.slow
 def test_overfits_two_generated_images(trained):
     data, ckpt, result = trained
     assert ckpt.is_file() and result["history"][-1]["loss"] < result["history"][0]["loss"] / 3

@@ -33,6 +33,7 @@ def test_builtins_are_the_defaults_on_a_held_out_g_band_spread(shared_data):
     assert right >= 0.4 * len(found)  # 24 classes: chance is about 0.04
 
 
+@pytest.mark.slow
 def test_q_band_builtin_on_held_out_cells(shared_data):
     res = run_sync(_evaluate_q(shared_data))
     assert res["accuracy"] > 0.7 and res["cells"] == 18
@@ -71,6 +72,7 @@ def test_builtin_detector_finds_the_chromosomes_of_a_spread_at_another_magnifica
     assert len(found) >= 0.75 * len(truth)
 
 
+@pytest.mark.slow
 def test_no_held_out_spread_at_its_own_size_is_read_as_magnified(shared_data):
     """Clumped spreads have large blobs but normal widths: both measures must agree before rescaling."""
     from napari_cellclass.karyotype.detector import magnification, split_spreads, spread_input
@@ -80,6 +82,7 @@ def test_no_held_out_spread_at_its_own_size_is_read_as_magnified(shared_data):
     assert [magnification(spread_input(kt._read_spread(p))) for p, _ in held] == [1.0] * len(held)
 
 
+@pytest.mark.slow
 def test_box_view_of_detected_chromosomes_raises_paired_accuracy(shared_data):
     """Detector boxes give the classifier the view it was trained on; averaging it with the mask view helps."""
     from napari_cellclass.karyotype.pipeline import finish_karyotype

@@ -8,34 +8,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_cellclass.engine.checkpoint import CheckpointMeta, save_checkpoint
 from napari_cellclass.engine.progress import CancelToken, run_sync
 from napari_cellclass.errors import Cancelled, InputError
-from napari_cellclass.models.registry import build_model
 from napari_cellclass.synth.chromosomes import CHROMOSOME_CLASSES, make_spread
 from napari_cellclass.tasks.base import TaskOptions
 from napari_cellclass.tasks.karyotype import evaluate, karyotype, predict
 
-SIZE = (32, 34)
+from karyotype_utils import tiny_checkpoint
+
 
 # generated spreads go through the classical segmenter: the built-in detector learnt real G-band
 # spreads, which generated ones do not resemble closely enough (see test_karyotype_builtin.py)
 SYNTH_SEG = "threshold"
-
-
-def tiny_checkpoint(path: Path) -> Path:
-    """An untrained, very small GRiCoL: enough to exercise the plumbing (not accuracy)."""
-    cfg = {"num_classes": 24, "in_channels": 1, "input_size": list(SIZE), "width": 0.0625, "layers": [1, 1, 1, 1],
-           "grid": 3, "overlap": True}
-    import torch
-
-    torch.manual_seed(0)
-    net = build_model("gricol", **cfg)
-    meta = CheckpointMeta(task="chromosome", arch="gricol", class_names=list(CHROMOSOME_CLASSES), in_channels=1,
-                          input_size=list(SIZE), arch_config=cfg,
-                          normalization={"preprocess": "prepare_crop", "pad_to": 60}, trained_on="untrained test")
-    save_checkpoint(path, net, meta)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +70,7 @@ def test_karyotype_cancel_and_bad_input(ckpt):
         run_sync(karyotype(s["image"], ckpt, segmenter="magic"))
 
 
+@pytest.mark.slow
 def test_predict_writes_outputs_and_evaluate_scores_segmentation(ckpt, tmp_path):
     s = make_spread(5, "47,XY,+21", size=(448, 448))
     img_path = tmp_path / "spreads" / "sp1.png"

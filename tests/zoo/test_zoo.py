@@ -261,7 +261,7 @@ def test_weights_are_not_ignored_so_they_ship_in_the_wheel():
     import subprocess
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     if shutil.which("git") is None or not (repo / ".git").exists():
         pytest.skip("not a git checkout (e.g. an sdist): .gitignore rules do not apply")
     probe = "src/napari_cellclass/zoo/weights/some-model.safetensors"

@@ -174,7 +174,7 @@ def test_real_fluorescence_channel_is_refused_quickly_within_bounded_memory():
     import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hpa" / "derived_kaggle_format_512"
+    path = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hpa" / "derived_kaggle_format_512"
     path = path / "800_A6_1_green.png"
     if not path.is_file():
         pytest.skip(f"real data not found: {path}")

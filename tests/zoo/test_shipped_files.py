@@ -27,7 +27,7 @@ from napari_cellclass.errors import InputError
 from napari_cellclass.zoo.add import card_text, rebuild_card, restamp, restamped_meta
 from zoo_utils import add, make_zoo, tiny_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "src" / "napari_cellclass"
 SCANNED = [PKG, ROOT / "docs", ROOT / "benchmarks", ROOT / "README.md"]
 WEIGHTS = zoo.WEIGHTS_DIR

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_karyotype_task import tiny_checkpoint
+from karyotype_utils import tiny_checkpoint
 
 from napari_cellclass.synth.chromosomes import make_spread
 

@@ -116,6 +116,7 @@ def test_loss_weights_schedule():
     assert L(out[:, 10], y, 0).item() == pytest.approx(ce[10].item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_tiny_gricol_learns_generated_chromosomes(one_thread):
     """4 classes of generated chromosomes; held-out accuracy of the global branch well above chance (0.25)."""
     from napari_cellclass.io.chromosome_dataset import prepare_crop

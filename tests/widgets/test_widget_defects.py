@@ -79,7 +79,7 @@ def test_hpa_plot_axis_names_the_classes(make_napari_viewer, hpa_files, checkpoi
 
 
 def test_karyotype_exports_wait_for_a_result(make_napari_viewer, tmp_path):
-    from test_karyotype_task import tiny_checkpoint
+    from karyotype_utils import tiny_checkpoint
 
     from napari_cellclass.synth.chromosomes import make_spread
     from napari_cellclass.widgets.karyotype import KaryotypeWidget

@@ -90,7 +90,7 @@ def test_karyotype_widget_defaults_to_the_builtin_and_warns_when_synthetic(make_
                                                                             monkeypatch):
     from napari_cellclass.synth.chromosomes import make_spread
     from napari_cellclass.widgets.karyotype import KaryotypeWidget
-    from test_karyotype_task import tiny_checkpoint as tiny_gricol
+    from karyotype_utils import tiny_checkpoint as tiny_gricol
 
     from zoo_utils import add
 

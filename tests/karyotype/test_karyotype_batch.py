@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_karyotype_task import tiny_checkpoint
+from karyotype_utils import tiny_checkpoint
 
 from napari_cellclass.synth.chromosomes import make_spread
 
@@ -30,6 +30,7 @@ def folder(tmp_path):
     return d
 
 
+@pytest.mark.slow
 def test_folder_rows_reports_resume_and_refusal(folder, tmp_path, capsys):
     from pypdf import PdfReader
 

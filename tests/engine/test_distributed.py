@@ -149,6 +149,7 @@ def test_single_process_is_untouched():
 
 # ----------------------------------------------------------------------------- 2 ranks vs 1 process
 
+@pytest.mark.slow
 def test_two_ranks_half_batch_match_one_process_write_one_checkpoint_and_resume(tmp_path):
     _two_vs_one(tmp_path, "cpu", rel=1e-4)
 
