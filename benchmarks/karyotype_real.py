@@ -7,6 +7,12 @@ Everything is scored on the held-out part of the built-ins' own splits (seed 0, 
   pairing) matched-class accuracy and the share of exactly right ISCN strings; seconds and
   peak memory per spread.
 - BioImLab Q-band cells 1-89, split by cell (18 held out): crop accuracy.
+- The 100 later Tseng spreads (``tseng2023_gband_spreads_more``), split by spread on their own
+  (20 held out): crops, detection and end to end, as above.
+- The second lab's G-band crops (``gband612_lab2``), split by patient (50 of 248 held out):
+  crop accuracy.
+- Scale: held-out spreads resized to 0.5x, 1x, 2x and 4x; the count at each size against the
+  count at 1x (the target: within +-1 at every size).
 
 Crop accuracies are printed with and without flip test-time augmentation.  Prints one JSON
 document; ``--json PATH`` also writes it.
@@ -41,6 +47,8 @@ def crop_accuracy(model: str, data: Path) -> dict:
         res = run_sync(chromosome.evaluate(zoo.resolve_model(model, "chromosome"), data,
                                            TaskOptions(extra={"split": "val", "tta": tta})))
         out["accuracy_tta" if tta else "accuracy"] = round(res["accuracy"], 4)
+        if tta:
+            out["ece"] = round(res["ece"], 4)  # of the (calibrated) probabilities a user sees
         out.update(n_crops=res["n"], cells=res["cells"])
     return out
 
@@ -67,17 +75,45 @@ def end_to_end(data: Path, classifier: str, detector: str | None) -> dict:
             "peak_rss_mb": round(_peak_rss_mb())}
 
 
+def scale_check(data: Path, detector: str, n: int = 12, factors=(0.5, 1.0, 2.0, 4.0)) -> dict:
+    """Counts of held-out spreads detected at several sizes: the same spread must give the same count."""
+    from skimage.transform import rescale
+
+    from napari_cellclass.io.spread_reader import annotated_spreads, read_spread_image
+    from napari_cellclass.karyotype.detector import detect_chromosomes, split_spreads
+    from napari_cellclass.zoo.loaded import load_model
+
+    det = load_model(detector, task="karyotype")
+    _, val = split_spreads(annotated_spreads(data), 0.2, 0)
+    rows, within = [], 0
+    t0 = time.monotonic()
+    for img_path, _ in val[:n]:
+        gray = read_spread_image(img_path)
+        counts = {}
+        for f in factors:
+            x = gray if f == 1 else rescale(gray, f, order=1, anti_aliasing=f < 1, preserve_range=True).astype(gray.dtype)
+            counts[f] = int(run_sync(detect_chromosomes(x, det))["labels"].max())
+        ok = all(abs(c - counts[1.0]) <= 1 for c in counts.values())
+        within += ok
+        rows.append({"spread": img_path.stem, **{f"{f}x": c for f, c in counts.items()}})
+    return {"spreads": len(rows), "within_1_at_every_size": within / max(len(rows), 1),
+            "mean_abs_change": round(sum(abs(r[f"{f}x"] - r["1.0x"]) for r in rows for f in factors)
+                                     / max(len(rows) * (len(factors) - 1), 1), 3),
+            "seconds": round(time.monotonic() - t0, 1), "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--gband", default=karyotype.BUILTIN_CLASSIFIERS["G"])
     ap.add_argument("--qband", default=karyotype.BUILTIN_CLASSIFIERS["Q"])
     ap.add_argument("--detector", default=karyotype.BUILTIN_DETECTOR)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: qband,gband,detect,e2e")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: qband,gband,lab2,detect,e2e,more,scale")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     tseng, bioimlab = args.data / "tseng2023_gband_spreads", args.data / "qband_bioimlab"
+    more, lab2 = args.data / "tseng2023_gband_spreads_more", args.data / "gband612_lab2"
     report: dict = {"device": f"CPU, {torch.get_num_threads()} threads", "split": "held-out part of the "
                     "built-ins' split (seed 0, 20%): Tseng by spread, BioImLab by cell"}
     t0 = time.monotonic()
@@ -95,6 +131,18 @@ def main() -> None:
     if "e2e" not in skip:
         report["end_to_end"] = end_to_end(tseng, args.gband, args.detector)
         print(json.dumps({"end_to_end": report["end_to_end"]}), flush=True)
+    if "lab2" not in skip and lab2.is_dir():
+        report["gband_lab2_crops"] = crop_accuracy(args.gband, lab2)
+        print(json.dumps({"gband_lab2_crops": report["gband_lab2_crops"]}), flush=True)
+    if "more" not in skip and more.is_dir():
+        report["more_gband_crops"] = crop_accuracy(args.gband, more)
+        report["more_detection_learned"] = detection(more, "detector", args.detector)
+        report["more_end_to_end"] = end_to_end(more, args.gband, args.detector)
+        print(json.dumps({k: report[k] for k in ("more_gband_crops", "more_detection_learned",
+                                                 "more_end_to_end")}), flush=True)
+    if "scale" not in skip:
+        report["scale"] = scale_check(tseng, args.detector)
+        print(json.dumps({"scale": {k: v for k, v in report["scale"].items() if k != "rows"}}), flush=True)
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
     text = json.dumps(report, indent=1)
     print(text)
