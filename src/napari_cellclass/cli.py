@@ -18,6 +18,10 @@ from typing import Any
 from .errors import CellClassError, NotImplementedTaskError
 
 EXIT_USER_ERROR = 2
+#: the command ran, but at least one input was refused (one line each on stderr); the others were processed
+EXIT_SOME_REFUSED = 3
+#: ``evaluate``: a metric is undefined (NaN or infinite; written as null in the JSON)
+EXIT_METRIC_UNDEFINED = 4
 EXIT_CANCELLED = 130
 
 
@@ -196,6 +200,19 @@ def _options(args: argparse.Namespace):
     )
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """``--epochs 0``, ``--batch-size 0``, ``--size 100000``, ``--seed -1``: refused in one line with the range."""
+    from .tasks.options import CLI_RANGES, check_range
+
+    for name, spec in CLI_RANGES.items():
+        value = getattr(args, name, None)
+        if value is not None and not (name == "nproc"):
+            try:
+                check_range(name, spec, value)
+            except CellClassError as exc:
+                raise CellClassError(str(exc).replace(f"option {name}:", f"--{name.replace('_', '-')}", 1)) from None
+
+
 def _drive(job, quiet: bool):
     from .engine.progress import TextProgress, run_sync
 
@@ -209,9 +226,50 @@ def _check_json_out(out: Path | None) -> None:
                              f"give a file name such as {Path(out) / 'metrics.json'}")
 
 
+def _finite(obj: Any, where: str = "", bad: list[str] | None = None) -> Any:
+    """``obj`` with every NaN/infinite number replaced by None (JSON null); their keys go to ``bad``."""
+    import math
+
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            obj = obj.item()
+        elif isinstance(obj, np.ndarray):
+            obj = obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if bad is not None:
+            bad.append(where or "(value)")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), bad) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", bad) for i, v in enumerate(obj)]
+    return obj
+
+
+def _report_refused(result: Any) -> int:
+    """One stderr line per refused input; the exit code (3 when any was refused, else 0)."""
+    from .engine.batch import refused_inputs
+
+    refused = refused_inputs(result)
+    for r in refused:
+        print(f"cellclass: refused: {r['input']}: {r['problem']}", file=sys.stderr)
+    if refused:
+        print(f"cellclass: {len(refused)} input(s) refused (listed above); the others were processed",
+              file=sys.stderr)
+    return EXIT_SOME_REFUSED if refused else 0
+
+
 def _print_json(obj: Any, out: Path | None = None) -> None:
-    """Print ``obj`` as JSON; with ``out``, also write it to that file (parent folders made)."""
-    text = json.dumps(obj, indent=2, default=str)
+    """Print ``obj`` as JSON; with ``out``, also write it to that file (parent folders made).
+
+    Always valid JSON: NaN and infinities are written as null (never a bare ``NaN``).
+    """
+    obj = _finite(json.loads(json.dumps(obj, default=str, allow_nan=True)))
+    text = json.dumps(obj, indent=2, allow_nan=False)
     print(text)
     if out is not None:
         from .engine.atomic import atomic_path
@@ -244,6 +302,7 @@ def run(argv: list[str] | None = None) -> int:
         if not args.inputs:
             raise CellClassError("predict needs at least one image or folder after the model "
                                  "(or: cellclass predict TASK FOLDER --model NAME)")
+    _check_numbers(args)
     _resolve_models(args)
     opts = _options(args)
     if getattr(args, "detector", None):
@@ -287,8 +346,14 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "evaluate":
         _check_json_out(args.out)  # before minutes of work
         result = _drive(task_function(args.task, "evaluate")(args.model, args.data, opts), quiet)
+        undefined: list[str] = []
+        _finite(result, "", undefined)
         _print_json(result, args.out)
-        return 0
+        for key in undefined:
+            print(f"cellclass: metric {key} is undefined (NaN; written as null): no scorable object or "
+                  "image behind it", file=sys.stderr)
+        refused = _report_refused(result)
+        return EXIT_METRIC_UNDEFINED if undefined else refused
     from .tasks import batch
 
     if args.command == "predict":  # batch.job_for: sharded/resumable with --shard or under torchrun
@@ -296,6 +361,7 @@ def run(argv: list[str] | None = None) -> int:
                                       opts, args), quiet)
         if distributed.is_main():
             _print_json(result)
+            return _report_refused(result)
         return 0
     if args.command == "karyotype":
         opts.model = args.model
@@ -303,6 +369,7 @@ def run(argv: list[str] | None = None) -> int:
                                       opts, args), quiet)
         if distributed.is_main():
             _print_json(result)
+            return _report_refused(result)
         return 0
     if args.command == "info":
         from .engine.device import resolve_device

@@ -39,7 +39,10 @@ def test_folder_rows_reports_resume_and_refusal(folder, tmp_path, capsys):
     args = ["karyotype", str(folder), "--model", str(ckpt), "--out", str(out), "--set", "segmenter=threshold",
             "--device", "cpu", "--quiet"]
     code, printed = _run(args, capsys)
-    assert code == 0, printed.err
+    assert code == 3, printed.err  # one input refused: exit 3, one stderr line naming it
+    assert [ln for ln in printed.err.splitlines() if ln.startswith("cellclass: refused:")] == [
+        ln for ln in printed.err.splitlines() if "blank.png" in ln and "refused:" in ln]
+    assert "blank.png" in printed.err
     res = json.loads(printed.out[printed.out.index("{"):])
     assert res["n_spreads"] == 3 and res["failed"] == 1 and res["skipped_done"] == 0
 
@@ -60,7 +63,7 @@ def test_folder_rows_reports_resume_and_refusal(folder, tmp_path, capsys):
     before = (out / "case0_karyogram.png").stat().st_mtime_ns
     code, printed = _run(args, capsys)
     res = json.loads(printed.out[printed.out.index("{"):])
-    assert code == 0 and res["skipped_done"] == 1 and res["failed"] == 1
+    assert code == 3 and res["skipped_done"] == 1 and res["failed"] == 1
     assert (out / "case0_karyogram.png").stat().st_mtime_ns == before  # not redone
     assert (out / "case1_report.pdf").is_file()
     with open(out / "karyotypes.csv") as fh:

@@ -168,7 +168,11 @@ def test_cli_folder_mode_writes_csv_summary_and_pdf(models, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["predict", "wbc", str(tmp_path / "in"), "--model", str(cls), "--detector", str(det),
                  "--out", str(out), "--quiet"])
-    assert code == 0
+    # two smears refused: exit 3 ("some inputs refused"), one stderr line each; the others still analysed
+    err = capsys.readouterr().err
+    assert code == 3, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("cellclass: refused: ")]
+    assert len(lines) == 2 and any("broken.png" in ln for ln in lines) and any("gray.png" in ln for ln in lines)
     for k in range(2):
         assert (out / f"smear{k}_differential.csv").read_text().startswith("class,count,percent")
         assert (out / f"smear{k}_report.pdf").read_bytes()[:5] == b"%PDF-"

@@ -129,6 +129,44 @@ def list_units(inputs: Sequence[Path], expand: Callable[[Path], list[Unit] | Non
     return [units[k] for k in sorted(units)]
 
 
+# ----------------------------------------------------------------------------- refused inputs
+
+def refusal(path: Any, problem: str) -> dict[str, str]:
+    """One refused input, as every task's result lists it under ``"refused"``."""
+    return {"input": str(path), "problem": str(problem)}
+
+
+def refused_inputs(result: Any) -> list[dict[str, str]]:
+    """Every refused input a result names (its ``"refused"`` lists, at any depth), each once.
+
+    Tasks list an input they could not use (unreadable, blank, gray, a refused sidecar)
+    as ``{"input": path, "problem": why}`` (``"image"`` for smears) and go on with the
+    others; the CLI prints one line per entry and exits with the "some inputs refused" code.
+    """
+    seen: dict[tuple[str, str], dict[str, str]] = {}
+
+    def walk(obj: Any, depth: int = 0) -> None:
+        if depth > 8:
+            return
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if k == "refused" and isinstance(v, list):
+                    for r in v:
+                        if isinstance(r, dict):
+                            name = str(r.get("input", r.get("image", r.get("spread", "?"))))
+                            problem = str(r.get("problem", r.get("status", "refused")))
+                            seen.setdefault((name, problem), {"input": name, "problem": problem})
+                elif isinstance(v, (dict, list)):
+                    walk(v, depth + 1)
+        elif isinstance(obj, list):
+            for v in obj[:100000]:
+                if isinstance(v, (dict, list)):
+                    walk(v, depth + 1)
+
+    walk(result)
+    return list(seen.values())
+
+
 # ----------------------------------------------------------------------------- the folder's binding
 
 def _fingerprint(model: Any) -> dict[str, Any]:
@@ -240,7 +278,7 @@ def run_batch(
             shutil.rmtree(part)
         part.mkdir(parents=True)
         sub = dataclasses.replace(opts, out=part)
-        summary = yield from predict(model, [u.path for u in part_units], sub)
+        summary = yield from _predict_chunk(predict, model, part_units, sub)
         lifted = _lift_per_input_files(part, part_units, out)
         with atomic_path(part / DONE) as tmp:
             Path(tmp).write_text(json.dumps({"units": [u.key for u in part_units], "shard": str(shard),
@@ -258,7 +296,8 @@ def run_batch(
     result: dict[str, Any] = {"out": str(out), "shard": str(shard), "inputs_total": len(units),
                               "inputs_in_shard": len(mine), "skipped_already_done": skipped,
                               "processed": len(todo), "seconds": round(seconds, 1),
-                              "inputs_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+                              "inputs_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
+                              "refused": _shard_refusals(out, mine)}
     if distributed.active() and not distributed.is_main():
         result.update(merged=None, note="rank 0 merges")
         return result
@@ -270,6 +309,56 @@ def run_batch(
         return result
     result.update(merged=True, pending=0, outputs=[str(p) for p in merge(out, units, recount)])
     return result
+
+
+def _shard_refusals(out: Path, mine: Sequence[Unit]) -> list[dict[str, str]]:
+    """The inputs of this shard that a chunk (of this run or an earlier one) refused."""
+    keys = {u.key for u in mine}
+    found: list[dict[str, str]] = []
+    for _, manifest in _manifests(out):
+        if keys.intersection(manifest.get("units", [])):
+            found += refused_inputs(manifest.get("summary"))
+    return refused_inputs({"refused": found})
+
+
+def _predict_chunk(predict: Callable[[Any, list[Path], Any], Job[dict[str, Any]]], model: Any,
+                   part_units: Sequence[Unit], opts: Any) -> Job[dict[str, Any]]:
+    """The task's ``predict`` on one chunk; an input it refuses outright is listed, the others go on.
+
+    Tasks list most refusals themselves; one that refuses a whole call naming an input
+    (e.g. its only spread is blank) is run again without that input, so one bad file
+    never ends the batch.  An error naming no input of the chunk (a setting) still ends it.
+    """
+    todo = list(part_units)
+    refused: list[dict[str, str]] = []
+    while todo:
+        try:
+            summary = yield from predict(model, [u.path for u in todo], opts)
+        except InputError as exc:
+            bad = [u for u in todo if exc.path is not None and _same_file(exc.path, u.path)]
+            if not bad and len(todo) == 1:
+                bad = todo  # a one-input call refused: that input
+            if not bad:
+                raise
+            refused += [refusal(u.path, exc.problem) for u in bad]
+            todo = [u for u in todo if u not in bad]
+            part = Path(opts.out)
+            for f in part.iterdir():  # what the refused call wrote is redone without it
+                if f.name != DONE:
+                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+            continue
+        if refused:
+            summary = dict(summary)
+            summary["refused"] = list(summary.get("refused") or []) + refused
+        return summary
+    return {"refused": refused}
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def _lift_per_input_files(part: Path, units: Sequence[Unit], out: Path) -> list[str]:
@@ -343,7 +432,7 @@ def _concat_csv(target: Path, sources: Sequence[tuple[Path, dict[str, str]]]) ->
     header: list[str] | None = None
     with atomic_path(target) as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
+            w = csv.writer(fh)  # the parts' cells are already escaped (csvsafe): copied as they are
             for src, moved in sources:
                 with open(src, newline="") as fin:
                     r = csv.reader(fin)

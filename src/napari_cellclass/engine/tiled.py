@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import csvsafe
 from .atomic import atomic_path
 from .progress import CancelToken, Job, Progress, check_cancel
 
@@ -80,7 +81,7 @@ class RowWriter:
         self._ctx = atomic_path(target)
         tmp = self._ctx.__enter__()
         self._fh = open(tmp, "w", newline="")
-        self.writer = csv.DictWriter(self._fh, fieldnames=list(fields), extrasaction="ignore")
+        self.writer = csvsafe.DictWriter(self._fh, fieldnames=list(fields), extrasaction="ignore")
         self.writer.writeheader()
         self.n = 0
 

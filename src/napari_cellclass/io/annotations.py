@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import warnings
 import xml.etree.ElementTree as ET
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .limits import check_pixels, check_regular_file, max_pixels, safe_relative
+from .limits import check_pixels, check_regular_file, confined, max_pixels, safe_relative
 
 __all__ = ["AnnotatedImage", "read_voc", "read_coco", "is_voc", "is_coco", "polygon_to_mask", "check_declared_size"]
 
@@ -256,9 +257,14 @@ def _voc_image_path(root: ET.Element, path: Path) -> Path | None:
     if folder and folder not in (".", "..") and "/" not in folder and "\\" not in folder:
         candidates.append(path.parent.parent / folder / rel)
     candidates.append(path.with_name(path.stem + rel.suffix))
+    # the data set: the folder above Annotations/, else the XML's own folder; nothing outside it is read
+    base = path.parent.parent if path.parent.name.lower() == "annotations" else path.parent
+    candidates = [c for c in candidates if _inside(c, base)]
     for c in candidates:
         if c.is_file():
-            return c
+            return confined(c, base, "image file")  # a link that leads out of the data set is refused
+    if not candidates:
+        return None
     # not found: the usual VOC layout is the best guess (callers check existence)
     return candidates[1] if path.parent.name.lower() == "annotations" else candidates[0]
 
@@ -421,11 +427,21 @@ def _coco_image_path(file_name: str, path: Path, image_root: Path | None) -> Pat
     rel = Path(safe_relative(file_name, path, "image file_name"))
     roots = [image_root] if image_root is not None else []
     roots += [path.parent, path.parent / "images", path.parent.parent / "images"]
+    # the data set: the image root given, the folder above annotations/, else the JSON's own folder
+    base = Path(image_root) if image_root is not None else (
+        path.parent.parent if path.parent.name.lower() == "annotations" else path.parent)
+    roots = [r for r in roots if _inside(r, base)]
     for r in roots:
         c = r / rel
         if c.is_file():
-            return c
+            return confined(c, base, "image file")  # a link that leads out of the data set is refused
     return roots[0] / rel
+
+
+def _inside(p: Path, base: Path) -> bool:
+    """``p`` lies lexically inside ``base`` (no link is followed here)."""
+    a, b = os.path.normpath(os.path.abspath(p)), os.path.normpath(os.path.abspath(base))
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
 
 
 def _decode_rle(seg: dict, h: int | None, w: int | None, where: str, path: Path) -> np.ndarray:

@@ -93,7 +93,7 @@ def _read_voc(xml_path: Path) -> tuple[str | None, list[tuple[str, tuple[int, in
 def _scan_bioimlab(root: Path, report: ScanReport) -> list[ChromosomeSample]:
     out = []
     for cell_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))):
-        for f in scan_files(cell_dir, IMAGE_SUFFIXES, report):
+        for f in scan_files(cell_dir, IMAGE_SUFFIXES, report, root=root):
             m = _BIOIMLAB.match(f.stem)
             if not m:
                 continue
@@ -156,7 +156,7 @@ def _scan_class_folders(root: Path, report: ScanReport) -> list[ChromosomeSample
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name in _FOLDER_NAMES):
         k = class_index(d.name)
-        files = scan_files(d, IMAGE_SUFFIXES, report)
+        files = scan_files(d, IMAGE_SUFFIXES, report, root=root)
         if not files:
             report.skip("empty class folder(s)", d)
         for f in files:

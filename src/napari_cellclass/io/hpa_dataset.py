@@ -17,6 +17,7 @@ from ..classes import HPA_CLASSES
 from ..metrics import f1_per_class, multilabel_metrics  # noqa: F401  (re-exported: the one metrics module)
 from ..errors import InputError
 from .hpa_reader import CHANNELS, EXTENSIONS, read_channel
+from .limits import confined, safe_relative
 
 NUM_CLASSES = len(HPA_CLASSES)
 
@@ -63,7 +64,12 @@ def read_labels(csv_path: Path) -> list[HPAItem]:
         bad = [t for t in labels if not 0 <= t < NUM_CLASSES]
         if bad:
             raise InputError(f"line {line}: class id(s) {bad} outside 0..{NUM_CLASSES - 1}", csv_path)
-        items.append(HPAItem(str(row["Id"]).strip(), labels))
+        set_id = str(row["Id"]).strip()
+        try:  # an Id names files inside the data set: not '../../outside', not an absolute path
+            safe_relative(set_id, csv_path, f"line {line}: Id")
+        except InputError as exc:
+            raise InputError(exc.problem, csv_path) from None
+        items.append(HPAItem(set_id, labels))
     if not items:
         raise InputError("label table has no rows", csv_path)
     return items
@@ -71,7 +77,10 @@ def read_labels(csv_path: Path) -> list[HPAItem]:
 
 def channel_path(folder: Path, set_id: str, colour: str) -> Path | None:
     """The one file of a channel; two formats of it (``a_red.png``, ``a_red.jpg``) are refused."""
+    safe_relative(set_id, folder, "image Id")
     found = [p for ext in EXTENSIONS if (p := folder / f"{set_id}_{colour}{ext}").is_file()]
+    for p in found:  # a link inside the data set that leads out of it is refused, never read
+        confined(p, folder, f"channel file of image {set_id!r}")
     if len(found) > 1:
         raise InputError(f"image {set_id!r}: the {colour} channel exists as "
                          + " and ".join(p.name for p in found) + "; keep one format per image", folder)

@@ -130,12 +130,14 @@ SKIP_SPECIAL = "not a regular file (FIFO, socket, device or broken link)"
 SKIP_HIDDEN = "hidden file(s)"
 
 
-def scan_files(folder: str | Path, suffixes: Iterable[str], report: ScanReport | None = None) -> list[Path]:
+def scan_files(folder: str | Path, suffixes: Iterable[str], report: ScanReport | None = None,
+               root: str | Path | None = None) -> list[Path]:
     """Image files (by suffix) directly in ``folder``, sorted; junk is skipped with a reason in ``report``.
 
     Skipped: macOS ``._*`` files, other hidden files, FIFOs/sockets/devices and broken
     links (opening a FIFO would hang).  Files with other suffixes are not images and are
     ignored without a note.  Empty files are kept: reading one is an error naming it.
+    With ``root`` (the data set), a file whose real path lies outside it is an InputError.
     """
     report = report if report is not None else ScanReport()
     wanted = {s.lower() for s in suffixes}
@@ -151,6 +153,8 @@ def scan_files(folder: str | Path, suffixes: Iterable[str], report: ScanReport |
             if not f.is_dir():
                 report.skip(SKIP_SPECIAL, f)
         else:
+            if root is not None:  # a link (or a linked folder) leading out of the data set: refused, never read
+                confined(f, root, "image file")
             files.append(f)
     report.files += files
     return files
@@ -442,3 +446,49 @@ def check_informative(image, what: str = "image", path: str | Path | None = None
     if spread <= 1e-3 * scale or float(flat.std()) < 1e-3 * scale:
         raise InputError(f"{what} is blank (a uniform field with no structure); nothing to analyse", path)
 
+
+
+def is_uniform(image) -> bool:
+    """One flat value (within 1e-3 of the value range): nothing in it to learn from or analyse."""
+    a = np.asarray(image)
+    if a.size == 0:
+        return True
+    if a.dtype.kind not in "biuf":
+        return False
+    flat = a.astype(np.float64, copy=False)
+    scale = max(float(np.abs(flat).max()), 1.0) if a.dtype.kind == "f" else float(
+        np.iinfo(a.dtype).max if a.dtype.kind in "iu" else 1)
+    return float(flat.max() - flat.min()) <= 1e-3 * scale
+
+
+def check_training_signal(images, source: str | Path | None = None, what: str = "training image") -> None:
+    """Refuse training data without signal before training starts: every (sampled) image uniform.
+
+    ``images`` is an iterable of arrays (each one image or crop); it is read until one
+    image with structure is found, so a normal data set costs one image.
+    """
+    n = 0
+    for img in images:
+        n += 1
+        if not is_uniform(img):
+            return
+    if n:
+        raise InputError(f"every {what} ({n} checked) is blank (one uniform value); there is nothing to learn "
+                         "from. Check the export (all-black images?) before training", source)
+
+
+def confined(path: str | Path, root: str | Path, what: str = "file") -> Path:
+    """``path`` if it (after following links) lies inside ``root``; otherwise an InputError naming it.
+
+    A data set's own entries (CSV Ids, file names, links) must not make the plugin open files
+    elsewhere: ``../../outside``, an absolute Id, or a symbolic link to ``/etc/passwd``.
+    """
+    p = Path(path)
+    try:
+        real, base = p.resolve(), Path(root).resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop
+        raise InputError(f"{what} cannot be resolved ({exc})", p) from None
+    if real != base and base not in real.parents:
+        raise InputError(f"{what} lies outside the data set folder {Path(root)} (a link or '..' leads to "
+                         f"{real}); only files inside the data set are read", p)
+    return p

@@ -80,7 +80,7 @@ def scan_class_folders(root: Path, report: ScanReport | None = None) -> list[WBC
     records = []
     for d in _class_dirs(root, report):
         label = d.name.upper()
-        found = scan_files(d, IMAGE_SUFFIXES, report)
+        found = scan_files(d, IMAGE_SUFFIXES, report, root=root)
         if not found and label not in WBC_CLASSES + OPTIONAL_CLASSES:
             report.skip("empty folder(s) that are not white-cell classes", d)
         elif not found:

@@ -615,7 +615,9 @@ def write_csv_atomic(path: str | Path, rows: pd.DataFrame | Iterable[dict[str, A
         if missing:
             raise InputError(f"table lacks column(s) {missing}", target)
         df = df[list(columns)]
-    payload = df.to_csv(index=False, lineterminator="\n")
+    from ..engine.csvsafe import escape_frame
+
+    payload = escape_frame(df).to_csv(index=False, lineterminator="\n")  # no cell runs as a formula
     with atomic_path(target) as tmp:
         tmp.write_text(payload, encoding="utf-8")
     return target

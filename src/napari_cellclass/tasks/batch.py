@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..engine import batch as engine_batch
+from ..engine import csvsafe
 from ..engine.atomic import atomic_path
 from ..engine.batch import Shard, Unit, done_keys, parse_shard, resolve_shard  # noqa: F401  (re-exported)
 from ..engine.progress import Job
@@ -60,7 +61,7 @@ def _recount_differential(out: Path, name: str) -> Path | None:
         if "class" not in (r.fieldnames or []):
             return None
         for row in r:
-            counts[row["class"]] += 1
+            counts[csvsafe.unescape_cell(row["class"])] += 1
     names = classes + [c for c in counts if c not in classes]
     total = sum(counts.values())
     rows = [{"class": n, "count": counts[n], "percent": round(100.0 * counts[n] / total, 1) if total else 0.0}

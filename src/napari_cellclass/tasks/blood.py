@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..engine import csvsafe
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
 from ..errors import InputError
 from ..io import wbc_dataset as D
@@ -314,7 +315,7 @@ def write_differential_csv(path: Path, res: dict[str, Any], reviewed: Sequence[s
     diff, rows = differential_rows(res, reviewed)
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
+            w = csvsafe.writer(fh)
             w.writerow(["class", "count", "percent"])
             for r in rows:
                 w.writerow([r["class"], r["count"], f"{r['percent']:.1f}"])
@@ -332,7 +333,7 @@ def write_cells_csv(path: Path, res: dict[str, Any], reviewed: Sequence[str] | N
                                          "wbc_score"] + [f"p_{n}" for n in res["class_names"]]
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
+            w = csvsafe.DictWriter(fh, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
     return Path(path)
@@ -594,7 +595,7 @@ def analyse_folder(inputs: Sequence[str | Path], out: str | Path, detector: str 
         c for n in names for c in (n, f"{n}_percent")] + ["seconds"]
     with atomic_path(out / "summary.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields, restval="")
+            w = csvsafe.DictWriter(fh, fieldnames=fields, restval="")
             w.writeheader()
             w.writerows(rows)
     ok = [r for r in rows if r.get("status") == "ok"]

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine import csvsafe
 from ..engine.augment import flip_detection
 from ..engine.checkpoint import CheckpointMeta, load_checkpoint
 from ..engine.data import SeededBatches
@@ -101,6 +102,10 @@ class _Batches(SeededBatches):
         self.idx = [i for i in range(len(ds)) if len(ds.items[i]) > 0]
         if not self.idx:
             raise InputError(f"{ds.source}: no image has any annotated object to learn from")
+        from ..io.limits import check_training_signal
+
+        # every image blank (all-black exports): refused before training; normally one image is read
+        check_training_signal((self._image(i) for i in self.idx[:64]), ds.source)
 
     def __len__(self) -> int:
         return math.ceil(len(self.idx) / self.bs)
@@ -532,11 +537,16 @@ def coco_metrics(ds: DetectionDataset, preds: list[dict[str, np.ndarray]], class
     images, anns, dets = [], [], []
     aid = 1
     for i, it in enumerate(ds.items):
-        h = it.height or 1
-        w = it.width or 1
+        seen_hw = preds[i].get("image_hw") if isinstance(preds[i], dict) else None
+        h = it.height or (int(seen_hw[0]) if seen_hw is not None else 1)
+        w = it.width or (int(seen_hw[1]) if seen_hw is not None else 1)
         images.append({"id": i + 1, "width": w, "height": h})
         for b, lab, attrs in zip(it.boxes, it.labels, it.attributes):
+            if it.width is None and seen_hw is not None:  # no declared size: clip to the image read (1e300 -> edge)
+                b = np.clip(np.asarray(b, dtype=np.float64), 0, [w, h, w, h])
             bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
+            if not (np.isfinite([bw, bh]).all() and bw > 0 and bh > 0):
+                continue  # nothing left inside the image: not an object to find
             anns.append({"id": aid, "image_id": i + 1, "category_id": classes.index(lab) + 1,
                          "bbox": [float(b[0]), float(b[1]), bw, bh], "area": bw * bh,
                          "iscrowd": int(bool(attrs.get("difficult", 0)))})
@@ -550,8 +560,12 @@ def coco_metrics(ds: DetectionDataset, preds: list[dict[str, np.ndarray]], class
     gt.dataset = {"images": images, "annotations": anns, "categories": cats}
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
-        if not dets:
-            return {"mAP50": 0.0, "mAP": 0.0, "per_class": {c: {"AP50": 0.0, "AP": 0.0} for c in classes},
+        if not dets:  # no detections: AP 0 where there was something to find, undefined (NaN) otherwise
+            nan = float("nan")
+            per = {c: {"AP50": 0.0 if any(a["category_id"] == k + 1 for a in anns) else nan,
+                       "AP": 0.0 if any(a["category_id"] == k + 1 for a in anns) else nan}
+                   for k, c in enumerate(classes)}
+            return {"mAP50": 0.0 if anns else nan, "mAP": 0.0 if anns else nan, "per_class": per,
                     "images": len(images), "objects": len(anns), "detections": 0}
         dt = gt.loadRes(dets)
         ev = COCOeval(gt, dt, iouType="bbox")
@@ -580,7 +594,10 @@ def _predict_dataset(model, meta, ds: DetectionDataset, policy, cancel, score_th
     preds = []
     for i in range(len(ds)):
         check_cancel(cancel)
-        preds.append(_infer_whole(model, _tensor(ds.image(i)), scale, policy, score_threshold, nms_iou))
+        img = ds.image(i)
+        r = _infer_whole(model, _tensor(img), scale, policy, score_threshold, nms_iou)
+        r["image_hw"] = tuple(img.shape[:2])  # the size the metrics clip boxes to when none was declared
+        preds.append(r)
         yield Progress(i + 1, len(ds), "evaluate", f"image {i + 1}/{len(ds)}")
     return preds
 
@@ -626,6 +643,12 @@ def evaluate(model: Path, data: Path, opts: TaskOptions) -> Job[dict]:
     return json.loads(json.dumps(r, default=float))
 
 
+def _refusal(path: Any, exc: InputError) -> dict[str, str]:
+    from ..engine.batch import refusal
+
+    return refusal(path, exc.problem)
+
+
 def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict]:
     """Detect in image files; writes ``detections.csv`` and ``detections_coco.json`` into ``opts.out``."""
     import csv
@@ -638,12 +661,20 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict]:
     out.mkdir(parents=True, exist_ok=True)
     rows, images, anns = [], [], []
     cats = [{"id": k + 1, "name": c} for k, c in enumerate(meta.class_names)]
+    refused: list[dict[str, str]] = []
     for n, path in enumerate(inputs):
-        img = read_image(Path(path))
-        thr = opts.get("score_threshold")
-        r = yield from detect(img, model, device=opts.device, score_threshold=None if thr is None else float(thr),
-                              nms_iou=float(opts.get("nms_iou", 0.5)), tile=opts.get("tile"),
-                              overlap=int(opts.get("overlap", 128)), cancel=opts.cancel)
+        try:  # an unreadable, blank, constant or tiny image is refused with its reason; the others go on
+            img = read_image(Path(path))
+            from ..io.limits import check_informative
+
+            check_informative(img, "the image", min_side=8)
+            thr = opts.get("score_threshold")
+            r = yield from detect(img, model, device=opts.device, score_threshold=None if thr is None else float(thr),
+                                  nms_iou=float(opts.get("nms_iou", 0.5)), tile=opts.get("tile"),
+                                  overlap=int(opts.get("overlap", 128)), cancel=opts.cancel)
+        except InputError as exc:
+            refused.append(_refusal(path, exc))
+            continue
         images.append({"id": n + 1, "file_name": str(Path(path).resolve()), "width": img.shape[1],
                        "height": img.shape[0]})
         for k, (b, lab, lid, s) in enumerate(zip(r["boxes"], r["labels"], r["label_ids"], r["scores"])):
@@ -654,13 +685,14 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict]:
                          "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
     with atomic_path(out / "detections.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            wr = csv.DictWriter(fh, fieldnames=["image", "label", "score", "y0", "x0", "y1", "x1"])
+            wr = csvsafe.DictWriter(fh, fieldnames=["image", "label", "score", "y0", "x0", "y1", "x1"])
             wr.writeheader()
             wr.writerows(rows)
     with atomic_path(out / "detections_coco.json") as tmp:
         Path(tmp).write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return {"images": len(inputs), "detections": len(rows), "csv": str(out / "detections.csv"),
-            "coco": str(out / "detections_coco.json"), "device": policy.describe()}
+    return {"images": len(inputs), "analysed": len(inputs) - len(refused), "detections": len(rows),
+            "csv": str(out / "detections.csv"), "coco": str(out / "detections_coco.json"),
+            "device": policy.describe(), "refused": refused}
 
 
 # ----------------------------------------------------------------------------- synth / demo

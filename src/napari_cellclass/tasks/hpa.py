@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..engine import csvsafe
 from ..engine.checkpoint import CheckpointMeta
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
@@ -63,17 +64,25 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
     csv_path = D.find_csv(data)
     items = D.read_labels(csv_path)
     folder = D.image_folder(data)
+    if not any(it.labels for it in items):
+        raise InputError(f"no image has a label (every Target of the {len(items)} rows is empty); there is "
+                         "nothing to learn", csv_path)
     tr_items, va_items = D.split_by_id(items, float(opts.get("val_fraction", 0.2)), opts.seed)
     if not va_items:
         raise InputError("need at least two images to split off validation data", csv_path)
     yield Progress(0, None, "load", f"{len(tr_items)} train / {len(va_items)} validation images; device {policy.describe()}")
 
     arch_config = {"num_classes": D.NUM_CLASSES, "in_channels": 4, "depth": depth, "width": width, "pretrained": False}
+    from ..io.limits import check_training_signal
+
+    probe_ds = D.HPADataset(folder, tr_items, size, mean=[0] * 4, std=[1] * 4)
+    idx = np.linspace(0, len(probe_ds) - 1, min(64, len(probe_ds))).astype(int)
+    check_training_signal((probe_ds.unit_image(int(i)).numpy() for i in idx), csv_path, "training image set")
     model = _build_model(arch_config, opts.pretrained)
     if opts.pretrained:
         mean, std = IMAGENET_MEAN + [float(np.mean(IMAGENET_MEAN[:2]))], IMAGENET_STD + [float(np.mean(IMAGENET_STD[:2]))]
     else:
-        mean, std = D.channel_stats(D.HPADataset(folder, tr_items, size, mean=[0] * 4, std=[1] * 4))
+        mean, std = D.channel_stats(probe_ds)  # the images it checked are cached
     train_ds = D.HPADataset(folder, tr_items, size, mean=mean, std=std, train=recipe.augment, seed=opts.seed)
     val_ds = D.HPADataset(folder, va_items, size, mean=mean, std=std)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=recipe.batch_size, shuffle=True, num_workers=opts.workers,
@@ -306,26 +315,38 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     sets = _collect_sets(inputs)
     how = str(opts.get("field", "resize"))
     rows = []
+    refused: list[dict[str, str]] = []
     bs = opts.batch_size or 16
+    from ..io.limits import check_informative
+
     for start in range(0, len(sets), bs):  # a chunk of sets at a time: memory stays bounded
         check_cancel(opts.cancel)
         chunk = sets[start:start + bs]
         views, owner = [], []
         for k, s in enumerate(chunk):
-            arrays, _ = read_set(s, warn=False)
-            v = tf.views(tf.unit(stack_channels(arrays, s.set_id)), how)
+            try:  # unreadable, blank (every channel one value) or tiny: refused with the reason
+                arrays, _ = read_set(s, warn=False)
+                stack = stack_channels(arrays, s.set_id)
+                check_informative(np.moveaxis(np.asarray(stack), 0, -1), f"HPA set {s.set_id}", min_side=8)
+                v = tf.views(tf.unit(stack), how)
+            except InputError as exc:
+                refused.append({"input": str(sorted(s.paths.values())[0]), "problem": exc.problem})
+                continue
             views += v
             owner += [k] * len(v)
+        if not views:
+            continue
         probs = yield from predict_batches(net, views, policy=policy, preprocess=tf.normalize, batch_size=bs,
                                            postprocess=lambda o: list(torch.sigmoid(o).numpy()), cancel=opts.cancel)
         probs, owner = np.stack(probs), np.asarray(owner)
         for k, s in enumerate(chunk):
-            rows.append({"id": s.set_id, **_row(probs[owner == k].mean(0), meta)})
+            if (owner == k).any():
+                rows.append({"id": s.set_id, **_row(probs[owner == k].mean(0), meta)})
         yield Progress(start + len(chunk), len(sets), "predict", chunk[-1].set_id)
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     with atomic_path(csv_path) as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
+            w = csvsafe.writer(fh)
             w.writerow(["Id", "Predicted", "predicted_names"] + list(meta.class_names))
             for r in rows:
                 w.writerow([r["id"], " ".join(map(str, r["predicted_ids"])), "; ".join(r["predicted"])]
@@ -334,7 +355,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
         tmp.write_text(json.dumps({"model": str(model), "class_names": meta.class_names, "thresholds": meta.thresholds,
                                    "device": policy.describe(), "trained_on": meta.trained_on, "images": rows}, indent=1))
     return {"csv": str(csv_path), "json": str(json_path), "n_images": len(rows), "device": policy.describe(),
-            "predictions": {r["id"]: r["predicted"] for r in rows}}
+            "predictions": {r["id"]: r["predicted"] for r in rows}, "refused": refused}
 
 
 def synth(out: Path, n: int, seed: int) -> Path:

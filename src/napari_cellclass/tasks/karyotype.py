@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..engine import csvsafe
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
 from ..errors import InputError
 from ..karyotype.assign import CLASS_NAMES
@@ -446,7 +447,7 @@ def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
 
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+            w = csvsafe.DictWriter(fh, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
             w.writeheader()
             for r in rows:
                 w.writerow({k: r.get(k, "") for k in TABLE_COLUMNS})
@@ -498,6 +499,7 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
                 "pairing": bool(opts.get("pairing", True)), "full_model": bool(opts.get("full_model", False))}
     _bind_run(out, settings)
     rows: list[dict[str, Any]] = []
+    refused: list[dict[str, str]] = []
     skipped = failed = 0
     first_error: InputError | None = None
     for k, f in enumerate(files):
@@ -518,6 +520,7 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
         except InputError as exc:  # this spread is unusable; say why and go on with the others
             failed += 1
             first_error = first_error or exc
+            refused.append({"input": str(f), "problem": exc.problem})
             rows.append(_table_row(f, None, out, stem, models, status=f"error: {exc}"))
             _write_table(rows, out / TABLE)
             continue
@@ -530,7 +533,7 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
             f"none of the {len(files)} spreads could be karyotyped; the first: {first_error}")
     yield Progress(len(files), len(files), "spreads", "done")
     return {"out": str(out), "table": str(out / TABLE), "n_spreads": len(files), "skipped_done": skipped,
-            "failed": failed, "spreads": rows}
+            "failed": failed, "spreads": rows, "refused": refused}
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,15 +40,60 @@ class Option:
     help: str
     commands: tuple[str, ...] = (TRAIN,)
     choices: tuple[str, ...] = ()  # for text options with a fixed set of values
+    #: allowed range of a number (each element of a list), e.g. ``"(0,1)"``, ``"[1,)"``, ``"(0,)"``, ``"[1,4096]"``;
+    #: round brackets exclude the bound, an empty bound is unbounded; "" = any number
+    range: str = ""
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
             raise ValueError(f"option {self.name}: unknown type {self.type!r}")
+        if self.range:
+            _parse_range(self.range)
 
 
 def _opt(name: str, type_: str, default: Any, help_: str, commands: tuple[str, ...] = (TRAIN,),
-         choices: tuple[str, ...] = ()) -> Option:
-    return Option(name, type_, default, help_, commands, choices)
+         choices: tuple[str, ...] = (), range: str = "") -> Option:
+    return Option(name, type_, default, help_, commands, choices, range)
+
+
+def _parse_range(spec: str) -> tuple[float | None, float | None, bool, bool]:
+    """``"(0,1)"`` -> (low, high, low included, high included); an empty bound is None (unbounded)."""
+    m = re.fullmatch(r"\s*([\[(])\s*([^,]*?)\s*,\s*([^,]*?)\s*([\])])\s*", spec)
+    if not m:
+        raise ValueError(f"bad range {spec!r}")
+    lo = float(m.group(2)) if m.group(2) else None
+    hi = float(m.group(3)) if m.group(3) else None
+    return lo, hi, m.group(1) == "[", m.group(4) == "]"
+
+
+def range_words(name: str, spec: str) -> str:
+    """``"(0,1)"`` -> ``"0 < val_fraction < 1"``; ``"[1,)"`` -> ``"batch_size >= 1"``."""
+    lo, hi, lo_in, hi_in = _parse_range(spec)
+
+    def num(v: float) -> str:
+        return str(int(v)) if float(v).is_integer() else repr(v)
+
+    if lo is not None and hi is not None:
+        return f"{num(lo)} {'<=' if lo_in else '<'} {name} {'<=' if hi_in else '<'} {num(hi)}"
+    if lo is not None:
+        return f"{name} {'>=' if lo_in else '>'} {num(lo)}"
+    if hi is not None:
+        return f"{name} {'<=' if hi_in else '<'} {num(hi)}"
+    return f"any {name}"
+
+
+def check_range(name: str, spec: str, value: Any) -> None:
+    """An :class:`InputError` naming the option and its allowed range when a number (or a list's element) is outside."""
+    if not spec or value is None:
+        return
+    lo, hi, lo_in, hi_in = _parse_range(spec)
+    for v in (value if isinstance(value, (list, tuple)) else [value]):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        bad = (lo is not None and (v < lo or (v == lo and not lo_in))) or (
+            hi is not None and (v > hi or (v == hi and not hi_in)))
+        if bad:
+            raise InputError(f"option {name}: {v!r} is out of range; allowed: {range_words(name, spec)}")
 
 
 # options several tasks share
@@ -169,6 +215,40 @@ TASK_OPTIONS: dict[str, list[Option]] = {
 }
 
 
+#: allowed ranges (see :attr:`Option.range`), the same for every task that reads the option unless
+#: a task names its own below; sizes are bounded so that no value asks for more memory than exists
+_RANGES: dict[str, str] = {
+    "val_fraction": "(0,1)", "time_budget_s": "(0,)", "split_seed": "[0,)",
+    "depth": "[1,200]", "width": "[1,1024]", "layers": "[1,64]", "lam": "[0,)", "lambda": "[0,)",
+    "margin": "[0,)", "window": "(0,4096]", "tta": "[1,64]", "epoch_size": "[1,)", "tile": "[16,16384]",
+    "overlap": "[0,8192]", "pad_to": "[8,4096]", "beta": "[0,)", "input_size": "[8,2048]", "grid": "[1,16]",
+    "degrade": "[0,1]", "pixel_scale": "(0,16]", "min_size": "[16,8192]", "max_size": "[16,8192]",
+    "anchor_sizes": "[1,4096]", "widths": "[1,1024]", "depths": "[1,64]", "head": "[1,1024]",
+    "head_hidden": "[1,1024]", "score_threshold": "[0,1]", "nms_iou": "(0,1]", "patch": "[16,4096]",
+    "per_spread": "[1,10000]", "eval_every": "[1,)", "step": "[1,)", "limit": "[1,)",
+}
+_TASK_RANGES: dict[str, dict[str, str]] = {
+    "chromosome": {"width": "(0,16]", "tile": "[4,2048]"},  # a channel multiplier; GRiCoL tiles of the crop
+}
+for _task, _table in TASK_OPTIONS.items():
+    for _i, _o in enumerate(_table):
+        _r = _TASK_RANGES.get(_task, {}).get(_o.name, _RANGES.get(_o.name, ""))
+        if _r and _o.type != "bool":
+            _table[_i] = Option(_o.name, _o.type, _o.default, _o.help, _o.commands, _o.choices, _r)
+
+#: ranges of the training-recipe fields given with ``--set`` (and of the CLI's own numbers)
+RECIPE_RANGES: dict[str, str] = {
+    "lr": "(0,10]", "momentum": "[0,1)", "weight_decay": "[0,)", "gamma": "(0,)", "decay_rate": "(0,)",
+    "power": "(0,)", "min_lr": "[0,)", "warmup_epochs": "[0,)", "epochs": "[1,100000]", "batch_size": "[1,65536]",
+    "label_smoothing": "[0,1)", "focal_gamma": "[0,)", "focal_alpha": "[0,1]", "center_weight": "[0,)",
+    "center_alpha": "[0,1]", "margin": "[0,)", "scale": "(0,)", "l1": "[0,)", "dropout": "[0,1)",
+    "dropconnect": "[0,1)", "grad_clip": "(0,)", "seed": "[0,)", "num_periods": "(0,)", "initial_variance": "[0,)",
+    "variance_decay": "[0,)",
+}
+CLI_RANGES: dict[str, str] = {"epochs": "[1,100000]", "batch_size": "[1,65536]", "lr": "(0,10]",
+                              "size": "[8,8192]", "seed": "[0,)", "workers": "[0,256]", "chunk": "[1,)", "n": "[1,)"}
+
+
 def _recipe_options() -> list[Option]:
     """Every Recipe field as a training option (defaults: the task's recipe, shown as ``auto``)."""
     from dataclasses import fields
@@ -263,9 +343,12 @@ def _coerce_recipe(opt: Option, value: Any) -> Any:
     if name not in _FIELD_NAMES:  # schedule extras
         return coerce(opt, value)
     try:
-        recipe_coerce(name, value)
+        typed = recipe_coerce(name, value)
     except (TypeError, ValueError, OverflowError):
         raise InputError(f"option {opt.name}: {str(value)[:60]!r} is not {_type_words(opt.type)}") from None
+    if isinstance(typed, float) and not math.isfinite(typed):
+        raise InputError(f"option {opt.name}: {str(value)[:60]!r} is not a finite number")
+    check_range(opt.name, RECIPE_RANGES.get(name, ""), typed)
     return value
 
 
@@ -285,6 +368,7 @@ def coerce(opt: Option, value: Any) -> Any:
         close = difflib.get_close_matches(str(out).lower(), opt.choices, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise InputError(f"option {opt.name}: {str(out)[:60]!r} is not one of {', '.join(opt.choices)}{hint}")
+    check_range(opt.name, opt.range, out)
     return out
 
 
@@ -370,7 +454,8 @@ def format_help(task: str) -> str:
                                                   else str(o.default).lower() if isinstance(o.default, bool)
                                                   else str(o.default))
         head = f"{o.name} ({o.type})"
-        return f"    {head.ljust(width)} [{default}]  {o.help}"
+        allowed = f" (allowed: {range_words(o.name, o.range)})" if o.range else ""
+        return f"    {head.ljust(width)} [{default}]  {o.help}{allowed}"
 
     lines += [row(o) for o in table if TRAIN in o.commands]
     for command in USE:

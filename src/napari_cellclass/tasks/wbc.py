@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..engine import csvsafe
 from ..engine.checkpoint import CheckpointMeta
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
@@ -68,7 +69,7 @@ def differential_count(classes: Sequence[str], class_names: Sequence[str] | None
 def differential_csv(diff: dict[str, Any]) -> str:
     """The differential as CSV text (class,count,percent + a total row)."""
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csvsafe.writer(buf)
     w.writerow(["class", "count", "percent"])
     for r in diff["rows"]:
         w.writerow([r["class"], r["count"], f"{r['percent']:.1f}"])
@@ -180,6 +181,9 @@ def _train_spec(data: Path, ctx) -> Job[Any]:
     else:
         x_train = D.load_crops(train_recs, size, opts.cancel)
         x_val = D.load_crops(val_recs, size, opts.cancel)
+    from ..io.limits import check_training_signal
+
+    check_training_signal(x_train, data, "training crop")  # 80 all-black images: refused, not "trained"
     y_train = [class_names.index(r.label) for r in train_recs]
     y_val = [class_names.index(r.label) for r in val_recs]
 
@@ -563,11 +567,19 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
             score_threshold=opts.get("score_threshold"), report=bool(opts.get("report", True)), cancel=opts.cancel,
             boxes="auto" if mode == "auto" else mode)
         rows += smear_summary["cells"]
+    refused: list[dict[str, str]] = []
+    if smear_summary is not None:
+        refused += [{"input": r["image"], "problem": r["problem"]} for r in smear_summary.get("refused", [])]
     for k, f in enumerate(crops):
         check_cancel(opts.cancel)
-        img = D.read_rgb(f)
-        res = yield from classify(img, model, cells=None, device=opts.device, cancel=opts.cancel,
-                                  batch_size=int(opts.batch_size or 32))
+        try:  # unreadable, gray, blank or tiny: refused with the reason, the others go on
+            img = D.read_rgb(f)
+            res = yield from classify(img, model, cells=None, device=opts.device, cancel=opts.cancel,
+                                      batch_size=int(opts.batch_size or 32))
+        except InputError as exc:
+            refused.append({"input": str(f), "problem": exc.problem})
+            yield Progress(k + 1, len(crops), "predict", f"{f.name}: refused")
+            continue
         names, device = res["class_names"], res["device"]
         for i, (c, p, b) in enumerate(zip(res["classes"], res["probabilities"], res["boxes"])):
             row = {"image": str(f), "cell": i, "y0": b[0], "x0": b[1], "y1": b[2], "x1": b[3], "class": c,
@@ -580,7 +592,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     fields = ["image", "cell", "y0", "x0", "y1", "x1", "class", "score"] + [f"p_{n}" for n in names]
     with atomic_path(out / "predictions.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            w = csvsafe.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
     with atomic_path(out / "differential.csv") as tmp:
@@ -588,7 +600,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     outputs = [str(out / "predictions.csv"), str(out / "differential.csv"), str(out / "predictions.json")]
     summary = {"images": len(files), "smears": len(smears), "crops": len(crops), "cells": len(rows),
                "differential": diff, "device": device, "images_per_second": round(len(files) / max(secs, 1e-9), 2),
-               "outputs": outputs}
+               "outputs": outputs, "analysed": len(files) - len(refused), "refused": refused}
     if smear_summary is not None:
         summary["smear_summary"] = {k: v for k, v in smear_summary.items() if k not in ("cells", "class_names")}
         outputs += [smear_summary["outputs"]["summary_csv"], smear_summary["outputs"]["summary_json"]]
