@@ -60,7 +60,7 @@ def left(budget: float) -> float:
 
 def run_tests(smoke: bool) -> None:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:randomly", "-x",
-           "tests/test_fast_inference.py", "tests/test_distributed.py"]
+           "tests/engine/test_fast_inference.py", "tests/engine/test_distributed.py"]
     t0 = time.monotonic()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     tail = (r.stdout.strip().splitlines() or ["(no output)"])[-1]

@@ -342,6 +342,23 @@ class WBCCrop(Transform):
             return np.stack([D.crop_fixed(image, D.box_centre(b), self.window, self.size) for b in boxes])
         return np.stack([D.crop_cell(image, b, self.size, self.context) for b in boxes])
 
+    def input_window(self, image_hw: Sequence[int], box: Sequence[float] | None) -> tuple[int, int, int, int]:
+        """(y0, x0, y1, x1) in image pixels of the square the network sees for ``box`` (may reach past
+        the image's edges, where the crop is padded): lets a map on the model input go back onto the image."""
+        from .io import wbc_dataset as D
+
+        h, w = int(image_hw[0]), int(image_hw[1])
+        if box is None:
+            if self.crop != "fixed":
+                return (0, 0, h, w)
+            box = (0, 0, h, w)
+        y0, x0, y1, x1 = (float(v) for v in box)
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+        side = self.window if self.crop == "fixed" else max(y1 - y0, x1 - x0, 2.0) * self.context
+        s = max(2, int(round(side)))
+        top, left = int(round(cy - s / 2)), int(round(cx - s / 2))
+        return (top, left, top + s, left + s)
+
     @staticmethod
     def to_tensor(crops: np.ndarray) -> torch.Tensor:
         from .io.wbc_dataset import to_tensor

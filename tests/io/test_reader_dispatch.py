@@ -70,16 +70,23 @@ def test_plain_files_match_no_pattern_of_ours(pm, tmp_path, name):
     assert _plugins(pm, p) <= {"napari"}
 
 
-def test_plain_tiff_csv_and_folder_are_declined(pm, tmp_path):
+def test_plain_csv_and_folder_are_declined_a_plain_tiff_opens_as_an_image(pm, tmp_path):
     """napari's reader also matches *.tif/*.csv/folders (npe2 cannot look inside a file), so
-    ours must decline them: a plain file is napari's, never "refused" by us."""
+    ours declines plain CSVs and folders: they are napari's, never "refused" by us.  A plain
+    TIFF reaches us only when the user chose this plugin for it (dialog or a remembered
+    "*.tif" preference, issue 22): declining would fail the open, so it opens as an image."""
     tifffile.imwrite(tmp_path / "plain.tif", np.ones((8, 8), np.uint16))
     pd.DataFrame({"a": [1, 2]}).to_csv(tmp_path / "plain.csv", index=False)
     folder = tmp_path / "pngs"
     folder.mkdir()
     _smear(folder / "a.png")
-    for p in (tmp_path / "plain.tif", tmp_path / "plain.csv", folder):
+    for p in (tmp_path / "plain.csv", folder):
         assert _claims(pm, p) == [], p
+    assert _claims(pm, tmp_path / "plain.tif") == ["napari-cellclass.read_layers"]
+    from napari_cellclass.io.layer_reader import get_reader
+
+    [(data, kw, kind)] = get_reader(str(tmp_path / "plain.tif"))(str(tmp_path / "plain.tif"))
+    assert kind == "image" and data.shape == (8, 8) and kw["name"] == "plain"
 
 
 def test_hpa_channel_files_and_folders_are_ours(pm, tmp_path):

@@ -260,8 +260,70 @@ def _claims(path: Path) -> bool:
     return parse_name(path) is not None and path.suffix.lower() in EXTENSIONS
 
 
+# ----------------------------------------------------------------------------- napari's "remember this choice"
+PLUGIN = "napari-cellclass"
+#: Extensions our readers claim only by name (HPA channels): napari's reader dialog remembers a
+#: choice for the whole extension (``*.jpg``), which would send every smear or spread JPEG to us.
+NAME_ONLY_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def narrow_preferences(prefs: dict[str, str]) -> dict[str, str]:
+    """napari reader preferences with ours made to fit what we read.
+
+    ``"*.jpg": "napari-cellclass"`` (what ticking "remember" in napari's reader dialog
+    stores after choosing our HPA reader for ``x_red.jpg``) becomes one entry per HPA
+    channel pattern (``*_red.jpg`` ... ``*_yellow.jpg``): napari matches a preference by
+    pattern before asking the plugin, and a plugin whose patterns do not match the file
+    is "not found", so the whole-extension entry broke every other JPEG.  A value naming
+    one of our reader commands (``napari-cellclass.read_hpa``) becomes the plugin name,
+    which is what napari looks preferences up by.  Other entries are kept as they are.
+    """
+    out: dict[str, str] = {}
+    for pattern, reader in prefs.items():
+        ours = reader == PLUGIN or str(reader).startswith(PLUGIN + ".")
+        if not ours:
+            out[pattern] = reader
+            continue
+        ext = pattern[1:].lower() if pattern.startswith("*.") else None
+        if ext in NAME_ONLY_EXTENSIONS and not any(ch in pattern[1:] for ch in "*?["):
+            for colour in CHANNELS:
+                out.setdefault(f"*_{colour}{ext}", PLUGIN)
+        else:
+            out[pattern] = PLUGIN
+    return out
+
+
+_WATCHING: list[bool] = []
+
+
+def watch_reader_preferences() -> None:
+    """Inside napari: narrow our reader preferences now and whenever they change (see
+    :func:`narrow_preferences`).  Does nothing when napari is not running (no import of napari)."""
+    import sys
+
+    if _WATCHING or "napari" not in sys.modules:
+        return
+    try:
+        from napari.settings import get_settings
+
+        plugins = get_settings().plugins
+    except Exception:  # noqa: BLE001 - no settings (headless tools): nothing to fix
+        return
+
+    def fix(*_):
+        current = dict(plugins.extension2reader)
+        narrowed = narrow_preferences(current)
+        if narrowed != current:
+            plugins.extension2reader = narrowed
+
+    plugins.events.extension2reader.connect(fix)
+    _WATCHING.append(True)
+    fix()
+
+
 def get_reader(path: str | Path | list) -> Callable[[Any], list] | None:
     """npe2 reader: a function for HPA channel files/folders, None for anything else."""
+    watch_reader_preferences()
     paths = path if isinstance(path, (list, tuple)) else [path]
     if not paths or not all(_claims(Path(p)) for p in paths):
         return None
@@ -291,3 +353,6 @@ def rgb_merge(red: np.ndarray, green: np.ndarray, blue: np.ndarray, yellow: np.n
         r = r + 0.5 * y
         g = g + 0.5 * y
     return np.clip(np.stack([r, g, b], axis=-1), 0.0, 1.0)
+
+
+watch_reader_preferences()  # imported inside napari (a reader or widget of ours): fix preferences from now on

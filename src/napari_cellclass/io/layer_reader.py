@@ -3,8 +3,10 @@
 ``get_reader`` only claims what it can recognise cheaply and for sure: an OME-Zarr
 folder with ``image-label`` metadata (ours or any NGFF 0.4 writer's), a folder of HPA
 channel sets (handed to :mod:`.hpa_reader`; this is the plugin's only folder reader), a TIFF whose
-ImageDescription carries the napari-cellclass marker (so HPA ``*_red.tif`` files and
-spreads go to their own readers), and a CSV whose first line is our header.  Anything
+ImageDescription carries the napari-cellclass marker, and a CSV whose first line is our header.
+Other TIFFs are opened too (``*.tif`` is our pattern, so napari hands us a TIFF only when the
+user chose this plugin for it, in the dialog or by a remembered preference): a spread with its
+sidecar boxes, anything else as an image (HPA ``*_red.tif`` channels are left to the HPA reader).  Anything
 else gets ``None``.  Once claimed, a file that turns out to be damaged raises
 :class:`~napari_cellclass.errors.InputError` naming the file and the problem.
 """
@@ -80,11 +82,14 @@ def _sniff(p: Path) -> str | None:
     if suffix in (".tif", ".tiff") and p.is_file():
         if _tiff_marker(p) is not None:
             return "tiff"
-        # *.tif is in our patterns (for our labels), so "Cell Class" is offered for every TIFF:
-        # a spread TIFF with a VOC/COCO sidecar is ours to read; a plain TIFF stays napari's
-        from napari_cellclass.io.spread_reader import find_sidecar
+        # *.tif is in our patterns (for our labels), so napari offers "Cell Class" for every TIFF and
+        # honours a remembered "*.tif -> napari-cellclass": napari gives us a TIFF only when we were
+        # chosen, so we open it (declining would fail the open).  An HPA channel is the HPA reader's
+        # (its pattern matches too), a spread with a VOC/COCO sidecar opens with its boxes, any other
+        # TIFF as an image
+        from napari_cellclass.io.hpa_reader import parse_name
 
-        return "spread" if find_sidecar(p) is not None else None
+        return None if parse_name(p) is not None else "spread"
     if suffix == ".csv" and p.is_file():
         with open(p, encoding="utf-8", errors="replace") as fh:
             first = fh.readline(_MAX_HEADER)

@@ -13,7 +13,6 @@ last row marked "?".  A user's own rotation or mirror of a chromosome
 """
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import transform
 
+from ..engine import csvsafe
 from ..engine.atomic import atomic_path
 from .assign import CLASS_NAMES
 from .ideogram import IDEOGRAMS, draw_ideogram, orientation_score, rel_lengths
@@ -421,7 +421,7 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
     """Write :func:`chromosome_table` rows as CSV atomically."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        w = csvsafe.DictWriter(fh, fieldnames=CSV_COLUMNS)
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in CSV_COLUMNS})

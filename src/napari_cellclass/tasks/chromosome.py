@@ -8,7 +8,6 @@ inference alike; the canvas size it needs (``pad_to``) is stored in the checkpoi
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import replace
@@ -18,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..engine import csvsafe
 from ..engine.augment import affine_gamma_batch as augment_batch  # the chromosome batch augmenter
 from ..engine.checkpoint import CheckpointMeta
 from ..engine.data import SeededBatches
@@ -495,7 +495,7 @@ def predict(model: Path, inputs: list[Path], opts) -> Job[dict[str, Any]]:
                      **{f"p_{n}": float(v) for n, v in zip(CHROMOSOME_CLASSES, p)}})
     with atomic_path(out / "predictions.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w = csvsafe.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
     with atomic_path(out / "predictions.json") as tmp:
