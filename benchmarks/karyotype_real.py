@@ -70,7 +70,8 @@ def end_to_end(data: Path, classifier: str, detector: str | None) -> dict:
     t0 = time.monotonic()
     res = run_sync(karyotype.evaluate(zoo.resolve_model(classifier, "chromosome"), data, TaskOptions(extra=extra)))
     keys = ("recall", "precision", "count_accuracy", "class_accuracy_paired", "class_accuracy_argmax",
-            "karyotype_string_accuracy", "n_spreads")
+            "karyotype_string_accuracy", "karyotype_string_accuracy_if_unsure_confirmed", "confident_share",
+            "confident_string_precision", "n_spreads")
     return {**{k: res[k] for k in keys}, "seconds_per_spread": round((time.monotonic() - t0) / res["n_spreads"], 2),
             "peak_rss_mb": round(_peak_rss_mb())}
 

@@ -89,6 +89,8 @@ def test_predict_writes_outputs_and_evaluate_scores_segmentation(ckpt, tmp_path)
     assert ev["recall"] >= 0.85 and ev["precision"] >= 0.85
     ev2 = run_sync(evaluate(ckpt, img_path.parent, TaskOptions(extra={"segmenter": SYNTH_SEG})))
     assert 0 <= ev2["class_accuracy_paired"] <= 1 and "karyotype_string_accuracy" in ev2
+    assert ev2["karyotype_string_accuracy"] <= ev2["karyotype_string_accuracy_if_unsure_confirmed"] <= 1
+    assert 0 <= ev2["confident_share"] <= 1 and all("n_flagged" in r for r in ev2["per_spread"])
 
 
 @pytest.mark.realdata

@@ -567,7 +567,7 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
     _, detector = resolve_segmenter(seg, opts.get("detector_model"), opts.device)  # loaded once for all spreads
     tp = n_pred = n_true = right_count = 0
     cls_ok = cls_ok_argmax = n_matched_cls = 0
-    right_karyo = 0
+    right_karyo = right_after_review = confident_right = n_confident = 0
     per_spread = []
     for k, (img_path, side) in enumerate(pairs):
         check_cancel(opts.cancel)
@@ -595,11 +595,16 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
                 n_matched_cls += 1
                 cls_ok += int(res["classes"][i] == classes_t[j])
                 cls_ok_argmax += int(argmax[i] == classes_t[j])
-            from ..karyotype.iscn import iscn_summary
+            from ..karyotype.iscn import iscn_summary, same_karyotype
 
             truth_text = iscn_summary([c for c in classes_t if c >= 0]).text
-            right_karyo += int(truth_text == res["summary"])
-            row.update(summary=res["summary"], truth=truth_text)
+            right = same_karyotype(truth_text, res["summary"])  # parsed by the ISCN 2024 parser, order-free
+            right_karyo += int(right)
+            # "?" marks what the tool was unsure of: right once a reviewer confirms it
+            right_after_review += int(right or same_karyotype(truth_text, res["summary"].replace("?", "")))
+            confident_right += int(right and bool(res.get("confident", False)))
+            n_confident += int(bool(res.get("confident", False)))
+            row.update(summary=res["summary"], truth=truth_text, n_flagged=int(res.get("n_flagged", 0)))
         per_spread.append(row)
     yield Progress(len(pairs), len(pairs), "evaluate", "done")
     out: dict[str, Any] = {
@@ -615,6 +620,9 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
             "class_accuracy_paired": cls_ok / max(n_matched_cls, 1),
             "class_accuracy_argmax": cls_ok_argmax / max(n_matched_cls, 1),
             "karyotype_string_accuracy": right_karyo / max(len(pairs), 1),
+            "karyotype_string_accuracy_if_unsure_confirmed": right_after_review / max(len(pairs), 1),
+            "confident_share": n_confident / max(len(pairs), 1),  # spreads with nothing flagged
+            "confident_string_precision": (confident_right / n_confident) if n_confident else None,
         })
     out["per_spread"] = per_spread
     out["seconds"] = round(time.monotonic() - t0, 1)
