@@ -269,3 +269,23 @@ def test_weights_are_not_ignored_so_they_ship_in_the_wheel():
     assert r.returncode == 1, f"{probe} is git-ignored: built-in weights would be left out of the wheel"
     other = subprocess.run(["git", "check-ignore", "--no-index", "-q", "runs/x/model.safetensors"], cwd=repo)
     assert other.returncode == 0  # training outputs stay out of git
+
+
+def test_card_carries_the_calibration_of_the_header(tmp_path):
+    """A calibrated checkpoint's temperature and ECE reach its card and docs/models.md's section."""
+    from dataclasses import replace
+
+    from napari_cellclass.engine.checkpoint import load_checkpoint, save_checkpoint
+    from napari_cellclass.zoo.add import rebuild_card
+    from napari_cellclass.zoo.docs import render
+
+    ck = tiny_checkpoint(tmp_path / "m.safetensors", metrics={"macro_f1": 0.6})
+    loaded = load_checkpoint(ck)
+    cal = {"temperature": 1.7, "ece_before": 0.14, "ece_after": 0.03, "n_fit": 40, "n_test": 38,
+           "fit_on": "every other held-out cell (sorted); ECE on the rest"}
+    save_checkpoint(ck, loaded.state_dict, replace(loaded.meta, calibration=cal))
+    folder = tmp_path / "zoo"
+    card = add(ck, "cal-model", folder)
+    assert card["calibration"] == cal
+    assert rebuild_card("cal-model", folder) == card
+    assert "softmax temperature 1.700" in render([card]) and "0.140 -> 0.030" in render([card])

@@ -163,6 +163,8 @@ def make_card(meta, *, name: str, sha256: str, size_bytes: int, dtype: str, comm
         "dtype": dtype,
         "date": date or _dt.datetime.now(_dt.timezone.utc).date().isoformat(),
     }
+    if meta.calibration:  # the softmax temperature and the calibration error it left, from the header
+        card["calibration"] = {k: (portable(v) if isinstance(v, str) else v) for k, v in meta.calibration.items()}
     if primary:
         card["primary_metric"] = primary
     if url:

@@ -86,6 +86,10 @@ def _section(c: dict[str, Any]) -> list[str]:
                                                    or "-"),
         f"- validation ({c.get('metrics_source', 'held-out split')}): "
         + (", ".join(f"{k} {_fmt(v)}" for k, v in (c.get("metrics") or {}).items()) or "-"),
+        *([f"- calibration: softmax temperature {_fmt(c['calibration'].get('temperature'))}; expected calibration "
+           f"error {_fmt(c['calibration'].get('ece_before'))} -> {_fmt(c['calibration'].get('ece_after'))} on "
+           f"{c['calibration'].get('n_test')} held-out crops ({c['calibration'].get('fit_on')})"]
+          if isinstance(c.get("calibration"), dict) else []),
         f"- training command: `{tr.get('command', '?')}`",
         f"- wall time: {_fmt(float(tr.get('wall_time_s', 0)) / 60)} min on {tr.get('device', '?')}",
         f"- file: {c.get('size_bytes', 0):,} bytes ({c.get('dtype', 'float32')}), sha256 `{c.get('sha256')}`"
