@@ -601,7 +601,8 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
             right = same_karyotype(truth_text, res["summary"])  # parsed by the ISCN 2024 parser, order-free
             right_karyo += int(right)
             # "?" marks what the tool was unsure of: right once a reviewer confirms it
-            right_after_review += int(right or same_karyotype(truth_text, res["summary"].replace("?", "")))
+            as_if_sure = iscn_summary(res["classes"]).text  # the same classes, every "?" confirmed
+            right_after_review += int(right or same_karyotype(truth_text, as_if_sure))
             confident_right += int(right and bool(res.get("confident", False)))
             n_confident += int(bool(res.get("confident", False)))
             row.update(summary=res["summary"], truth=truth_text, n_flagged=int(res.get("n_flagged", 0)))
