@@ -249,3 +249,19 @@ def test_restamp_cli(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["--name", "x"])  # adding still needs the checkpoint and the trainer's fields
     shutil.rmtree(folder)
+
+
+def test_shipped_chromosome_classifiers_are_calibrated():
+    """Every built-in chromosome classifier carries a temperature whose held-out ECE meets the 0.05 target."""
+    import json
+
+    from napari_cellclass.engine.checkpoint import read_meta
+
+    folder = ROOT / "src" / "napari_cellclass" / "zoo" / "weights"
+    cards = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    chromosome = [c for c in cards if c.get("task") == "chromosome"]
+    assert chromosome
+    for c in chromosome:
+        cal = read_meta(folder / f"{c['name']}.safetensors").calibration
+        assert cal == c["calibration"], c["name"]
+        assert cal["ece_after"] <= 0.05 < cal["ece_before"] and cal["n_test"] > 100, c["name"]

@@ -238,9 +238,11 @@ def calibrate(checkpoint: Path, data: Path, opts, *, write: bool = True,
                           f"T = {cal['temperature']:.2f}": (scale_probs(probs[test], cal["temperature"]),
                                                             labels[test])},
                          plot, f"{Path(checkpoint).name}: {int(test.sum())} held-out chromosomes")
-    if write:
-        ck = load_checkpoint(checkpoint)
-        save_checkpoint(checkpoint, ck.state_dict, replace(ck.meta, calibration=cal))
+    if write:  # the tensors as stored (float16 stays float16), the header with the calibration
+        from safetensors.torch import load_file
+
+        meta = load_checkpoint(checkpoint).meta
+        save_checkpoint(checkpoint, load_file(str(checkpoint)), replace(meta, calibration=cal))
     return cal
 
 
