@@ -217,7 +217,7 @@ def test_wbc_classify_and_explain_share_the_transform(tmp_path):
 
 # ----------------------------------------------------------------------------- shipped built-in
 @pytest.mark.realdata
-@pytest.mark.parametrize("name", ["gricol-qband-bioimlab", "gricol-gband-tseng"])
+@pytest.mark.parametrize("name", ["gricol-qband-bioimlab", "gricol-gband-tseng", "gricol-gband-2labs"])
 def test_builtin_chromosome_model_explain_sees_the_classifier_input(name, shared_data, tmp_path, monkeypatch):
     from napari_cellclass import zoo
     from napari_cellclass.io.chromosome_dataset import load_crop, scan_dataset

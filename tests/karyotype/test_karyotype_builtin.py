@@ -89,7 +89,7 @@ def test_box_view_of_detected_chromosomes_raises_paired_accuracy(shared_data):
     from napari_cellclass import zoo
 
     det = zoo.resolve_model("chromdet-tseng", task="karyotype")
-    cls = zoo.resolve_model("gricol-gband-tseng", task="chromosome")
+    cls = zoo.resolve_model(kt.BUILTIN_CLASSIFIERS["G"], task="chromosome")
     score = {"mask": 0, "both": 0}
     for k in range(3):
         img_path, side = _held_out_spread(shared_data, k)

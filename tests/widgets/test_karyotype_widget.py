@@ -256,14 +256,14 @@ def test_builtin_for_the_other_banding_is_warned(make_napari_viewer, qtbot):
     from napari_cellclass import zoo
     from napari_cellclass.widgets.karyotype import KaryotypeWidget
 
-    if not (zoo.is_builtin("gricol-qband-bioimlab") and zoo.is_builtin("gricol-gband-tseng")):
+    if not (zoo.is_builtin("gricol-qband-bioimlab") and zoo.is_builtin("gricol-gband-2labs")):
         pytest.skip("the built-in chromosome classifiers are not installed")
     viewer = make_napari_viewer()
     w = KaryotypeWidget(viewer)
     spread = make_spread(3, "46,XY", size=(384, 384))["image"]  # dark on light: G-band
     w.model_edit.setText("gricol-qband-bioimlab")
-    assert "G-banded" in w._banding_mismatch(spread) and "gricol-gband-tseng" in w._banding_mismatch(spread)
-    w.model_edit.setText("gricol-gband-tseng")
+    assert "G-banded" in w._banding_mismatch(spread) and "gricol-gband-2labs" in w._banding_mismatch(spread)
+    w.model_edit.setText("gricol-gband-2labs")
     assert w._banding_mismatch(spread) == ""
     assert w._banding_mismatch(255 - spread) != ""  # light on dark: the Q-band model is the one
 
@@ -275,7 +275,7 @@ def test_default_classifier_is_chosen_by_the_spreads_banding(make_napari_viewer,
     from napari_cellclass.tasks import karyotype as kt
     from napari_cellclass.widgets.karyotype import KaryotypeWidget
 
-    assert zoo.is_builtin("gricol-qband-bioimlab") and zoo.is_builtin("gricol-gband-tseng")
+    assert zoo.is_builtin("gricol-qband-bioimlab") and zoo.is_builtin("gricol-gband-2labs")
     seen = []
 
     def fake_karyotype(image, model, **kw):  # record the classifier the widget resolved; no pipeline run
@@ -295,7 +295,7 @@ def test_default_classifier_is_chosen_by_the_spreads_banding(make_napari_viewer,
     viewer.add_image(255 - spread, name="q")  # bright on dark: Q-band
     w.image_box.setCurrentText("q")
     w.run(sync=True)
-    assert seen == ["gricol-gband-tseng", "gricol-qband-bioimlab"]
+    assert seen == ["gricol-gband-2labs", "gricol-qband-bioimlab"]
     assert w._banding_mismatch(spread) == ""
 
 

@@ -27,7 +27,7 @@ from ..zoo.loaded import LoadedModel, load_model
 TASK = "karyotype"
 SEGMENTERS = ("auto", "threshold", "detector")
 # built-in models chosen when the user names none: the classifier by the spread's banding
-BUILTIN_CLASSIFIERS = {"G": "gricol-gband-tseng", "Q": "gricol-qband-bioimlab"}
+BUILTIN_CLASSIFIERS = {"G": "gricol-gband-2labs", "Q": "gricol-qband-bioimlab"}
 BUILTIN_DETECTOR = "chromdet-tseng"
 
 

@@ -43,7 +43,7 @@ CUT_NAME = "cut line"
 
 
 AUTO_CLASSIFIER = "auto (by banding)"
-AUTO_SUMMARY = ("gricol-gband-tseng for dark chromosomes on a light field (G-band), gricol-qband-bioimlab for "
+AUTO_SUMMARY = ("gricol-gband-2labs for dark chromosomes on a light field (G-band), gricol-qband-bioimlab for "
                 "bright on dark (Q-band, DAPI); decided for each spread")
 
 
