@@ -104,17 +104,25 @@ class Calibration:
                 "fit_on": self.fit_on}
 
 
+def fit_and_test_halves(groups: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the items whose group is fitted on (every other group, sorted) and tested on (the rest).
+
+    With a single group both masks are all True: there is nothing else to measure on.
+    """
+    groups = np.asarray([str(g) for g in groups])
+    fit_groups = set(sorted(set(groups))[0::2])
+    fit = np.array([g in fit_groups for g in groups], bool)
+    if fit.all() or not fit.any():
+        return np.ones(len(groups), bool), np.ones(len(groups), bool)
+    return fit, ~fit
+
+
 def calibrate_held_out(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], *,
                        fit_on: str = "half of the held-out groups") -> Calibration:
     """Fit T on every other held-out group (sorted), measure the ECE on the rest."""
-    groups = np.asarray([str(g) for g in groups])
-    names = sorted(set(groups))
-    fit_groups = set(names[0::2])
-    fit = np.array([g in fit_groups for g in groups])
-    if fit.all() or not fit.any():  # a single group: fit and test on it (said in fit_on)
-        fit = np.ones(len(groups), bool)
+    fit, test = fit_and_test_halves(groups)
+    if test.all():  # a single group: fit and test on it (said in fit_on)
         fit_on += " (one group: fitted and measured on the same data)"
-    test = ~fit if (~fit).any() else fit
     logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0))
     t = fit_temperature(logp[fit], np.asarray(labels)[fit])
     return Calibration(temperature=t,

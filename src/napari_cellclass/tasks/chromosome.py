@@ -24,7 +24,7 @@ from ..engine.data import SeededBatches
 from ..engine.device import resolve_device
 from ..engine.inference import predict_batches
 from ..engine.progress import CancelToken, Job, Progress, check_cancel
-from ..errors import InputError
+from ..errors import InputError, WrongTaskError
 from ..io.chromosome_dataset import (
     ChromosomeSample,
     load_crop,
@@ -213,10 +213,8 @@ def calibrate(checkpoint: Path, data: Path, opts, *, write: bool = True,
     error (ECE) reported on the other, before and after.  The probabilities are the
     ones :func:`classify_crops` gives (flip TTA), before any earlier temperature.
     """
-    from dataclasses import replace
-
     from ..engine.calibration import calibrate_held_out
-    from ..engine.checkpoint import load_checkpoint, save_checkpoint
+    from ..engine.checkpoint import read_meta, save_checkpoint
 
     samples = scan_dataset(data)
     _, val = split_by_cell(samples, float(opts.get("val_fraction", 0.2)), opts.seed)
@@ -230,10 +228,9 @@ def calibrate(checkpoint: Path, data: Path, opts, *, write: bool = True,
     cal = calibrate_held_out(probs, labels, groups,
                              fit_on="every other held-out cell/patient (sorted); ECE on the rest").to_dict()
     if plot is not None:  # the reliability diagram of the half the temperature was not fitted on
-        from ..engine.calibration import plot_reliability, scale_probs
+        from ..engine.calibration import fit_and_test_halves, plot_reliability, scale_probs
 
-        names = sorted(set(groups))
-        test = np.array([g not in set(names[0::2]) for g in groups]) if len(names) > 1 else np.ones(len(val), bool)
+        test = fit_and_test_halves(groups)[1]
         plot_reliability({"softmax": (probs[test], labels[test]),
                           f"T = {cal['temperature']:.2f}": (scale_probs(probs[test], cal["temperature"]),
                                                             labels[test])},
@@ -241,8 +238,7 @@ def calibrate(checkpoint: Path, data: Path, opts, *, write: bool = True,
     if write:  # the tensors as stored (float16 stays float16), the header with the calibration
         from safetensors.torch import load_file
 
-        meta = load_checkpoint(checkpoint).meta
-        save_checkpoint(checkpoint, load_file(str(checkpoint)), replace(meta, calibration=cal))
+        save_checkpoint(checkpoint, load_file(str(checkpoint)), replace(read_meta(checkpoint), calibration=cal))
     return cal
 
 
@@ -259,11 +255,9 @@ def _fine_tune_start(opts) -> LoadedModel | None:
         source = source.path
     try:
         return load_model(source, task=TASK, device="cpu", in_channels=1, cache=False)
-    except InputError as exc:
-        if "model, but" in exc.problem:  # another task's model
-            raise InputError(f"cannot fine-tune from it for chromosome classification: {exc.problem}",
-                             opts.model) from None
-        raise
+    except WrongTaskError as exc:
+        raise InputError(f"cannot fine-tune from it for chromosome classification: {exc.problem}",
+                         opts.model) from None
 
 
 def _train_spec(data: Path, ctx) -> Job[Any]:
