@@ -232,3 +232,17 @@ def test_sources_list_keeps_each_folder_split(tmp_path):
     with pytest.raises(InputError, match="line 2.*missing_folder"):
         scan_dataset(tmp_path / "bad.txt")
     assert b.is_dir()
+
+
+def test_sources_list_reports_what_each_folder_skipped(tmp_path):
+    from napari_cellclass.io.chromosome_dataset import LAST_SCAN
+
+    stems = [f"{p}-{k}_{i}" for p in ("p1", "p2") for k in (1, 2) for i in range(2)]
+    _crop_files(tmp_path / "labA", {"1": stems, "2": stems})
+    _crop_files(tmp_path / "labB", {"3": stems, "X": stems})
+    (tmp_path / "labA" / "7").mkdir()  # an empty class folder in the first folder: skipped, and said so
+    (tmp_path / "sources.txt").write_text("labA\nlabB\n")
+    scan_dataset(tmp_path / "sources.txt")
+    assert [p.name for p in LAST_SCAN.skipped["empty class folder(s)"]] == ["7"]
+    scan_dataset(tmp_path / "labB")  # a later scan does not inherit it
+    assert not LAST_SCAN.skipped

@@ -241,13 +241,15 @@ def scan_dataset(root: str | Path) -> list[ChromosomeSample]:
     root = Path(root)
     layout = detect_layout(root)
     if layout == "sources":
-        samples = []
+        samples, skipped = [], {}
         for folder in read_sources(root):
             tag = folder.name
             samples += [ChromosomeSample(s.path, s.label, f"{tag}/{s.cell}", s.box,
                                          None if s.group is None else f"{tag}/{s.group}", tag)
                         for s in scan_dataset(folder)]
-        LAST_SCAN.files = [s.path for s in samples]
+            for reason, paths in LAST_SCAN.skipped.items():  # each folder's scan reports its own skips
+                skipped.setdefault(reason, []).extend(paths)
+        LAST_SCAN.files, LAST_SCAN.skipped = [s.path for s in samples], skipped
         return samples
     report = ScanReport()
     scan = {"bioimlab": _scan_bioimlab, "class_folders": _scan_class_folders, "spreads": _scan_spreads}[layout]

@@ -97,7 +97,6 @@ def iscn_summary(classes: np.ndarray | list[int], flagged: np.ndarray | list[boo
         notes.insert(0, f"count {n} (expected 46)")
     if sex not in ("XX", "XY"):
         notes.append(f"sex chromosomes {sex or 'none'}")
-    valid, errors = True, []
     if head != "--":  # "--" (no sex chromosome found) is our own marker, not ISCN
         res = parse_iscn(text)
         valid, errors = bool(res.valid), [str(e) for e in res.errors]
