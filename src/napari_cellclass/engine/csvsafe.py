@@ -40,6 +40,23 @@ def unescape_cell(value: Any) -> Any:
     return value
 
 
+def escape_text(text: str) -> str:
+    """A reversible :func:`escape_cell` for files the plugin reads back exactly.
+
+    As :func:`escape_cell`, and text that already starts with ``'`` gets a second one,
+    so :func:`unescape_text` (drop one leading ``'``) gives back every string unchanged,
+    ``"'=x"`` and ``"'"`` included.  Used by the shapes CSV (``io/writers.py``).
+    """
+    if text.startswith("'") or (text.startswith(FORMULA_START) and not _is_number(text)):
+        return "'" + text
+    return text
+
+
+def unescape_text(text: str) -> str:
+    """The inverse of :func:`escape_text`."""
+    return text[1:] if text.startswith("'") else text
+
+
 def escape_row(row: Iterable[Any]) -> list[Any]:
     return [escape_cell(v) for v in row]
 

@@ -3,7 +3,9 @@
 ``get_reader`` only claims what it can recognise cheaply and for sure: an OME-Zarr
 folder with ``image-label`` metadata (ours or any NGFF 0.4 writer's), a folder of HPA
 channel sets (handed to :mod:`.hpa_reader`; this is the plugin's only folder reader), a TIFF whose
-ImageDescription carries the napari-cellclass marker, and a CSV whose first line is our header.
+ImageDescription carries the napari-cellclass marker, and a CSV whose first line is our header
+(or napari's own shapes CSV header: coordinates only, opened with a warning that no features
+were saved, when the user picks this plugin for it).
 Other TIFFs are opened too (``*.tif`` is our pattern, so napari hands us a TIFF only when the
 user chose this plugin for it, in the dialog or by a remembered preference): a spread with its
 sidecar boxes, anything else as an image (HPA ``*_red.tif`` channels are left to the HPA reader).  Anything
@@ -13,6 +15,7 @@ else gets ``None``.  Once claimed, a file that turns out to be damaged raises
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -21,12 +24,19 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from napari_cellclass.engine.csvsafe import unescape_text
 from napari_cellclass.errors import CellClassError, InputError
 from napari_cellclass.io.writers import (
     CSV_HEADER_PREFIX,
+    LAYERS_FOLDER_EXT,
+    LAYERS_MANIFEST,
     MARKER,
+    SHAPES_CSV_EXT,
+    TEXT_ESCAPE,
+    _csv_cell,
     column_from_values,
     decode_value,
+    is_text_dtype,
     table_from_json,
 )
 
@@ -62,17 +72,20 @@ def get_reader(path: str | list[str]) -> ReaderFunc | None:
         from napari_cellclass.io.spread_reader import read_spread
 
         return read_spread
-    return {"zarr": read_zarr_labels, "tiff": read_tiff_labels, "csv": read_shapes_csv}[kind]
+    return {"zarr": read_zarr_labels, "tiff": read_tiff_labels, "csv": read_shapes_csv,
+            "napari_csv": read_napari_shapes_csv, "folder": read_layers_folder}[kind]
 
 
 def _sniff(p: Path) -> str | None:
-    if p.suffix.lower() in (".zarr", ".tif", ".tiff", ".csv"):
+    if p.suffix.lower() in (".zarr", ".tif", ".tiff", ".csv", LAYERS_FOLDER_EXT):
         from napari_cellclass.engine.atomic import recover
 
         recover(p)  # an interrupted save: restore or finish it, drop dead temporaries
     if p.is_dir():
         if _zarr_label_attrs(p) is not None:
             return "zarr"
+        if (p / LAYERS_MANIFEST).is_file():  # File > Save All Layers with our folder writer
+            return "folder"
         # the one folder reader of the plugin (npe2 offers every folder to every reader that
         # accepts directories): a folder of HPA channel sets goes to the HPA reader
         from napari_cellclass.io.hpa_reader import find_sets
@@ -93,7 +106,11 @@ def _sniff(p: Path) -> str | None:
     if suffix == ".csv" and p.is_file():
         with open(p, encoding="utf-8", errors="replace") as fh:
             first = fh.readline(_MAX_HEADER)
-        return "csv" if first.startswith(CSV_HEADER_PREFIX) else None
+        if first.startswith(CSV_HEADER_PREFIX):
+            return "csv"
+        # napari's own shapes CSV (File > Save with its default filter): coordinates only.  Opened
+        # when the user picks Cell Class for it, with a warning that the features were not saved
+        return "napari_csv" if first.rstrip("\r\n").startswith(_NAPARI_SHAPES_HEADER) else None
     return None
 
 
@@ -285,10 +302,12 @@ def read_shapes_csv(path: Any) -> list[LayerData]:
     """Read shapes and features from a CSV written by :func:`~napari_cellclass.io.writers.write_shapes_csv`."""
     p = Path(path[0] if isinstance(path, (list, tuple)) else path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, encoding="utf-8", newline="") as fh:  # a \r inside a quoted cell is data
+            text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"CSV could not be read: {exc}", p) from None
     first, _, rest = text.partition("\n")
+    first = first.rstrip("\r")
     if not first.startswith(CSV_HEADER_PREFIX):
         raise InputError("CSV lacks the napari-cellclass shapes header line", p)
     try:
@@ -300,18 +319,27 @@ def read_shapes_csv(path: Any) -> list[LayerData]:
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"CSV header line is malformed: {exc}", p) from None
     try:
-        rows = list(csv.reader(rest.splitlines()))
+        rows = list(csv.reader(io.StringIO(rest, newline="")))
     except csv.Error as exc:
         raise InputError(f"CSV is malformed: {exc}", p) from None
     if not rows:
         raise InputError("CSV has no column header row", p)
+    escaped = info.get("text_escape") == TEXT_ESCAPE  # files before issue 24 carry no quotes
+    if escaped:
+        rows = [[unescape_text(cell) for cell in r] for r in rows]
     header, body = rows[0], [r for r in rows[1:] if r]
     names = [str(c["name"]) for c in columns]
+    try:
+        missing = {str(c["name"]): {int(i) for i in c.get("missing") or []} for c in columns}
+        categories = {str(c["name"]): {_csv_cell(v, "category"): v for v in map(decode_value, c["categories"])}
+                      for c in columns if isinstance(c.get("categories"), list)}
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"CSV header line is malformed: {exc}", p) from None
     if header[:3] != ["index", "shape_type", "vertices"] or header[3:] != names:
         raise InputError(f"CSV columns {header} do not match its header line ({['index', 'shape_type', 'vertices', *names]})", p)
     shapes, types = [], []
     values: dict[str, list[Any]] = {n: [] for n in names}
-    for lineno, row in enumerate(body, start=3):
+    for k, (lineno, row) in enumerate(enumerate(body, start=3)):
         if len(row) != len(header):
             raise InputError(f"line {lineno} has {len(row)} fields, expected {len(header)}", p)
         stype = row[1]
@@ -329,8 +357,13 @@ def read_shapes_csv(path: Any) -> list[LayerData]:
         shapes.append(verts)
         types.append(stype)
         for c, cell in zip(columns, row[3:]):
+            name, dtype = str(c["name"]), str(c.get("dtype", "object"))
             try:
-                values[c["name"]].append(_parse_cell(cell, str(c.get("dtype", "object"))))
+                if (is_text_dtype(dtype) or c.get("text") is True) and escaped:  # "" is text; missing rows listed
+                    value = None if k in missing[name] else categories.get(name, {}).get(cell, cell)
+                else:
+                    value = _parse_cell(cell, dtype)
+                values[c["name"]].append(value)
             except (ValueError, TypeError) as exc:
                 raise InputError(f"line {lineno}: column {c['name']!r} value {cell!r} is not "
                                  f"{c.get('dtype')} ({exc})", p) from None
@@ -339,9 +372,187 @@ def read_shapes_csv(path: Any) -> list[LayerData]:
                               for c in columns}, index=pd.RangeIndex(len(shapes)))
     except (ValueError, TypeError) as exc:
         raise InputError(f"feature columns could not be rebuilt: {exc}", p) from None
-    kwargs = {"name": str(info.get("name") or p.stem), "shape_type": types, "features": feats,
-              "metadata": {"source_path": str(p)}}
+    meta = dict(info["metadata"]) if isinstance(info.get("metadata"), dict) else {}
+    meta["source_path"] = str(p)
+    kwargs = {"name": str(info.get("name") or p.stem), "shape_type": types, "features": feats, "metadata": meta,
+              **_display_kwargs(info.get("display"), len(shapes), names)}
     return [(shapes, kwargs, "shapes")]
+
+
+_ANCHORS = {"center", "upper_left", "upper_right", "lower_left", "lower_right"}
+
+
+def _display_kwargs(display: Any, n: int, features: list[str]) -> dict[str, Any]:
+    """The saved look of a shapes layer, each entry checked; what does not fit is dropped."""
+    if not isinstance(display, dict) or n == 0:
+        return {}
+    out: dict[str, Any] = {}
+
+    def finite(v: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+        try:
+            arr = np.asarray(v, dtype=float)
+        except (TypeError, ValueError):
+            return None
+        return arr if arr.shape == shape and np.all(np.isfinite(arr)) else None
+
+    for key in ("edge_color", "face_color"):
+        arr = finite(display.get(key), (n, 4))
+        if arr is not None and np.all((arr >= 0) & (arr <= 1)):
+            out[key] = arr
+    arr = finite(display.get("edge_width"), (n,))
+    if arr is not None and np.all(arr >= 0):
+        out["edge_width"] = arr.tolist()
+    arr = finite(display.get("z_index"), (n,))
+    if arr is not None:
+        out["z_index"] = [int(v) for v in arr]
+    op = display.get("opacity")
+    if isinstance(op, (int, float)) and 0 <= op <= 1:
+        out["opacity"] = float(op)
+    text = display.get("text")
+    if isinstance(text, dict) and isinstance(text.get("string"), str):
+        import string as _string
+
+        try:  # only plain {feature} fields this layer has, so napari can format every row
+            parts = list(_string.Formatter().parse(text["string"]))
+            fields = {f for _, f, _, _ in parts if f}
+            if any("{" in (spec or "") for _, _, spec, _ in parts):
+                fields = {None}
+        except ValueError:
+            fields = {None}
+        if fields <= set(features):
+            t: dict[str, Any] = {"string": text["string"]}
+            colour = text.get("color")
+            rgba = finite(colour, (4,))
+            if rgba is not None and np.all((rgba >= 0) & (rgba <= 1)):
+                t["color"] = rgba
+            if isinstance(text.get("size"), (int, float)) and 0 < text["size"] < 1000:
+                t["size"] = float(text["size"])
+            if text.get("anchor") in _ANCHORS:
+                t["anchor"] = text["anchor"]
+            out["text"] = t
+    return out
+
+
+# --------------------------------------------------------------------------- a folder of layers
+
+_MAX_FOLDER_LAYERS = 256
+_FOLDER_KWARGS = {"name", "scale", "translate", "opacity", "blending", "visible", "metadata", "rgb",
+                  "contrast_limits", "gamma", "colormap"}
+
+
+def read_layers_folder(path: Any) -> list[LayerData]:
+    """Open a ``NAME.cellclass`` folder (:func:`~napari_cellclass.io.writers.write_layers_folder`)
+    as its layers, in the order they were saved; files are looked up inside the folder only."""
+    p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    from napari_cellclass.engine.atomic import recover
+
+    recover(p)
+    try:
+        info = json.loads((p / LAYERS_MANIFEST).read_text(encoding="utf-8"))
+        entries = info["layers"]
+        if info.get("marker") != MARKER or not isinstance(entries, list):
+            raise ValueError("not a napari-cellclass layer list")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{LAYERS_MANIFEST} is unreadable or malformed: {exc}", p) from None
+    if len(entries) > _MAX_FOLDER_LAYERS:
+        raise InputError(f"{LAYERS_MANIFEST} lists {len(entries)} layers (at most {_MAX_FOLDER_LAYERS})", p)
+    out = []
+    for k, e in enumerate(entries):
+        name = e.get("file") if isinstance(e, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            raise InputError(f"layer {k}: file name {name!r} is not a plain file name inside the folder", p)
+        f = p / name
+        if not f.is_file() or f.is_symlink():
+            raise InputError(f"layer {k}: {name} is listed but missing (or not a regular file)", p)
+        kind = e.get("type")
+        if kind == "labels":
+            data, kwargs, _ = read_tiff_labels(f)[0]
+        elif kind == "shapes":
+            data, kwargs, _ = read_shapes_csv(f)[0]
+        elif kind == "image":
+            data, kwargs = _read_folder_image(f, e.get("kwargs") or {}), {}
+        else:
+            raise InputError(f"layer {k}: unknown layer type {kind!r}", p)
+        saved = e.get("kwargs") if isinstance(e.get("kwargs"), dict) else {}
+        kwargs.update({key: decode_value(v) for key, v in saved.items() if key in _FOLDER_KWARGS})
+        meta = kwargs.get("metadata") if isinstance(kwargs.get("metadata"), dict) else {}
+        kwargs["metadata"] = {**meta, "source_path": str(f)}
+        out.append((data, kwargs, kind))
+    return out
+
+
+def _read_folder_image(f: Path, saved: dict[str, Any]) -> np.ndarray:
+    import tifffile
+
+    from napari_cellclass.io.limits import check_pixels, probe
+
+    try:
+        shape = tuple(int(v) for v in saved["shape"])
+        dtype = np.dtype(str(saved["dtype"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"image entry lacks a valid shape/dtype ({exc})", f) from None
+    check_pixels(shape, f, "image entry")
+    probe(f)  # the pixel budget, all pages counted, before decoding
+    try:
+        data = tifffile.imread(f)
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise InputError(f"TIFF pixel data could not be read (truncated or corrupt): "
+                         f"{type(exc).__name__}", f) from None
+    if data.size != math.prod(shape) or data.dtype != dtype:
+        raise InputError(f"TIFF holds {data.size} {data.dtype} values; the folder lists shape {shape} {dtype}", f)
+    return data.reshape(shape)
+
+
+_NAPARI_SHAPES_HEADER = "index,shape-type,vertex-index,axis-0,axis-1"
+#: What napari's Save dialog lists for our shapes CSV writer (plugin display name + napari.yaml).
+KEEPS_FEATURES_CSV = "Cell Class CSV keeping classes and review marks"
+
+
+def read_napari_shapes_csv(path: Any) -> list[LayerData]:
+    """Open a shapes CSV written by napari's own writer: coordinates and shape types only.
+
+    napari's default filter in File > Save Selected Layers writes no features, so what a
+    smear analysis found (classes, scores, review marks) is not in the file; the warning
+    says so and names the format that keeps them.
+    """
+    import warnings
+
+    p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    try:
+        with open(p, encoding="utf-8", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"CSV could not be read: {exc}", p) from None
+    header = rows[0] if rows else []
+    naxes = len(header) - 3
+    shapes: dict[int, tuple[str, list[list[float]]]] = {}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise InputError(f"line {lineno} has {len(row)} fields, expected {len(header)}", p)
+        try:
+            idx, point = int(row[0]), [float(v) for v in row[3:]]
+        except ValueError as exc:
+            raise InputError(f"line {lineno}: {exc}", p) from None
+        stype = row[1]
+        if stype not in _SHAPE_TYPES or not all(math.isfinite(v) for v in point):
+            raise InputError(f"line {lineno}: unknown shape type {stype!r} or non-finite coordinate", p)
+        if shapes.setdefault(idx, (stype, []))[0] != stype:
+            raise InputError(f"line {lineno}: shape {idx} changes type to {stype!r}", p)
+        shapes[idx][1].append(point)
+    for i, (stype, pts) in shapes.items():
+        lo, hi = _SHAPE_TYPES[stype]
+        if len(pts) < lo or (hi is not None and len(pts) > hi):
+            raise InputError(f"shape {i}: a {stype} cannot have {len(pts)} vertices", p)
+    data = [np.asarray(shapes[i][1], dtype=float).reshape(-1, naxes) for i in sorted(shapes)]
+    warnings.warn(
+        f"{p.name}: saved by napari's own CSV writer, which keeps coordinates only; classes, scores "
+        f"and review marks were not saved. To keep them, pick the file type '{KEEPS_FEATURES_CSV}' in "
+        f"File > Save Selected Layers (from Python: save to *{SHAPES_CSV_EXT}).", UserWarning, stacklevel=2)
+    kwargs = {"name": p.stem, "shape_type": [shapes[i][0] for i in sorted(shapes)],
+              "metadata": {"source_path": str(p), "features_saved": False}}
+    return [(data, kwargs, "shapes")]
 
 
 def _parse_cell(cell: str, dtype: str) -> Any:
@@ -364,4 +575,5 @@ def _parse_cell(cell: str, dtype: str) -> Any:
     return cell
 
 
-__all__ = ["get_reader", "read_zarr_labels", "read_tiff_labels", "read_shapes_csv", "CellClassError"]
+__all__ = ["get_reader", "read_zarr_labels", "read_tiff_labels", "read_shapes_csv", "read_napari_shapes_csv",
+           "read_layers_folder", "CellClassError"]

@@ -1,4 +1,10 @@
-"""npe2 writers: labels -> OME-Zarr / TIFF, shapes -> Pascal VOC XML / COCO JSON / CSV.
+"""npe2 writers: labels -> OME-Zarr / TIFF, shapes -> Pascal VOC XML / COCO JSON / CSV, and a
+mix of images, labels and shapes -> one ``NAME.cellclass`` folder (File > Save All Layers).
+
+napari's Save dialog preselects napari's own writers, which keep no features; ours are
+listed by names that say they keep them, and own the ``.cellclass.*`` extensions so that
+``napari.save_layers`` picks them without ``plugin=`` (docs/io.md, "Saving from napari's
+File menu").
 
 Every write goes through :func:`napari_cellclass.engine.atomic.atomic_path`: the file
 (or the ``.zarr`` folder) is built beside the target and moved into place only when
@@ -14,6 +20,7 @@ import csv
 import io as _stdio
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -201,6 +208,31 @@ def _check_suffix(path: Path, suffixes: Sequence[str], what: str) -> None:
         raise InputError(f"{what} are saved to a file ending in {' or '.join(suffixes)}, got {path.name!r}", path)
 
 
+#: The extensions only this plugin writes.  npe2 picks the writer whose extension is the
+#: longest match, so ``napari.save_layers("x.cellclass.csv", [layer])`` (and
+#: ``layer.save``, ``viewer.layers.save``) reach our writers without ``plugin=``; a bare
+#: ``.csv``/``.tif`` goes to napari's own writer, which keeps no features (docs/io.md).
+SHAPES_CSV_EXT = ".cellclass.csv"
+LABELS_TIFF_EXT = ".cellclass.tif"
+_PLAUSIBLE_EXT = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,5}")
+
+
+def _target_path(path: str, suffixes: Sequence[str], default: str, what: str) -> Path:
+    """The file to write: ``path``, or ``path + default`` when it has no extension.
+
+    napari's Save dialog hands the typed name over as it is once the user picked one of our
+    filters, so ``cells`` (or a layer name such as ``smear 1.5x analysis``) becomes
+    ``cells.cellclass.csv``; a real other extension (``cells.txt``) is refused, one line.
+    """
+    target = Path(path)
+    if target.suffix.lower() in suffixes:
+        return target
+    if not _PLAUSIBLE_EXT.fullmatch(target.suffix):
+        return target.with_name(target.name + default)
+    _check_suffix(target, suffixes, what)
+    return target
+
+
 # --------------------------------------------------------------------------- labels -> OME-Zarr
 
 def write_labels_zarr(path: str, data: Any, attributes: dict) -> list[str]:
@@ -213,8 +245,7 @@ def write_labels_zarr(path: str, data: Any, attributes: dict) -> list[str]:
     """
     import zarr
 
-    target = Path(path)
-    _check_suffix(target, [".zarr"], "OME-Zarr labels")
+    target = _target_path(path, [".zarr"], ".zarr", "OME-Zarr labels")
     arr = _labels_array(data, target)
     attributes = attributes or {}
     ndim = arr.ndim
@@ -268,14 +299,13 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
     """Save a labels layer as a TIFF; our marker, dtype, shape and class table go in ImageDescription."""
     import tifffile
 
-    target = Path(path)
-    _check_suffix(target, [".tif", ".tiff"], "TIFF labels")
+    target = _target_path(path, [".tif", ".tiff"], LABELS_TIFF_EXT, "TIFF labels")
     orig = data[0] if isinstance(data, (list, tuple)) and data else data
     arr = _labels_array(data, target)
     attributes = attributes or {}
     ndim = arr.ndim
     desc = _marker(
-        "labels", name=_layer_name(attributes, target.stem), dtype=str(np.asarray(orig).dtype),
+        "labels", name=_layer_name(attributes, _plain_stem(target)), dtype=str(np.asarray(orig).dtype),
         shape=list(arr.shape),
         scale=_float_list(attributes.get("scale"), ndim, 1.0, "scale", target),
         translate=_float_list(attributes.get("translate"), ndim, 0.0, "translate", target),
@@ -528,10 +558,14 @@ def write_shapes_csv(path: str, data: Any, attributes: dict) -> list[str]:
     Line 1 is a ``#`` comment holding our marker and the feature dtypes as JSON (read
     with ``pandas.read_csv(path, comment="#")`` elsewhere).  Columns: ``index``,
     ``shape_type``, ``vertices`` (JSON list of [row, col, ...] points, full precision),
-    then one column per feature (lists/arrays JSON-encoded).
+    then one column per feature (lists/arrays JSON-encoded).  Text that a spreadsheet would
+    run as a formula (``=``, ``+``, ``-``, ``@`` ...) gets a leading ``'``
+    (:func:`~napari_cellclass.engine.csvsafe.escape_text`, undone by our reader); missing
+    values of text columns are listed in line 1, so an empty ``tag`` stays ``""``.
     """
-    target = Path(path)
-    _check_suffix(target, [".csv"], "shapes CSV")
+    from napari_cellclass.engine.csvsafe import escape_text
+
+    target = _target_path(path, [".csv"], SHAPES_CSV_EXT, "shapes CSV")
     attributes = attributes or {}
     shapes, types = _shapes_list(data, attributes, target)
     feats = features_frame(attributes)
@@ -541,23 +575,115 @@ def write_shapes_csv(path: str, data: Any, attributes: dict) -> list[str]:
     if clash:
         raise InputError(f"feature column(s) {sorted(clash)} clash with the CSV's own columns", target)
     cols = [str(c) for c in feats.columns]
+    columns = []
+    for c in feats.columns:
+        dtype = str(feats[c].dtype)
+        entry: dict[str, Any] = {"name": str(c), "dtype": dtype}
+        if isinstance(feats[c].dtype, pd.CategoricalDtype):
+            entry["categories"] = [encode_value(x) for x in feats[c].cat.categories.tolist()]
+            entry["ordered"] = bool(feats[c].cat.ordered)
+        values = feats[c].tolist()
+        if dtype == "object" and values and all(isinstance(v, str) or v is None for v in values):
+            entry["text"] = True  # an object column of strings (class names): plain cells, not JSON
+        if is_text_dtype(dtype) or entry.get("text"):
+            missing = [i for i, v in enumerate(values) if _is_missing(v)]
+            if missing:
+                entry["missing"] = missing
+        columns.append(entry)
     info = _marker("shapes", ndim=int(shapes[0].shape[1]) if shapes else 2,
-                   name=_layer_name(attributes, target.stem),
-                   columns=[{"name": str(c), "dtype": str(feats[c].dtype),
-                             **({"categories": [encode_value(x) for x in feats[c].cat.categories.tolist()],
-                                 "ordered": bool(feats[c].cat.ordered)}
-                                if isinstance(feats[c].dtype, pd.CategoricalDtype) else {})}
-                            for c in feats.columns])
+                   name=_layer_name(attributes, _plain_stem(target)), text_escape=TEXT_ESCAPE, columns=columns,
+                   metadata=_jsonable(attributes.get("metadata") or {}),
+                   display=_shapes_display(attributes, len(shapes)))
     buf = _stdio.StringIO()
-    buf.write(CSV_HEADER_PREFIX + dumps(info) + "\n")
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "shape_type", "vertices", *cols])
+    buf.write(CSV_HEADER_PREFIX + dumps(info) + "\r\n")
+    # RFC 4180 line ends: csv quotes a cell holding \r or \n only when they are in lineterminator
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(["index", "shape_type", "vertices", *[escape_text(c) for c in cols]])
     for i, (s, t, row) in enumerate(zip(shapes, types, rows)):
         w.writerow([i, t, dumps([[float(c) for c in pt] for pt in s]),
-                    *[_csv_cell(row[c], str(feats[c].dtype)) for c in feats.columns]])
+                    *[escape_text(_csv_cell(row[c], "str" if e.get("text") else e["dtype"]))
+                      for c, e in zip(feats.columns, columns)]])
     with atomic_path(target) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
+        tmp.write_text(buf.getvalue(), encoding="utf-8", newline="")  # no newline translation
     return [str(target)]
+
+
+def _colours(value: Any, n: int) -> list[list[float]] | None:
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if arr.shape != (n, 4) or not np.all(np.isfinite(arr)):
+        return None
+    return [[round(float(c), 6) for c in row] for row in arr]
+
+
+def _shapes_display(attributes: dict[str, Any], n: int) -> dict[str, Any]:
+    """What makes a result layer look as it did: per-shape colours and widths, the text label.
+
+    Best effort: anything that does not have the expected form is left out (napari's
+    defaults then apply); the reader checks every entry again.
+    """
+    out: dict[str, Any] = {}
+    for key in ("edge_color", "face_color"):
+        cols = _colours(attributes.get(key), n)
+        if cols is not None:
+            out[key] = cols
+    for key in ("edge_width", "z_index"):
+        v = attributes.get(key)
+        try:
+            arr = np.asarray(v, dtype=float).ravel()
+        except (TypeError, ValueError):
+            continue
+        if v is not None and arr.size == n and np.all(np.isfinite(arr)):
+            out[key] = [int(x) if key == "z_index" else float(x) for x in arr]
+    opacity = attributes.get("opacity")
+    if isinstance(opacity, (int, float)) and 0 <= float(opacity) <= 1:
+        out["opacity"] = float(opacity)
+    text = attributes.get("text")
+    if isinstance(text, dict):
+        string = text.get("string")
+        fmt = string.get("format") if isinstance(string, dict) else string
+        if isinstance(fmt, str) and fmt:
+            t: dict[str, Any] = {"string": fmt}
+            colour = text.get("color")
+            colour = colour.get("constant") if isinstance(colour, dict) else colour
+            rgba = _colours([colour], 1) if colour is not None and not isinstance(colour, str) else None
+            if rgba:
+                t["color"] = rgba[0]
+            if isinstance(text.get("size"), (int, float)):
+                t["size"] = float(text["size"])
+            anchor = getattr(text.get("anchor"), "value", text.get("anchor"))
+            if isinstance(anchor, str):
+                t["anchor"] = anchor
+            out["text"] = t
+    return out
+
+
+#: Line 1 of a shapes CSV says that text cells carry :func:`csvsafe.escape_text`'s quote.
+TEXT_ESCAPE = "leading-quote"
+
+
+def is_text_dtype(dtype: str) -> bool:
+    """Columns written as plain text cells (str, string, category ...), not numbers, bools or JSON."""
+    kind = dtype.lower()
+    numeric = kind.startswith(("float", "double", "int", "uint")) or kind in ("bool", "boolean")
+    return not (kind == "object" or numeric)
+
+
+def _is_missing(v: Any) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    return isinstance(v, (float, np.floating)) and math.isnan(float(v))
+
+
+def _plain_stem(target: Path) -> str:
+    """``cells`` for ``cells.cellclass.csv`` / ``cells.csv`` (the layer name when the layer has none)."""
+    name = target.name
+    for ext in (SHAPES_CSV_EXT, LABELS_TIFF_EXT, LABELS_TIFF_EXT + "f"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return target.stem
 
 
 def _csv_cell(v: Any, dtype: str) -> str:
@@ -578,6 +704,66 @@ def _csv_cell(v: Any, dtype: str) -> str:
     if ev is None:
         return ""
     return dumps(ev)
+
+
+# --------------------------------------------------------------------------- several layers -> folder
+
+LAYERS_FOLDER_EXT = ".cellclass"
+LAYERS_MANIFEST = "cellclass-layers.json"
+#: Layer settings kept in the folder's manifest (what the per-layer files do not hold).
+_KEPT_KWARGS = ("name", "scale", "translate", "opacity", "blending", "visible", "metadata")
+_KEPT_IMAGE_KWARGS = ("rgb", "contrast_limits", "gamma")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9 ._()+-]+")
+
+
+def write_layers_folder(path: str, layer_data: list) -> list[str]:
+    """Save several layers (images, labels, shapes) into one ``NAME.cellclass`` folder.
+
+    File > Save All Layers offers napari's own "Save to Folder", which writes each layer with
+    napari's writers and so drops every feature; this writer is offered beside it (and first,
+    for a mix of layer types).  Labels go in as our marked TIFFs, shapes as our CSV (both keep
+    the feature table), images as plain TIFFs; ``cellclass-layers.json`` lists the files in
+    layer order with each layer's name, scale, translate and display settings.  The plugin's
+    reader opens the folder as the same layers.
+    """
+    import tifffile
+
+    target = _target_path(path, [LAYERS_FOLDER_EXT], LAYERS_FOLDER_EXT, "layer folders")
+    if not layer_data:
+        raise InputError("no layers to save", target)
+    entries: list[dict[str, Any]] = []
+    with atomic_path(target, directory=True) as tmp:
+        for i, item in enumerate(layer_data):
+            data, attrs, kind = item[0], dict(item[1] or {}), str(item[2])
+            stem = f"{i:02d} " + (_UNSAFE_NAME.sub("_", _layer_name(attrs, "layer")).strip(" .") or "layer")[:80]
+            keys = _KEPT_KWARGS + (_KEPT_IMAGE_KWARGS if kind == "image" else ())
+            kept = {k: _jsonable(attrs[k]) for k in keys if attrs.get(k) is not None}
+            cmap = attrs.get("colormap")
+            if kind == "image" and isinstance(getattr(cmap, "name", cmap), str):
+                kept["colormap"] = str(getattr(cmap, "name", cmap))  # by name: napari's own colormaps
+            if kind == "labels":
+                name = stem + LABELS_TIFF_EXT
+                write_labels_tiff(str(tmp / name), data, attrs)
+            elif kind == "shapes":
+                name = stem + SHAPES_CSV_EXT
+                write_shapes_csv(str(tmp / name), data, attrs)
+            elif kind == "image":
+                name = stem + ".tif"
+                arr = np.asarray(data[0] if attrs.get("multiscale") and isinstance(data, (list, tuple)) else data)
+                if arr.dtype.kind not in "biuf" or arr.size == 0:
+                    raise InputError(f"layer {attrs.get('name')!r}: images of dtype {arr.dtype} "
+                                     f"(shape {arr.shape}) cannot be saved as TIFF", target)
+                kept["shape"], kept["dtype"] = list(arr.shape), str(arr.dtype)
+                with open(tmp / name, "wb") as fh:
+                    tifffile.imwrite(fh, arr, photometric="rgb" if attrs.get("rgb") else "minisblack",
+                                     metadata=None, bigtiff=arr.nbytes > 2**31 - 2**25, compression="zlib")
+            else:
+                raise InputError(f"layer {attrs.get('name')!r} is a {kind} layer; a layer folder holds images, "
+                                 "labels and shapes", target)
+            entries.append({"file": name, "type": kind, "kwargs": {k: v for k, v in kept.items() if v is not None}})
+        manifest = _marker("layers", layers=entries)
+        (tmp / LAYERS_MANIFEST).write_text(dumps(manifest) + "\n", encoding="utf-8")
+    return [str(target)]
 
 
 # --------------------------------------------------------------------------- helpers for other modules
