@@ -9,9 +9,15 @@ Crash consistency beyond one write:
   longer running (or that is older than a day) is removed the next time ``NAME`` is
   written or read (:func:`clean_stale`), so a ``kill -9`` does not leave a disk full
   of half-written OME-Zarr folders;
-* a folder swap that was interrupted between its two renames (only ``.NAME.old``
-  left) is rolled back, and one interrupted after them has its backup removed
-  (:func:`recover`);
+* a folder swap keeps ``NAME`` on disk at every instant: on Linux the new folder and
+  the old one trade places in one atomic step (``renameat2(RENAME_EXCHANGE)``,
+  :func:`exchange`), so another program opening ``NAME`` meanwhile sees the old or the
+  new version, never nothing.  Where the OS or file system offers no exchange (macOS,
+  Windows, NFS) the swap takes two renames, ``NAME -> .NAME.old`` then the new folder
+  to ``NAME``; a kill between them leaves only ``.NAME.old``, and any reader of the
+  folder restores it first (:func:`recover`: if ``NAME`` is absent and ``.NAME.old``
+  exists, rename it back; if both exist, the swap finished and the backup is removed).
+  The plugin's readers and writers do this; another tool should do the same;
 * a full disk or a read-only folder is an :class:`~napari_cellclass.errors.OutputError`
   that names the target, never the hidden temporary.
 
@@ -22,15 +28,19 @@ so colleagues on a shared server can read results, checkpoints and OME-Zarr fold
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import platform
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator
 
@@ -162,6 +172,65 @@ def recover(target: str | Path) -> str | None:
     return outcome
 
 
+#: renameat2(2) flag: swap the two names atomically (Linux >= 3.15; ext4, xfs, btrfs, tmpfs, overlayfs)
+RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+#: the renameat2 system call number where libc has no wrapper (glibc < 2.28, musl < 1.2)
+_SYS_RENAMEAT2 = {"x86_64": 316, "amd64": 316, "aarch64": 276, "arm64": 276, "riscv64": 276,
+                  "ppc64le": 357, "ppc64": 357, "s390x": 347, "i686": 353, "i386": 353, "armv7l": 382}
+_EXCHANGE_FN: list = []  # [callable or None], looked up once
+#: errors meaning "this OS/file system cannot exchange": the caller falls back to two renames
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP),
+                errno.EXDEV, errno.EPERM}
+
+
+def _exchange_fn():
+    if _EXCHANGE_FN:
+        return _EXCHANGE_FN[0]
+    fn = None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            wrapper = getattr(libc, "renameat2", None)
+            if wrapper is not None:
+                wrapper.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                wrapper.restype = ctypes.c_int
+
+                def fn(a: bytes, b: bytes) -> int:
+                    return wrapper(_AT_FDCWD, a, _AT_FDCWD, b, RENAME_EXCHANGE)
+            elif platform.machine().lower() in _SYS_RENAMEAT2:
+                nr = _SYS_RENAMEAT2[platform.machine().lower()]
+                syscall = libc.syscall
+                syscall.restype = ctypes.c_long
+
+                def fn(a: bytes, b: bytes) -> int:
+                    return int(syscall(ctypes.c_long(nr), ctypes.c_int(_AT_FDCWD), ctypes.c_char_p(a),
+                                       ctypes.c_int(_AT_FDCWD), ctypes.c_char_p(b), ctypes.c_uint(RENAME_EXCHANGE)))
+        except (OSError, AttributeError):
+            fn = None
+    _EXCHANGE_FN.append(fn)
+    return fn
+
+
+def exchange(a: str | Path, b: str | Path) -> bool:
+    """Swap the names ``a`` and ``b`` in one atomic step (both must exist); False where not offered.
+
+    Linux ``renameat2(RENAME_EXCHANGE)`` through libc (or the raw system call).  False
+    (nothing changed) on other systems and on file systems that refuse the flag, so the
+    caller falls back to two renames plus :func:`recover`.
+    """
+    fn = _exchange_fn()
+    if fn is None:
+        return False
+    ctypes.set_errno(0)
+    if fn(os.fsencode(os.fspath(a)), os.fsencode(os.fspath(b))) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
 def _glob_escape(text: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", text)
 
@@ -183,6 +252,78 @@ def output_error(exc: BaseException, target: Path) -> CellClassError | None:
     return None
 
 
+class ResultExistsError(OutputError):
+    """An earlier result would be replaced and ``--overwrite`` was not given (nothing was replaced)."""
+
+
+#: (folder, paths written in this scope) while :func:`keep_earlier_results` is active, else None
+_KEEP: ContextVar[tuple[Path, set[str]] | None] = ContextVar("cellclass_keep_earlier_results", default=None)
+
+
+@contextmanager
+def keep_earlier_results(folder: str | Path | None, enabled: bool = True) -> Iterator[None]:
+    """Within this block :func:`atomic_path` refuses to replace a file or folder under ``folder``
+    that existed before the block (an earlier run's result); what the block itself wrote
+    may be rewritten (a checkpoint saved at every better epoch).  The command line's backstop
+    for "never replace an earlier result unless --overwrite" (docs/cli.md)."""
+    if folder is None or not enabled:
+        yield
+        return
+    token = _KEEP.set((Path(os.path.abspath(folder)), set()))
+    try:
+        yield
+    finally:
+        _KEEP.reset(token)
+
+
+def _check_keep(target: Path) -> None:
+    keep = _KEEP.get()
+    if keep is None:
+        return
+    folder, written = keep
+    full = os.path.abspath(target)
+    inside = full.startswith(str(folder).rstrip(os.sep) + os.sep)
+    if inside and full not in written and (target.exists() or target.is_symlink()):
+        raise ResultExistsError("an earlier result is here and would be replaced; nothing was replaced. "
+                                "Pass --overwrite to replace it, or choose another --out", target)
+
+
+def _note_written(target: Path) -> None:
+    keep = _KEEP.get()
+    if keep is not None:
+        keep[1].add(os.path.abspath(target))
+
+
+def earlier_results(folder: str | Path) -> list[Path]:
+    """The visible entries of ``folder`` (hidden temporaries and dot-files aside), sorted; [] if absent."""
+    try:
+        return sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def check_no_earlier_results(folder: str | Path | None, *, overwrite: bool = False) -> None:
+    """``predict``/``karyotype``: refuse an output folder that already holds results, unless ``overwrite``.
+
+    Policy (docs/cli.md): a new or empty ``--out`` (hidden files aside) is written;
+    a folder holding anything is refused in one line naming what is there, before any
+    work; ``--overwrite`` writes into it, replacing files of the same name only.
+    """
+    if folder is None:
+        return
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError("--out must be a folder, but a file of that name exists", folder)
+    if overwrite:
+        return
+    found = earlier_results(folder)
+    if found:
+        names = ", ".join(p.name for p in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ResultExistsError(f"--out already holds results of an earlier run ({names}); nothing was replaced. "
+                                "Pass --overwrite to replace files of the same name, or choose another --out",
+                                found[0])
+
+
 @contextmanager
 def atomic_path(target: str | Path, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success move it over ``target``.
@@ -193,6 +334,7 @@ def atomic_path(target: str | Path, *, directory: bool = False) -> Iterator[Path
     permission failures become :class:`OutputError` naming ``target``.
     """
     target = Path(target)
+    _check_keep(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         recover(target)
@@ -219,20 +361,22 @@ def atomic_path(target: str | Path, *, directory: bool = False) -> Iterator[Path
             os.replace(tmp, target)
         else:
             os.chmod(tmp, mode)
-            backup = None
-            if target.exists():
+            if (target.exists() or target.is_symlink()) and exchange(tmp, target):
+                _remove_hard(tmp)  # the previous version, now under the temporary's name
+            elif target.exists():
                 backup = _backup_of(target)
                 if backup.exists():
                     _remove(backup)
                 os.replace(target, backup)
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                if backup is not None:
+                try:
+                    os.replace(tmp, target)
+                except BaseException:
                     os.replace(backup, target)
-                raise
-            if backup is not None:
+                    raise
                 _remove(backup)
+            else:
+                os.replace(tmp, target)
+        _note_written(target)
     except BaseException as exc:
         _remove_hard(tmp)
         err = output_error(exc, target)

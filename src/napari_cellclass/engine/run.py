@@ -84,6 +84,35 @@ def run_folder(task: str, opts: Any, name: str | None = None) -> Path:
     return out
 
 
+def check_no_earlier_run(out: str | Path | None, task: str, *, resume: bool = False, overwrite: bool = False) -> None:
+    """``train``: refuse a run folder holding a model (any task) or an interrupted run, unless asked.
+
+    ``--overwrite`` starts afresh there; ``--resume`` continues it (another task's run is
+    refused by :func:`~napari_cellclass.engine.checkpoint.check_run_folder`).
+    """
+    from ..errors import CellClassError
+    from .atomic import ResultExistsError
+    from .checkpoint import read_meta
+
+    if out is None or overwrite or resume or not Path(out).is_dir():
+        return
+    out = Path(out)
+    found = sorted(out.glob("*.safetensors")) + [p for p in (out / "resume.pt",) if p.exists()]
+    if not found:
+        return
+    first = found[0]
+    if first.suffix == ".pt":
+        what = "an interrupted training run (resume.pt)"
+    else:
+        try:
+            what = f"a trained {read_meta(first).task!r} model ({first.name})"
+        except CellClassError:
+            what = f"a model file ({first.name})"
+    raise ResultExistsError(f"the run folder already holds {what}; training {task!r} here would replace it, so "
+                            "nothing was done. Pass --overwrite to start afresh, --resume to continue it, or "
+                            "choose another --out", first)
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch's global generator (the tasks seed their own numpy/torch generators from ``opts.seed``)."""
     torch.manual_seed(int(seed))

@@ -71,11 +71,20 @@ def load_imagenet(net: tvr.ResNet, depth: int, in_channels: int) -> None:
         raise ValueError(f"no ImageNet weights for ResNet depth {depth}")
     state = load_pretrained_state(weights)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    state["conv1.weight"] = widen_conv1(state["conv1.weight"], in_channels)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
-    if bad:
-        raise ValueError(f"ImageNet weights do not fit: {bad[:5]}")
+    try:
+        state["conv1.weight"] = widen_conv1(state["conv1.weight"], in_channels)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
+    except (KeyError, RuntimeError, ValueError, IndexError) as exc:
+        bad = [str(exc).splitlines()[0][:80]]
+    if bad:  # other tensors under the published name (a poisoned cache): one line naming the file
+        from ..errors import PretrainedWeightsUnavailable
+        from .pretrained import cached_weights_path
+
+        raise PretrainedWeightsUnavailable(
+            f"the cached pretrained weights do not fit ResNet-{depth} ({len(bad)} tensor(s) missing or other, e.g. "
+            f"{bad[0]}): not the published file; delete it or replace it with the file from {weights.url}",
+            cached_weights_path(weights))
 
 
 @register("resnet50_rgby")

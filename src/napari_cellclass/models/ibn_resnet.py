@@ -151,7 +151,17 @@ def _build(num_classes: int, in_channels: int, width: int, layers: Sequence[int]
         from .pretrained import load_pretrained_state
 
         state = load_pretrained_state(ResNet34_Weights.IMAGENET1K_V1)
-        model.load_state_dict(map_imagenet_state(model, state), strict=False)
+        mapped = map_imagenet_state(model, state)
+        wanted = [k for k in model.state_dict() if not k.startswith("fc.") and ".IN." not in k]
+        if len(mapped) < 0.9 * len(wanted):  # other tensors under the published name: never train "pretrained" on them
+            from ..errors import PretrainedWeightsUnavailable
+            from .pretrained import cached_weights_path
+
+            raise PretrainedWeightsUnavailable(
+                f"the cached pretrained weights do not fit ResNet-34 (only {len(mapped)} of {len(wanted)} tensors "
+                f"match): not the published file; delete it or replace it with the file from "
+                f"{ResNet34_Weights.IMAGENET1K_V1.url}", cached_weights_path(ResNet34_Weights.IMAGENET1K_V1))
+        model.load_state_dict(mapped, strict=False)
     return model
 
 

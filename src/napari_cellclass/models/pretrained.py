@@ -44,13 +44,8 @@ def load_pretrained_state(weights: Any, *, allow_download: bool | None = None) -
     ``CELLCLASS_ALLOW_DOWNLOAD=1``; otherwise only the cache is used.
     """
     path = cached_weights_path(weights)
-    if path.exists():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise PretrainedWeightsUnavailable(
-                f"cached pretrained weights are unreadable ({exc}); delete the file and retry", path
-            ) from None
+    if path.exists() or path.is_symlink():
+        return read_cached_weights(path, weights)
     if allow_download is None:
         allow_download = os.environ.get(ENV_ALLOW_DOWNLOAD, "0") == "1"
     if not allow_download:
@@ -59,3 +54,27 @@ def load_pretrained_state(weights: Any, *, allow_download: bool | None = None) -
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:
         raise PretrainedWeightsUnavailable(weights_help(weights) + f" (download failed: {exc})") from None
+
+
+def read_cached_weights(path: Path, weights: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a torch-hub cache file, or one line naming the file and what to do.
+
+    A damaged, truncated or planted file (one holding code objects, which is never
+    unpickled) is refused without torch's own multi-line advice to pass
+    ``weights_only=False`` (which would run the planted code).
+    """
+    fix = (f"delete it (it is downloaded again when {ENV_ALLOW_DOWNLOAD}=1) or replace it with the file from "
+           f"{weights.url}")
+    if not path.is_file():
+        raise PretrainedWeightsUnavailable(f"the cached pretrained weights are not a file; {fix}", path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch's text advises weights_only=False (code execution): never shown
+        raise PretrainedWeightsUnavailable(
+            "the cached pretrained weights are unreadable: damaged, truncated or not a plain weights file (it "
+            f"holds objects other than tensors, and was not unpickled); {fix}", path) from None
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise PretrainedWeightsUnavailable(f"the cached pretrained weights are not a table of named tensors; {fix}",
+                                           path)
+    return state

@@ -416,7 +416,7 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     except RecursionError:
         raise InputError("recipe file is nested too deeply", path) from None
     except Exception as exc:
-        raise InputError(f"recipe file could not be parsed: {str(exc)[:200]}", path) from None
+        raise InputError(f"recipe file could not be parsed: {' '.join(str(exc).split())[:200]}", path) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -340,6 +340,8 @@ def _coerce_recipe(opt: Option, value: Any) -> Any:
 
     name = recipe_aliases().get(opt.name, opt.name)
     value = parse_value(value) if isinstance(value, str) else value
+    if isinstance(value, float) and not math.isfinite(value):  # `augment=-inf` is no setting of anything
+        raise InputError(f"option {opt.name}: {value!r} is not a finite number")
     if name not in _FIELD_NAMES:  # schedule extras
         return coerce(opt, value)
     try:
