@@ -149,6 +149,10 @@ TASK_OPTIONS: dict[str, list[Option]] = {
         _opt("detector", "str", AUTO, "blood-cell detector for smears (also --detector; default: the built-in)",
              (PREDICT,)),
         _opt("score_threshold", "float", AUTO, "detector score threshold (default: the detector's)", (PREDICT,)),
+        _opt("wbc_threshold", "float", AUTO, "detector score threshold for white cells (default: the detector's "
+             "operating point, chosen for white-cell recall)", (PREDICT,)),
+        _opt("detector_tta", "bool", AUTO, "detect each smear twice (as is and turned 180 deg) and fuse the boxes "
+             "(default: the detector's operating point)", (PREDICT,)),
         _opt("report", "bool", True, "write a PDF report per smear", (PREDICT,)),
         *_TILED,
     ],
@@ -224,7 +228,7 @@ _RANGES: dict[str, str] = {
     "overlap": "[0,8192]", "pad_to": "[8,4096]", "beta": "[0,)", "input_size": "[8,2048]", "grid": "[1,16]",
     "degrade": "[0,1]", "pixel_scale": "(0,16]", "min_size": "[16,8192]", "max_size": "[16,8192]",
     "anchor_sizes": "[1,4096]", "widths": "[1,1024]", "depths": "[1,64]", "head": "[1,1024]",
-    "head_hidden": "[1,1024]", "score_threshold": "[0,1]", "nms_iou": "(0,1]", "patch": "[16,4096]",
+    "head_hidden": "[1,1024]", "score_threshold": "[0,1]", "wbc_threshold": "[0,1]", "nms_iou": "(0,1]", "patch": "[16,4096]",
     "per_spread": "[1,10000]", "eval_every": "[1,)", "step": "[1,)", "limit": "[1,)",
 }
 _TASK_RANGES: dict[str, dict[str, str]] = {

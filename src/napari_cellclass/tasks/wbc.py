@@ -484,6 +484,11 @@ def classify(image: Any, model_path: Any, cells: Any = None, device: str | None 
 
     check_informative(img, "the blood image", min_side=4)  # a gray field is not a cell: refuse, do not guess
     boxes, label_ids = _boxes_from_cells(cells, img.shape[:2])
+    from ..budget import MAX_OBJECTS_PER_IMAGE
+
+    if boxes is not None and len(boxes) > MAX_OBJECTS_PER_IMAGE:  # work per image is bounded, like memory
+        raise InputError(f"{len(boxes):,} cells to classify in one image, more than the {MAX_OBJECTS_PER_IMAGE:,} "
+                         "one image may hold; is this a cell segmentation? split the image or the cells")
     if boxes is None:
         boxes_out = np.array([[0, 0, img.shape[0], img.shape[1]]], dtype=float)
         # a ready-made crop: fixed-scale models see its centre at their own pixel scale
@@ -531,7 +536,10 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     detector (``--detector``, default the built-in); per smear ``<stem>_differential.csv``,
     ``<stem>_cells.csv`` and ``<stem>_report.pdf``, and ``summary.csv``/``summary.json``.
     Single-cell crops are classified whole.  ``--set boxes=auto|detector|sidecar|whole``
-    forces one way (auto: as above); ``--set report=false`` skips the PDFs.  Always
+    forces one way (auto: as above); ``--set report=false`` skips the PDFs;
+    ``--set score_threshold=S`` (every class) overrides the detector's operating point;
+    ``wbc_threshold`` (white cells) and ``detector_tta`` (bool) come from the blood widget's
+    folder mode, which passes its two thresholds.  Always
     written: ``predictions.csv`` (one row per white cell), ``differential.csv`` and
     ``predictions.json``.
     """
@@ -554,7 +562,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     elif mode in ("detector", "sidecar"):
         smears, crops = files, []
     else:
-        smears = [f for f in files if blood.sidecar_annotation(f) is not None or _is_smear(f, window)]
+        smears = [f for f in files if blood.find_smear_sidecar(f) is not None or _is_smear(f, window)]
         crops = [f for f in files if f not in set(smears)]
     rows: list[dict[str, Any]] = []
     names: list[str] = list(meta.class_names)
@@ -565,7 +573,8 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
         smear_summary = yield from blood.analyse_folder(
             smears, out, detector=opts.get("detector"), classifier=model, device=opts.device,
             score_threshold=opts.get("score_threshold"), report=bool(opts.get("report", True)), cancel=opts.cancel,
-            boxes="auto" if mode == "auto" else mode)
+            boxes="auto" if mode == "auto" else mode, wbc_threshold=opts.get("wbc_threshold"),
+            tta=None if opts.get("detector_tta") is None else bool(opts.get("detector_tta")))
         rows += smear_summary["cells"]
     refused: list[dict[str, str]] = []
     if smear_summary is not None:
@@ -573,6 +582,10 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     for k, f in enumerate(crops):
         check_cancel(opts.cancel)
         try:  # unreadable, gray, blank or tiny: refused with the reason, the others go on
+            from ..budget import WORK_BYTES_PER_PIXEL
+            from ..io.limits import check_work
+
+            check_work(f, WORK_BYTES_PER_PIXEL)  # over the memory budget: refused from its header
             img = D.read_rgb(f)
             res = yield from classify(img, model, cells=None, device=opts.device, cancel=opts.cancel,
                                       batch_size=int(opts.batch_size or 32))

@@ -20,7 +20,6 @@ from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
     QFileDialog,
     QGridLayout,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QScrollArea,
@@ -33,6 +32,7 @@ from ..errors import CellClassError
 
 TILE = 96
 PER_ROW = 3
+BUTTONS_PER_ROW = 3
 
 
 def _pixmap(crop: np.ndarray) -> QPixmap:
@@ -60,7 +60,7 @@ class ReviewGallery(QWidget):
         self.help.setWordWrap(True)
         self.help.setStyleSheet("font-size: 9pt")
         self.class_buttons: dict[str, QPushButton] = {}
-        self.class_row = QHBoxLayout()
+        self.class_row = QGridLayout()  # three buttons a row: whole class names fit the dock's width
         self.class_row.setSpacing(2)
         self.grid_host = QWidget()
         self.grid = QGridLayout(self.grid_host)
@@ -110,19 +110,25 @@ class ReviewGallery(QWidget):
 
         while self.class_row.count():
             item = self.class_row.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
+            old = item.widget()
+            if old is not None:  # off screen now, not at the next event loop turn (no overlap)
+                old.hide()
+                old.setParent(None)
+                old.deleteLater()
         self.class_buttons = {}
         for k, c in enumerate(self.classes, start=1):
-            b = QPushButton(f"{k} {c[:4].title()}")
+            b = QPushButton(f"{k} {c.title()}")
             b.setToolTip(f"file the selected cell as {c} (key {k})")
             b.clicked.connect(lambda _=False, c=c: self._reported(self.reclassify, c))
-            self.class_row.addWidget(b)
+            self.class_row.addWidget(b, (k - 1) // BUTTONS_PER_ROW, (k - 1) % BUTTONS_PER_ROW)
             self.class_buttons[c] = b
         while self.grid.count():
             item = self.grid.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
+            old = item.widget()
+            if old is not None:  # off screen now, not at the next event loop turn (no overlap)
+                old.hide()
+                old.setParent(None)
+                old.deleteLater()
         self.tiles, self.order = {}, []
         res = self.blood.result
         if res is None:
@@ -133,6 +139,7 @@ class ReviewGallery(QWidget):
         scores = self._scores()
         row = 0
         reviewed = self.blood.reviewed_classes()
+        by, at = self.blood.review_log()
         for cls in sorted(groups, key=lambda c: (self.classes.index(c) if c in self.classes else 99, c)):
             members = groups[cls]
             head = QLabel(f"<b>{cls}</b> ({len(members)})")
@@ -146,8 +153,10 @@ class ReviewGallery(QWidget):
                 if image is not None:
                     tile.setIcon(QIcon(_pixmap(gallery_crop(image, res["boxes"][i], TILE))))
                 corrected = reviewed[i] != res["wbc_class"][i]
-                tile.setText(f"#{i} {scores[i]:.2f}" + (f" (was {res['wbc_class'][i][:4]})" if corrected else ""))
-                tile.setToolTip(f"object {i}: model said {res['wbc_class'][i]} with {scores[i]:.2f}")
+                tile.setText(f"#{i} was {res['wbc_class'][i][:4].title()} {scores[i]:.2f}" if corrected
+                             else f"#{i} {scores[i]:.2f}")
+                who = f"; changed to {reviewed[i]} by {by[i]} at {at[i]}" if corrected and by else ""
+                tile.setToolTip(f"object {i}: the model said {res['wbc_class'][i]} with {scores[i]:.2f}{who}")
                 tile.clicked.connect(lambda _=False, i=i: self.select(i))
                 self.grid.addWidget(tile, row + k // PER_ROW, k % PER_ROW)
                 self.tiles[i] = tile
@@ -155,8 +164,11 @@ class ReviewGallery(QWidget):
             row += (len(members) + PER_ROW - 1) // PER_ROW
         self.grid.setRowStretch(row, 1)
         n = len(res["wbc_index"])
+        n_cand = len((res.get("candidates") or {}).get("scores", []))
         self.title.setText(f"{n} white cell(s) on {self.blood.image_combo.currentText() or 'the smear'}"
-                           if n else "no white cells were found on this smear")
+                           if n else "no white cell was found on this smear" + (
+                               f": its {n_cand} best candidate(s) are in the 'white-cell candidates' layer, "
+                               "orange boxes, to review" if n_cand else ""))
         if self.selected is not None and self.selected in self.tiles:
             self.tiles[self.selected].setChecked(True)
         elif self.order:

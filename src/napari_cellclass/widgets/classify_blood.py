@@ -24,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -52,6 +55,12 @@ from ._runner import JobRunner, RunsJobs
 
 NO_CELLS = ""
 LABEL_COLUMNS = ("label", "class", "name", "category", "type")
+
+
+def _reviewer_default() -> str:
+    from ..tasks.blood import reviewer_name
+
+    return reviewer_name()
 
 
 class ClassifyBloodWidget(RunsJobs, QWidget):
@@ -78,7 +87,19 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
         self.score_spin.setRange(0.0, 1.0)
         self.score_spin.setSingleStep(0.05)
         self.score_spin.setDecimals(3)  # the detector's validated threshold exactly (e.g. 0.304)
-        self.score_spin.setToolTip("detector score threshold; starts at the value the detector was validated at")
+        self.score_spin.setToolTip("score threshold for red cells and platelets; starts at the detector's "
+                                   "operating point (chosen on its held-out smears)")
+        self.wbc_spin = QDoubleSpinBox()
+        self.wbc_spin.setRange(0.0, 1.0)
+        self.wbc_spin.setSingleStep(0.05)
+        self.wbc_spin.setDecimals(3)
+        self.wbc_spin.setToolTip("score threshold for white cells: lower than the others, so that no white cell "
+                                 "is missed (chosen on the detector's held-out smears for full recall)")
+        self.reviewer_edit = QLineEdit()
+        self.reviewer_edit.setPlaceholderText(_reviewer_default())
+        self.reviewer_edit.setToolTip("who reviews: recorded with every change in the reports (empty: the "
+                                      "computer's user name)")
+        self.candidates_layer = None
         self.detector_chooser.changed.connect(self._detector_changed)
         self._detector_changed()
         self.device_combo = DeviceChoice()
@@ -122,13 +143,16 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
                 box.addWidget(w)
             return box
 
+        models = form(("detector", self.detector_chooser), ("white-cell model", self.model_edit))
+        models.setRowWrapPolicy(QFormLayout.WrapAllRows)  # the model names get the dock's whole width
         add_all(scrolling_layout(self), [
-            form(("image", self.image_combo), ("detector", self.detector_chooser),
-                 ("white-cell model", self.model_edit), ("score threshold", self.score_spin),
+            form(("image", self.image_combo)), models,
+            form(("score threshold", self.score_spin), ("white cells from", self.wbc_spin),
                  ("device", self.device_combo)),
             self.device_label, row(self.analyse_button, self.cancel_button), form(("own boxes", self.cells_combo)),
             row(self.run_button, self.folder_button), self.progress, self.status, self.counts_label, self.table,
-            self.canvas, row(self.gallery_button, self.export_button), self.report_button])
+            self.canvas, form(("reviewer", self.reviewer_edit)), row(self.gallery_button, self.export_button),
+            self.report_button])
 
     # ------------------------------------------------------------------ inputs
     def _detector_changed(self) -> None:
@@ -140,12 +164,14 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
         if path is None:
             return
         from ..engine.checkpoint import read_meta
-        from ..tasks.detect import model_score_threshold
+        from ..tasks.blood import operating_point
 
         try:
-            self.score_spin.setValue(model_score_threshold(read_meta(path)))
+            op = operating_point(read_meta(path), path)
         except CellClassError:
-            pass
+            return
+        self.score_spin.setValue(float(op["score_threshold"]))
+        self.wbc_spin.setValue(float(op["wbc_threshold"]))
 
     @staticmethod
     def _is_empty(layer: Any) -> bool:
@@ -192,7 +218,8 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
             detector, classifier = self._detector(), self._classifier()
             self._source_layer, self._pending_image = layer, image
             return analyse_smear(image, detector, classifier, device=self.device_combo.device,
-                                 score_threshold=self.score_spin.value(), cancel=self.runner.new_token())
+                                 score_threshold=self.score_spin.value(), wbc_threshold=self.wbc_spin.value(),
+                                 cancel=self.runner.new_token())
 
         self.runner.start(job, self._analysed, sync=sync, busy_text="analysing the smear...")
 
@@ -240,6 +267,7 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
         self.result = res
         self.result_image = self._pending_image
         self._add_result_layer(smear_layers(res, source=getattr(self, "_source_layer", None)))
+        self._show_candidates(res)
         self._show_counts()
         self.device_label.setText(f"device: {res['device']}")
         self.status.setText(f"{res['message']}; {res['seconds']['total']:.2f} s")
@@ -273,6 +301,28 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
                             + f"; model trained on: {res.get('trained_on', 'unknown')}")
         self._result_ready()
 
+    def _show_candidates(self, res: dict[str, Any]) -> None:
+        """No white cell passed: its best candidates in their own layer, dashed orange, to review (not counted)."""
+        cand = res.get("candidates") or {}
+        boxes = np.asarray(cand.get("boxes", np.zeros((0, 4)))).reshape(-1, 4)
+        base = getattr(getattr(self, "_source_layer", None), "name", "smear")
+        name = f"{base} white-cell candidates"
+        if name in self.viewer.layers:  # our own earlier one: replaced
+            self.viewer.layers.remove(name)
+        self.candidates_layer = None
+        if not len(boxes):
+            return
+        import pandas as pd
+
+        rects = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]) for y0, x0, y1, x1 in boxes]
+        feats = pd.DataFrame({"status": ["candidate"] * len(rects), "score": np.asarray(cand["scores"], float),
+                              "wbc_class": list(cand.get("wbc_class", [""] * len(rects))),
+                              "wbc_score": np.asarray(cand.get("wbc_score", np.full(len(rects), np.nan)), float)})
+        self.candidates_layer = self.viewer.add_shapes(
+            rects, shape_type="rectangle", name=name, edge_color="#ff9900", face_color="transparent", edge_width=3,
+            features=feats, text={"string": "candidate {score:.2f}", "color": "#ff9900", "size": 9,
+                                  "anchor": "upper_left"})
+
     def _add_result_layer(self, tuples: list) -> None:
         """Our result layer (layers.py decides its look; our own earlier one for this input is replaced)."""
         self.output_layer = add_layers(self.viewer, tuples)[0]
@@ -284,6 +334,19 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
             self.gallery.rebuild()
 
     # ------------------------------------------------------------------ review
+    @property
+    def reviewer(self) -> str:
+        """The reviewer's name as typed, else the computer's user name."""
+        return self.reviewer_edit.text().strip() or self.reviewer_edit.placeholderText() or "unknown"
+
+    def review_log(self) -> tuple[list[str], list[str]] | tuple[None, None]:
+        """(reviewed_by, reviewed_at) per object of the result layer; (None, None) before any review."""
+        layer = self.output_layer
+        if layer is None or "reviewed_by" not in layer.features.columns:
+            return None, None
+        f = layer.features
+        return ([str(v or "") for v in f["reviewed_by"]], [str(v or "") for v in f["reviewed_at"]])
+
     def reviewed_classes(self) -> list[str]:
         """The class of every object as it stands after review ("" for red cells and platelets)."""
         if self.output_layer is None:
@@ -297,9 +360,16 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
             raise CellClassError("analyse a smear first")
         if index not in self.result["wbc_index"]:
             raise CellClassError(f"object {index} is not a white cell")
+        from ..tasks.blood import review_time
+
         feats = layer.features.copy()
+        for col in ("reviewed_by", "reviewed_at"):  # who changed which cell, and when (for the reports)
+            if col not in feats.columns:
+                feats[col] = pd.Series([""] * len(feats), dtype=object)
         feats.loc[index, "reviewed_class"] = str(new_class)
         feats.loc[index, "corrected"] = str(new_class) != str(feats.loc[index, "wbc_class"])
+        feats.loc[index, "reviewed_by"] = self.reviewer
+        feats.loc[index, "reviewed_at"] = review_time()
         feats["tag"] = [blood_tag(r) for _, r in feats.iterrows()]
         layer.features = feats
         layer.edge_color = blood_colours(feats)
@@ -345,7 +415,8 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
         if self.gallery is None:
             self.gallery = ReviewGallery(self)
             try:
-                self.viewer.window.add_dock_widget(self.gallery, name="White-cell review", area="right")
+                # the other side from this panel: the differential stays in view while cells are moved
+                self.viewer.window.add_dock_widget(self.gallery, name="White-cell review", area="left")
             except Exception:  # headless use (no window): the gallery still works as a widget
                 pass
         self.gallery.rebuild()
@@ -360,10 +431,13 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Save differential", "differential.csv", "CSV (*.csv)")
             if not path:
                 return None
-        from ..tasks.blood import write_differential_csv
+        from ..tasks.blood import write_cells_csv, write_differential_csv
 
-        out = write_differential_csv(Path(path), self.result, self.reviewed_classes() or None)
-        self.status.setText(f"differential written to {out}")
+        by, at = self.review_log()
+        reviewed = self.reviewed_classes() or None
+        out = write_differential_csv(Path(path), self.result, reviewed, by, at)
+        cells = write_cells_csv(Path(path).with_name(Path(path).stem + "_cells.csv"), self.result, reviewed, by, at)
+        self.status.setText(f"differential written to {out}; every cell (model's and reviewer's class) to {cells.name}")
         return out
 
     def export_report(self, path: str | Path | None = None) -> Path | None:
@@ -377,15 +451,21 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
         from ..tasks.blood import write_report_pdf
 
         title = self.image_combo.currentText()
+        by, at = self.review_log()
         out = write_report_pdf(Path(path), self.result_image, self.result, title=title,
-                               reviewed=self.reviewed_classes() or None)
+                               reviewed=self.reviewed_classes() or None, reviewed_by=by, reviewed_at=at)
         self.status.setText(f"report written to {out}")
         return out
 
     def analyse_folder(self, folder: str | Path | None = None, out: str | Path | None = None,
                        sync: bool = False) -> None:
-        """Folder mode: every smear of ``folder`` -> CSV per smear, summary, PDF reports in ``out``."""
-        from ..tasks.blood import analyse_folder
+        """Folder mode: exactly ``cellclass predict wbc FOLDER --detector D --model M --out OUT``.
+
+        The same function writes the same files (per smear CSVs and PDF; ``summary.csv``/``.json``;
+        ``predictions.csv``, ``differential.csv``, ``predictions.json``), with this panel's thresholds.
+        """
+        from ..tasks.base import TaskOptions
+        from ..tasks.wbc import predict
 
         if folder is None:
             folder = QFileDialog.getExistingDirectory(self, "Folder of smear images")
@@ -398,13 +478,19 @@ class ClassifyBloodWidget(RunsJobs, QWidget):
 
         def job():
             detector, classifier = self._detector(), self._classifier()
-            return analyse_folder([Path(folder)], Path(out), detector, classifier, device=self.device_combo.device,
-                                  score_threshold=self.score_spin.value(), cancel=self.runner.new_token())
+            opts = TaskOptions(out=Path(out), device=self.device_combo.device, cancel=self.runner.new_token(),
+                               extra={"detector": str(detector), "score_threshold": self.score_spin.value(),
+                                      "wbc_threshold": self.wbc_spin.value()})
+            return predict(classifier, [Path(folder)], opts)
 
         self.runner.start(job, self._folder_done, sync=sync, busy_text=f"analysing smears in {folder}...")
 
     def _folder_done(self, summary: dict[str, Any]) -> None:
-        self.folder_summary = summary
+        smears = summary.get("smear_summary") or {}
+        self.folder_summary = {**smears, **summary}
         refused = f", {len(summary['refused'])} refused" if summary["refused"] else ""
-        self.status.setText(f"{summary['analysed']} of {summary['smears']} smear(s) analysed{refused}; "
-                            f"{summary['seconds_per_smear']:.2f} s per smear; results in {summary['out']}")
+        out = Path(summary["outputs"][0]).parent if summary.get("outputs") else ""
+        per = smears.get("seconds_per_smear")
+        what = "smear(s)" if not summary.get("crops") else "image(s)"
+        self.status.setText(f"{summary['analysed']} of {summary['images']} {what} analysed{refused}"
+                            + (f"; {per:.2f} s per smear" if per is not None else "") + f"; results in {out}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QDoubleSpinBox, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QPushButton, QSpinBox, QWidget
 
 from ..errors import CellClassError
 from ..layers import class_colour_map  # noqa: F401  (kept importable from here)
@@ -57,6 +57,9 @@ class DetectWidget(RunsJobs, QWidget):
                       ("NMS IoU", self.nms_spin), ("tile (px)", self.tile_spin), ("device", self.device_combo),
                       ("", self.device_label), ("boxes to train on", self.boxes_combo),
                       ("epochs", self.epochs_spin))
+        # the built-in's whole name stays readable: the row puts its label above when the dock is narrow
+        self.model_edit.combo.setMinimumContentsLength(max([18] + [len(n) for n in self.model_edit._cards]))
+        fields.setRowWrapPolicy(QFormLayout.WrapLongRows)
         lay = scrolling_layout(self)
         add_all(lay, [fields, self.predict_btn, self.train_btn, self.progress, self.cancel_btn, self.status])
         lay.addStretch(1)
