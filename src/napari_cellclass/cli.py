@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .engine.atomic import keep_earlier_results
 from .errors import CellClassError, NotImplementedTaskError
 
 EXIT_USER_ERROR = 2
@@ -80,7 +81,8 @@ def _train_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", action="store_true",
                    help="start from ImageNet/COCO weights (cached, or downloaded if CELLCLASS_ALLOW_DOWNLOAD=1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--overwrite", action="store_true", help="allow --out to replace another task's run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds a trained model or an interrupted run (replacing it)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model and budget (smoke test)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
@@ -122,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path)
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, default=None, help="also write the metrics JSON to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=int, default=None)
     _common(p)
 
@@ -135,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wbc: the blood-cell detector that finds the white cells (default: the built-in)")
     p.add_argument("--out", type=Path, default=Path("cellclass-out"))
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder that already holds results (files of the same name are replaced)")
     _batch_options(p)
     _common(p)
 
@@ -142,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spreads", type=Path, nargs="+")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("cellclass-karyotype"))
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder that already holds results (files of the same name are replaced)")
     _batch_options(p)
     _common(p)
 
@@ -165,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="turn a bioimage.io model package back into a checkpoint")
     p.add_argument("format", choices=["bioimageio"])
     p.add_argument("package", type=Path, help="bioimage.io package (.zip) or its rdf.yaml")
-    p.add_argument("out", type=Path, help="checkpoint to write (.safetensors)")
+    p.add_argument("out", type=Path, nargs="?", default=None,
+                   help="checkpoint to write (.safetensors); for another project's package: optional .zip copy")
+    p.add_argument("--trust", action="store_true",
+                   help="consent to run the package's own Python code (remembered for this exact package)")
     return parser
 
 
@@ -211,6 +221,26 @@ def _check_numbers(args: argparse.Namespace) -> None:
                 check_range(name, spec, value)
             except CellClassError as exc:
                 raise CellClassError(str(exc).replace(f"option {name}:", f"--{name.replace('_', '-')}", 1)) from None
+
+
+def _no_replacing(args: argparse.Namespace):
+    """``predict``/``karyotype`` never replace an earlier result without ``--overwrite`` (docs/cli.md):
+    an --out holding files is refused before any work, and no write may replace a file that
+    was there before.  A folder bound to a resumable run is exempt: batch mode (``--shard``,
+    torchrun; ``OUT/batch.json``) and ``karyotype``'s own ``OUT/karyotype_run.json`` (a re-run
+    with the same model and settings skips the spreads done; other settings are refused)."""
+    from .engine.atomic import check_no_earlier_results
+    from .tasks.batch import resolve_shard
+
+    bound = False
+    if args.command == "karyotype":
+        from .tasks.karyotype import RUN_FILE
+
+        bound = (Path(args.out) / RUN_FILE).is_file()
+    if bound or resolve_shard(getattr(args, "shard", None)) is not None:
+        return keep_earlier_results(None)
+    check_no_earlier_results(args.out, overwrite=args.overwrite)
+    return keep_earlier_results(args.out, enabled=not args.overwrite)
 
 
 def _drive(job, quiet: bool):
@@ -333,18 +363,26 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "train":
         from .engine.checkpoint import check_run_folder
+        from .engine.run import check_no_earlier_run
 
         check_run_folder(opts.out, args.task, resume=opts.resume, overwrite=args.overwrite)
+        check_no_earlier_run(opts.out, args.task, resume=opts.resume, overwrite=args.overwrite)
         if distributed.active() and opts.out is None:  # every rank must write to the same run folder
             import time
 
             opts.out = Path(distributed.broadcast_object(f"runs/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"))
-        result = _drive(task_function(args.task, "train")(args.data, opts), quiet)
+        with keep_earlier_results(opts.out, enabled=not (args.overwrite or opts.resume)):  # backstop
+            result = _drive(task_function(args.task, "train")(args.data, opts), quiet)
         if distributed.is_main():
             _print_json(result)
         return 0
     if args.command == "evaluate":
         _check_json_out(args.out)  # before minutes of work
+        if args.out is not None and not args.overwrite and (Path(args.out).exists() or Path(args.out).is_symlink()):
+            from .engine.atomic import ResultExistsError
+
+            raise ResultExistsError("an earlier metrics file is here and would be replaced; nothing was replaced. "
+                                    "Pass --overwrite to replace it, or choose another --out", args.out)
         result = _drive(task_function(args.task, "evaluate")(args.model, args.data, opts), quiet)
         undefined: list[str] = []
         _finite(result, "", undefined)
@@ -357,16 +395,18 @@ def run(argv: list[str] | None = None) -> int:
     from .tasks import batch
 
     if args.command == "predict":  # batch.job_for: sharded/resumable with --shard or under torchrun
-        result = _drive(batch.job_for(args.task, task_function(args.task, "predict"), args.model, args.inputs,
-                                      opts, args), quiet)
+        with _no_replacing(args):
+            result = _drive(batch.job_for(args.task, task_function(args.task, "predict"), args.model, args.inputs,
+                                          opts, args), quiet)
         if distributed.is_main():
             _print_json(result)
             return _report_refused(result)
         return 0
     if args.command == "karyotype":
         opts.model = args.model
-        result = _drive(batch.job_for("karyotype", task_function("karyotype", "predict"), args.model, args.spreads,
-                                      opts, args), quiet)
+        with _no_replacing(args):
+            result = _drive(batch.job_for("karyotype", task_function("karyotype", "predict"), args.model,
+                                          args.spreads, opts, args), quiet)
         if distributed.is_main():
             _print_json(result)
             return _report_refused(result)
@@ -428,10 +468,9 @@ def _zoo_command(args: argparse.Namespace) -> int:
         print(f"wrote bioimage.io model package {out}")
         return 0
     if args.command == "import":
-        from .zoo.bioimageio import import_package
+        from .zoo.bioimageio import import_any
 
-        out = import_package(args.package, args.out)
-        print(f"wrote checkpoint {out}")
+        print(import_any(args.package, args.out, trust=args.trust))
         return 0
     if args.action not in ("list", "info"):
         raise CellClassError(f"unknown models action {args.action!r}: use `cellclass models` or "
@@ -453,9 +492,10 @@ def _zoo_command(args: argparse.Namespace) -> int:
     rows = [("name", "task", "classes", "metric", "size")]
     for c in cards:
         metric, value = zoo.primary_metric(c)
-        rows.append((c["name"], c["task"], str(len(c["classes"])),
+        rows.append((c["name"], c["task"], str(len(c["classes"])) if c.get("classes") else "-",
                      f"{metric} {value:.3f}" if metric else "-",
-                     f"{c['size_bytes'] / 2**20:.1f} MB" + (" (url)" if c.get("url") else "")))
+                     (f"{c['size_bytes'] / 2**20:.1f} MB" if c.get("size_bytes") else "bioimage.io download")
+                     + (" (url)" if c.get("url") else "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())

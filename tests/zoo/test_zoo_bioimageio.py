@@ -138,3 +138,27 @@ def test_detectors_and_bad_targets_are_refused(tmp_path, monkeypatch, capsys):
     assert cli.main(["export", "bioimageio", str(ok), str(tmp_path / "w.tar")]) == 2
     assert ".zip" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.zip")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_import_checks_the_archive_before_parsing(exported, tmp_path, capsys):
+    """Our own packages go through the same archive checks as foreign ones (aliases, non-packages)."""
+    from napari_cellclass.zoo.bioimageio import import_package
+
+    tmp, pkg, ckpt = exported
+    bad = tmp_path / "alias.zip"
+    with zipfile.ZipFile(pkg) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "rdf.yaml":
+                data = b"anchor: &a [1, 2]\nagain: *a\n" + data
+            dst.writestr(item, data)
+    with pytest.raises(InputError, match="anchors/aliases"):
+        import_package(bad, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+    pt = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(1)}, pt)
+    assert cli.main(["import", "bioimageio", str(pt), str(tmp_path / "y.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "PyTorch checkpoint" in err[0] and "unexpected" not in err[0]
+    assert cli.main(["import", "bioimageio", str(pkg)]) == 2  # ours needs the checkpoint to write
+    assert "name the checkpoint to write" in capsys.readouterr().err

@@ -149,6 +149,13 @@ def load(model: Any, device: str | None = None) -> LoadedModel:
     return load_model(model, task=TASK, device=device, in_channels=4)
 
 
+def _foreign(model: Any, device: str | None = None):
+    """The :class:`~napari_cellclass.zoo.foreign.ForeignModel` when ``model`` is a bioimage.io package, else None."""
+    from ..zoo.foreign import as_foreign
+
+    return as_foreign(model, task="hpa", device=device)
+
+
 #: (4, H, W) from a (4, H, W) array or a list of 4 arrays; clear errors otherwise.
 _as_field = as_rgby
 
@@ -193,6 +200,11 @@ def classify(
     """
     if mode not in ("whole", "cells"):
         raise InputError(f"mode must be 'whole' or 'cells', got {mode!r}")
+    if _foreign(model_path, device) is not None or kw.get("cell_classifier") is not None:
+        from . import hpa_singlecell  # bioimage.io packages: their own processing, the single-cell route
+
+        return (yield from hpa_singlecell.classify(image, model_path, cells=cells, device=device, mode=mode,
+                                                   cancel=cancel, field=field, batch_size=batch_size, **kw))
     fld = _as_field(image)
     lm = load(model_path, device)
     model, meta, policy = lm.net, lm.meta, lm.policy
@@ -308,6 +320,10 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     from ..engine.atomic import atomic_path
     from ..io.hpa_reader import read_set, stack_channels
 
+    if _foreign(model, opts.device) is not None:
+        from . import hpa_singlecell
+
+        return (yield from hpa_singlecell.predict(model, inputs, opts))
     out = Path(opts.out or "cellclass-out")
     out.mkdir(parents=True, exist_ok=True)
     lm = load(model, opts.device)

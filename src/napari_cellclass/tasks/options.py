@@ -121,6 +121,11 @@ TASK_OPTIONS: dict[str, list[Option]] = {
         _opt("width", "int", 64, "channels of the first stage (--quick: 8)"),
         _opt("field", "str", "resize", "large fields: resize to the model input, or tile", (PREDICT,),
              ("resize", "tile")),
+        _opt("cell_model", "str", AUTO, "single-cell route: the cell-segmentation bioimage.io package", (PREDICT,)),
+        _opt("nucleus_model", "str", AUTO, "single-cell route: the nucleus-segmentation bioimage.io package",
+             (PREDICT,)),
+        _opt("cell_classifier", "str", AUTO, "single-cell route: the single-cell classifier bioimage.io package",
+             (PREDICT,)),
         *_TILED,
     ],
     "wbc": [
@@ -210,6 +215,8 @@ TASK_OPTIONS: dict[str, list[Option]] = {
         _opt("detector_model", "str", AUTO, "chromosome detector (built-in name or checkpoint)", USE),
         _opt("report", "bool", True, "write a PDF report per spread", (PREDICT,)),
         _opt("pairing", "bool", True, "pair homologues (46 slots) after classifying", USE),
+        _opt("reject", "bool", True, "set aside detected objects that are confidently not chromosomes (nuclei, "
+             "debris, stain blobs)", USE),
         _opt("full_model", "bool", False, "use the full GRiCoL model", USE),
         _opt("split", "str", "all", "evaluate: all spreads, or val (those the built-ins held out)", (EVALUATE,)),
         _opt("step", "int", 1, "evaluate every K-th spread", (EVALUATE,)),

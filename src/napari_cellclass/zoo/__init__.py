@@ -102,6 +102,21 @@ def _cards() -> dict[str, dict[str, Any]]:
     return _read_cards(zoo_dir())
 
 
+def _community() -> dict[str, dict[str, Any]]:
+    """The downloadable HPA community models (:mod:`.foreign`): part of the packaged registry only,
+    so a model folder given by ``CELLCLASS_ZOO_DIR`` holds exactly its own cards."""
+    if os.environ.get(ZOO_ENV, "").strip():
+        return {}
+    from .foreign import community_cards
+
+    return {c["name"]: c for c in community_cards()}
+
+
+def is_downloadable_package(c: dict[str, Any]) -> bool:
+    """A card of a bioimage.io package (fetched into the cache), not of a napari-cellclass checkpoint."""
+    return c.get("format") == "bioimageio"
+
+
 def primary_metric(c: dict[str, Any]) -> tuple[str | None, float | None]:
     """(name, value) of the validation metric that ranks this card's model."""
     metrics = c.get("metrics") or {}
@@ -123,12 +138,16 @@ def _rank(c: dict[str, Any]) -> tuple:
 def list_models(task: str | None = None) -> list[dict[str, Any]]:
     """Model cards (copies), best first within each task; only those whose card task is ``task`` when given."""
     cards = [copy.deepcopy(c) for c in _cards().values() if task is None or c.get("task") == task]
+    if task is not None:  # the downloadable community models of that task, after the shipped ones
+        return sorted(cards, key=_rank) + [c for c in _community().values() if c.get("task") == task]
     return sorted(cards, key=_rank)
 
 
 def card(name: str) -> dict[str, Any]:
     """One model card (a copy); an unknown name is an InputError listing the built-ins."""
     cards = _cards()
+    if name not in cards and name in _community():
+        return copy.deepcopy(_community()[name])
     if name not in cards:
         raise InputError(f"no built-in model named {name!r}; {_available(cards.values())}")
     return copy.deepcopy(cards[name])
@@ -145,7 +164,7 @@ def is_builtin(spec: Any) -> bool:
     if spec is None:
         return False
     text = str(spec).strip()
-    return bool(text) and not Path(text).exists() and text in _cards()
+    return bool(text) and not Path(text).exists() and (text in _cards() or text in _community())
 
 
 def _available(cards, task: str | None = None) -> str:
@@ -172,6 +191,13 @@ def resolve_model(spec: str | Path, task: str | None = None) -> Path:
     if path.exists():
         return _check_path(path, want, task)
     cards = _cards()
+    if text not in cards and text in _community():
+        c = _community()[text]
+        if want is not None and c["task"] not in want:
+            raise InputError(f"bioimage.io model {text!r} is a {c['task']!r} model, but {task!r} needs {_needs(want)}")
+        from .foreign import fetch_package
+
+        return fetch_package(c, cache_dir())
     if text not in cards:
         hint = _available(cards.values(), task)
         if text.endswith(SUFFIX) or "/" in text or os.sep in text:
@@ -197,6 +223,13 @@ def _needs(want: tuple[str, ...]) -> str:
 
 
 def _check_path(path: Path, want: tuple[str, ...] | None, task: str | None) -> Path:
+    from .foreign import HPA_TASKS, is_package_path
+
+    if is_package_path(path):  # a bioimage.io package: checked when it is opened (zoo.foreign)
+        if want is not None and not set(want) & set(HPA_TASKS):
+            raise WrongTaskError(f"a bioimage.io package runs in the HPA route only; {task!r} needs {_needs(want)}",
+                                 path)
+        return path
     if path.is_dir():
         raise InputError("expected a checkpoint file (.safetensors), got a folder", path)
     if want is not None:

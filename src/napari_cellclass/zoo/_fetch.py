@@ -59,13 +59,17 @@ def _file_downloader(url: str, output_file: Any, pooch: Any) -> None:
         shutil.copyfile(src, output_file)
 
 
-def fetch(c: dict[str, Any], cache: Path) -> Path:
-    """Local path of a URL-registered model: from the cache, else downloaded once and verified."""
-    name, url, sha = c["name"], c.get("url"), str(c["sha256"]).lower()
+def fetch(c: dict[str, Any], cache: Path, *, fname: str | None = None) -> Path:
+    """Local path of a URL-registered model: from the cache, else downloaded once and verified.
+
+    ``fname`` names the cached file (bioimage.io packages); an empty ``sha256`` (a package
+    whose hash is recorded on first download by the caller) downloads without a check.
+    """
+    name, url, sha = c["name"], c.get("url"), str(c.get("sha256") or "").lower()
     if not url:
         raise InputError(f"built-in model {name!r} has neither a weights file nor a url in its card")
-    target = Path(cache) / cached_name(c)
-    if target.is_file():
+    target = Path(cache) / (fname or cached_name(c))
+    if target.is_file() and sha:
         try:
             verify(target, sha, what=f"cached model {name!r}")
             return target
@@ -76,7 +80,7 @@ def fetch(c: dict[str, Any], cache: Path) -> Path:
     downloader = _file_downloader if urlparse(url).scheme == "file" else None
     try:
         Path(cache).mkdir(parents=True, exist_ok=True)
-        got = pooch.retrieve(url, known_hash=f"sha256:{sha}", fname=target.name, path=str(cache),
+        got = pooch.retrieve(url, known_hash=f"sha256:{sha}" if sha else None, fname=target.name, path=str(cache),
                              downloader=downloader, progressbar=False)
     except Exception as exc:  # offline, HTTP error, hash mismatch, unwritable cache: one clear message
         for stray in Path(cache).glob(target.name + "*"):

@@ -326,6 +326,40 @@ def _plain(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- import
+def is_ours(package: str | Path) -> bool:
+    """Whether a (checked) package was exported by napari-cellclass (it carries our checkpoint header)."""
+    from .trust import check_package
+
+    cfg = (check_package(package).rdf.get("config") or {})
+    return isinstance(cfg, dict) and isinstance(cfg.get(CONFIG_KEY), dict) and "checkpoint_meta" in cfg[CONFIG_KEY]
+
+
+def import_any(package: str | Path, out: str | Path | None = None, *, trust: bool = False) -> str:
+    """``cellclass import bioimageio``: ours -> a .safetensors checkpoint; another project's -> checked, its own
+    test run once (after consent where it runs code), optionally copied to a .zip; returns what to print."""
+    from .trust import check_package
+
+    info = check_package(package)  # non-packages, zip bombs, YAML aliases/tags: one line, nothing inflated
+    cfg = info.rdf.get("config") or {}
+    if isinstance(cfg, dict) and isinstance(cfg.get(CONFIG_KEY), dict):
+        if out is None:
+            raise InputError("name the checkpoint to write (.safetensors): this package was exported by "
+                             "napari-cellclass and imports back into one", package)
+        return f"wrote checkpoint {import_package(package, out)}"
+    from .foreign import import_foreign
+
+    s = import_foreign(package, out, trust=trust)
+    lines = [f"bioimage.io package {s['name']!r}: format {s['format_version']}, {s['weights']} weights, "
+             f"{s['classes']} classes; sha256 {s['sha256']}"]
+    lines.append(f"runs its own code: {s['runs_own_code']} (trusted)" if s["runs_own_code"]
+                 else "runs no code of its own (TorchScript or napari-cellclass architecture)")
+    if "test_max_abs_diff" in s:
+        lines.append(f"its own test input: largest difference from its test output {s['test_max_abs_diff']:.3g}")
+    lines.append(f"copied to {s['written']}" if s.get("written") else
+                 f"use it as the model: cellclass predict hpa {package} FILES")
+    return "\n".join(lines)
+
+
 def import_package(package: str | Path, out: str | Path) -> Path:
     """Rebuild one of our checkpoints from a package written by :func:`export_package`."""
     _bioimageio()
@@ -334,6 +368,7 @@ def import_package(package: str | Path, out: str | Path) -> Path:
 
     from ..engine.checkpoint import CheckpointMeta, load_state_strict, save_checkpoint
     from ..models.registry import build_model
+    from .trust import check_package
 
     package, out = Path(package), Path(out)
     if not package.exists():
@@ -342,7 +377,8 @@ def import_package(package: str | Path, out: str | Path) -> Path:
         raise InputError("the checkpoint to write must end in .safetensors", out)
     if out.exists():
         raise InputError("exists already; choose a new file name (nothing is overwritten)", out)
-    descr = load_description(package, perform_io_checks=False)
+    info = check_package(package)  # sizes, names, YAML aliases/tags: before anything inflates or parses
+    descr = load_description(info.rdf_path, perform_io_checks=False)
     if not isinstance(descr, bio.ModelDescr):
         summary = getattr(descr, "validation_summary", None)
         raise InputError(f"not a valid bioimage.io 0.5 model package ({summary.status if summary else 'invalid'})",
@@ -351,7 +387,9 @@ def import_package(package: str | Path, out: str | Path) -> Path:
     cfg = extra.get(CONFIG_KEY)
     if not cfg or "checkpoint_meta" not in cfg:
         raise InputError("this bioimage.io model was not exported by napari-cellclass (no "
-                         f"config['{CONFIG_KEY}']); only our own architectures can be imported", package)
+                         f"config['{CONFIG_KEY}']); only our own architectures can be imported into a .safetensors "
+                         "checkpoint; another project's package is used as it is (`cellclass import bioimageio "
+                         "PACKAGE` checks it)", package)
     meta = CheckpointMeta.from_dict(dict(cfg["checkpoint_meta"]), package)
     state = _package_state(descr, package)
     net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}

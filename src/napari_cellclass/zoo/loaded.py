@@ -164,6 +164,12 @@ def load_model(source: Any, task: str | None = None, device: str | DevicePolicy 
 
     path = model_file(source, task=task)  # names -> verified files; wrong task refused here
     card = _card(str(source).strip()) if is_builtin(source) else None
+    from .foreign import is_package_path
+
+    if is_package_path(path):  # a bioimage.io package (zoo.foreign): checked and described, no code run
+        from .foreign import load_foreign
+
+        return load_foreign(path, task=task, device=device, card=card, source=str(source), cache=cache)
     policy = device if isinstance(device, DevicePolicy) else resolve_device(device)
     try:
         st = path.stat()
