@@ -43,10 +43,17 @@ def _data(x: Any) -> Any:
 
         return read_image(x)
     if isinstance(x, np.ndarray):  # an array stays itself (ndarray.data is a raw buffer, not the pixels)
-        return x
+        return _writable(x)
     if _is_layer(x) and getattr(x, "multiscale", False):
         return x.data[0]
-    return getattr(x, "data", x)
+    data = getattr(x, "data", x)
+    return _writable(data) if isinstance(data, np.ndarray) else data
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """A read-only array (``setflags(write=False)``, a read-only memory map) as a private copy:
+    torch warns on every tensor it shares with one, and the user's array is never written anyway."""
+    return a if a.flags.writeable else np.array(a)
 
 
 def _source(x: Any) -> Any:

@@ -219,10 +219,11 @@ def test_explain_widget_adds_map_over_image_and_cell(make_napari_viewer, qtbot, 
         imsave(d / f"{k}.png", (xt[k, 0].clamp(0, 1).numpy() * 255).astype(np.uint8), check_contrast=False)
     w.data_edit.setText(str(tmp_path / "data"))
     w.embed_method.setCurrentText("pca")
+    assert w.canvas.isHidden()  # no empty white plot while there is nothing to show
     w.start_embedding()
     qtbot.waitUntil(lambda: not w.running, timeout=60_000)
     assert w.last_error is None, w.last_error
-    assert w.last_embedding["n"] == len(xt) and len(w.ax.collections) == 2
+    assert w.last_embedding["n"] == len(xt) and len(w.ax.collections) == 2 and not w.canvas.isHidden()
     assert (tmp_path / "embedding" / "embedding.png").exists()
 
     w.model_edit.setText(str(tmp_path / "nope.safetensors"))

@@ -45,12 +45,15 @@ def select_rows(table, rows):
         table.selectionModel().select(table.model().index(r, 0), flags)
 
 
-def _started(w, qtbot, viewer, tmp_path, seed=2):
+def _started(w, qtbot, viewer, tmp_path, seed=2, zoom_in=False):
     from napari_cellclass.widgets.karyotype import KaryotypeWidget
 
     ckpt = tiny_checkpoint(tmp_path / "model.safetensors")
     s = make_spread(seed, "46,XY", size=(384, 384))
     viewer.add_image(s["image"], name="spread")
+    if zoom_in:  # the user looks closely at one corner of the spread
+        camera = getattr(viewer, "scene", viewer).camera
+        camera.center, camera.zoom = (20, 20), 8.0
     w = KaryotypeWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.model_edit.setText(str(ckpt))
@@ -63,9 +66,10 @@ def _started(w, qtbot, viewer, tmp_path, seed=2):
 
 
 @pytest.mark.viewer
-def test_karyotype_widget_end_to_end(make_napari_viewer, qtbot, tmp_path):
+def test_karyotype_widget_end_to_end(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_cellclass.widgets.karyotype import KARYOGRAM_NAME, LABELS_NAME, SHAPES_NAME
 
+    monkeypatch.setenv("CELLCLASS_SYNC_JOBS", "1")  # corrections run inline: each click is done on return
     viewer = make_napari_viewer()
     w, _ = _started(None, qtbot, viewer, tmp_path)
     assert w.image_box.currentText() == "spread"
@@ -97,8 +101,9 @@ def test_karyotype_widget_end_to_end(make_napari_viewer, qtbot, tmp_path):
     data = lab.data.copy()
     data[data == n] = 0
     lab.data = data
-    res = w.labels_edited()
-    assert res is not None and w.session.last_classified == []
+    changed = w.labels_edited()
+    assert changed == {n} and w.session.last_classified == []
+    assert w.status.text() == f"painted: object(s) {n} changed"  # the status tells the last action
     assert int(w.result["labels"].max()) == n - 1 and w.result["count"] <= n - 1
 
     png = w.export_png(tmp_path / "k.png")
@@ -107,11 +112,12 @@ def test_karyotype_widget_end_to_end(make_napari_viewer, qtbot, tmp_path):
 
 
 @pytest.mark.viewer
-def test_cut_merge_delete_undo_drag_rotate_and_report(make_napari_viewer, qtbot, tmp_path):
+def test_cut_merge_delete_undo_drag_rotate_and_report(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from qtpy.QtCore import Qt
 
     from napari_cellclass.widgets.karyotype import CUT_NAME, KARYOGRAM_NAME
 
+    monkeypatch.setenv("CELLCLASS_SYNC_JOBS", "1")  # corrections run inline: each click is done on return
     viewer = make_napari_viewer()
     w, _ = _started(None, qtbot, viewer, tmp_path)
     ses = w.session
@@ -313,3 +319,159 @@ def test_review_order_and_headline_colour(qtbot, make_napari_viewer, tmp_path):
         assert f"{w.result['n_flagged']} to review" in text and "#3a3" not in w.summary_label.styleSheet()
     else:
         assert "#3a3" in w.summary_label.styleSheet() or w.result["abnormal"]
+
+
+def _visible_box(viewer):
+    """(y0, x0, y1, x1) of the world the canvas shows now."""
+    camera = getattr(viewer, "scene", viewer).camera
+    cy, cx = camera.center[-2:]
+    h, w = viewer.canvas.size
+    z = camera.zoom
+    return cy - h / 2 / z, cx - w / 2 / z, cy + h / 2 / z, cx + w / 2 / z
+
+
+def _line_across(labels, lid):
+    ys, xs = np.nonzero(labels == lid)
+    cy, cx = ys.mean(), xs.mean()
+    ev, vec = np.linalg.eigh(np.cov(np.vstack([ys - cy, xs - cx])))
+    r = 3 * np.sqrt(ev[0]) + 4
+    return np.array([[cy - r * vec[0, 0], cx - r * vec[1, 0]], [cy + r * vec[0, 0], cx + r * vec[1, 0]]])
+
+
+def _longest(labels, ids):
+    def straightness(i):
+        ys, xs = np.nonzero(labels == i)
+        ev = np.linalg.eigvalsh(np.cov(np.vstack([ys, xs])))
+        return ev[1] / ev[0] * (len(ys) > 150)
+
+    return max(ids, key=straightness)
+
+
+@pytest.mark.viewer
+def test_corrections_run_in_the_worker_and_cancel_undoes_them(make_napari_viewer, qtbot, tmp_path):
+    """A cut goes through the runner (classified off the GUI thread, buttons and table locked while it
+    runs); Cancel during a correction leaves the session and the layers as they were; a new karyogram
+    is brought into view."""
+    import threading
+
+    from qtpy.QtCore import Qt
+
+    from napari_cellclass.widgets.karyotype import CUT_NAME, KARYOGRAM_NAME
+
+    viewer = make_napari_viewer()
+    w, _ = _started(None, qtbot, viewer, tmp_path, zoom_in=True)
+    y0, x0, y1, x1 = _visible_box(viewer)
+    (ky0, kx0), (ky1, kx1) = np.asarray(viewer.layers[KARYOGRAM_NAME].extent.world)[:, -2:]
+    assert y0 <= ky0 and x0 <= kx0 and ky1 <= y1 and kx1 <= x1  # the whole karyogram is on screen
+
+    ses = w.session
+    threads = []
+    classify = ses.classify
+
+    def spy(image, labels, ids):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return classify(image, labels, ids)
+
+    ses.classify = spy
+    labels0 = ses.labels.copy()
+    lid = _longest(labels0, [int(i) for i in w.result["ids"]])
+    viewer.add_shapes([_line_across(labels0, lid)], shape_type="line", name=CUT_NAME)
+    qtbot.mouseClick(w.cut_button, Qt.MouseButton.LeftButton)
+    assert w.running and w.worker is not None  # returned at once: the work is in the runner's worker
+    assert not w.cut_button.isEnabled() and not w.table.isEnabled() and w.cancel_button.isEnabled()
+    assert not viewer.layers["chromosomes"].editable  # no stroke can land while the result is computed
+    qtbot.waitUntil(lambda: not w.running, timeout=60000)
+    assert w.last_error is None, w.last_error
+    assert threads == [False]  # classified once, not on the GUI thread
+    assert len(w.result["ids"]) == len(np.unique(labels0[labels0 > 0])) + 1
+    assert w.status.text().startswith("cut: new chromosome(s)") and "classified 2 changed objects again" in \
+        w.status.text()
+    assert w.cut_button.isEnabled() and w.table.isEnabled() and len(viewer.layers[CUT_NAME].data) == 0
+    qtbot.waitUntil(lambda: viewer.layers["chromosomes"].editable, timeout=5000)
+
+    # Cancel while the merge's update runs: the merge is undone, nothing shown changes
+    labels1, result1 = ses.labels.copy(), w.result
+    new_id = max(int(i) for i in w.result["ids"])
+    history = len(ses.history)
+
+    def cancelling(image, labels, ids):
+        w.runner.cancel()  # the user presses Cancel while the changed object is classified
+        return classify(image, labels, ids)
+
+    ses.classify = cancelling
+    w.merge([lid, new_id])
+    qtbot.waitUntil(lambda: not w.running, timeout=60000)
+    assert "cancelled" in w.status.text() and w.result is result1
+    assert np.array_equal(ses.labels, labels1) and len(ses.history) == history
+    assert np.array_equal(viewer.layers["chromosomes"].data, labels1)
+
+
+@pytest.mark.viewer
+def test_status_merge_refusal_straightening_and_clean_exports(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """The status line tells the last action; a merge of objects apart is refused once, then forced;
+    the straightened/original switch; the blue selection frame is on screen only, never in PNG or PDF."""
+    from napari_cellclass.widgets.karyotype import KARYOGRAM_NAME
+
+    monkeypatch.setenv("CELLCLASS_SYNC_JOBS", "1")
+    viewer = make_napari_viewer()
+    w, _ = _started(None, qtbot, viewer, tmp_path)
+    ses = w.session
+    ids = [int(i) for i in w.result["ids"]]
+
+    # two chromosomes far apart: refused with the gap, nothing changed; Merge again joins them
+    boxes = {int(i): b for i, b in zip(w.result["ids"], w.result["boxes"])}
+    a = ids[0]
+    b = max(ids, key=lambda i: abs(boxes[i][0] - boxes[a][0]) + abs(boxes[i][1] - boxes[a][1]))
+    ya, xa = np.nonzero(ses.labels == a)
+    yb, xb = np.nonzero(ses.labels == b)
+    d = np.sqrt(((ya[:, None] - yb[None]) ** 2 + (xa[:, None] - xb[None]) ** 2).min())
+    labels0 = ses.labels.copy()
+    assert w.merge([a, b]) is None
+    assert w.last_error == (f"chromosomes {a} and {b} do not touch (a gap of {int(round(d - 1))} px between "
+                            f"them); press Merge again to join them anyway")
+    assert np.array_equal(ses.labels, labels0) and ses.history == []
+    assert w.merge([b, a]) == b  # the same pair again: forced (kept in the first id given)
+    assert not (ses.labels == a).any() and w.status.text() == f"merged {b}, {a} into {b}; classified 1 changed " \
+        "object again"
+    w.delete([ids[1]])
+    assert w.status.text() == f"deleted {ids[1]}"  # not the merge any more
+    w.undo()
+    assert w.status.text() == "undone: delete"
+    w.set_class(ids[2], "X", sync=True)
+    assert w.status.text() == f"chromosome {ids[2]} set to X"
+    w.undo()
+    w.undo()
+    assert np.array_equal(ses.labels, labels0) and w.status.text() == "undone: merge"
+
+    # straightened by default; the original crops one click away, and back (cached: nothing re-cut)
+    layer = viewer.layers[KARYOGRAM_NAME]
+    straight = layer.data.copy()
+    assert w.straight_box.isChecked() and w.result["straightened"]
+    bent = [lid for lid, o in w.result["orientation"].items() if o.straightened]
+    assert bent  # the generated spread has bent chromosomes
+    w.straight_box.setChecked(False)
+    assert not ses.straighten and not w.result["straightened"]
+    assert w.status.text() == "karyogram: chromosomes as cut from the spread"
+    assert not any(o.straightened for o in w.result["orientation"].values())
+    assert layer.data.shape != straight.shape or not np.array_equal(layer.data, straight)
+    w.straight_box.setChecked(True)
+    assert ses.straighten and np.array_equal(layer.data, straight)
+    assert w.status.text() == f"karyogram: {len(bent)} bent chromosome(s) straightened"
+    assert len(ses.history) == 0  # a view switch is not an edit
+
+    # select: the blue frame is drawn on screen, never into the result, the PNG or the PDF
+    def blue(img):
+        img = np.asarray(img, int)[..., :3]
+        return int(((img[..., 2] > 150) & (img[..., 2] - img[..., 0] > 100) & (img[..., 2] - img[..., 1] > 60)).sum())
+
+    w.select(bent[0])
+    assert blue(layer.data) > 20 and blue(w.result["karyogram"]) == 0
+    from PIL import Image
+
+    assert blue(Image.open(w.export_png(tmp_path / "k.png")).convert("RGB")) == 0
+    from pypdf import PdfReader
+
+    pdf = w.export_report(tmp_path / "r.pdf")
+    images = [im.image.convert("RGB") for page in PdfReader(str(pdf)).pages for im in page.images]
+    assert images and max(im.size[0] for im in images) > 200
+    assert all(blue(im) == 0 for im in images)

@@ -10,6 +10,10 @@ widget only forwards clicks to it; scripts and tests drive it the same way.
 * Undo restores the labels from a patch of the edited box (not a copy of the
   whole image) plus the small per-label state (probabilities, the user's classes
   and turns), so 50 steps on a 4000 px spread cost little memory.
+* :meth:`KaryotypeSession.update_job` is the same update as a generator job
+  (progress, cancel between stages), so the widget runs it off the GUI thread.
+* Merging objects that do not touch is refused (:class:`NotTouchingError`)
+  unless forced: two chromosomes far apart are rarely one broken chromosome.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..engine.progress import CancelToken, Job, Progress, check_cancel, run_sync
 from ..errors import InputError
 from .assign import CLASS_NAMES, N_CLASSES, REJECT, assign_classes
 from .iscn import iscn_summary
@@ -28,6 +33,15 @@ from .karyogram import Karyogram, Orientation, chromosome_table, render_karyogra
 Classifier = Callable[[np.ndarray, np.ndarray, list[int]], np.ndarray]
 """(image, labels, label ids) -> (len(ids), 24) class probabilities
 (:func:`napari_cellclass.tasks.karyotype.model_classifier` makes one from a model)."""
+
+
+class NotTouchingError(InputError):
+    """``merge`` of objects that do not touch; ``ids`` are two of them, ``gap`` the pixels between."""
+
+    def __init__(self, a: int, b: int, gap: int):
+        self.ids, self.gap = (int(a), int(b)), int(gap)
+        super().__init__(f"chromosomes {a} and {b} do not touch (a gap of {gap} px between them); "
+                         f"merge({a}, {b}, force=True) joins them anyway")
 
 
 @dataclass
@@ -52,12 +66,13 @@ class KaryotypeSession:
     classify : called by :meth:`update` for labels without probabilities; when None
         they get a uniform row (the karyogram still draws, the pairing shrugs).
     fixed : {label id: class index or -1} chosen by the user.
+    straighten : lay bent chromosomes out straight in the karyogram (False: the crops as cut).
     """
 
     def __init__(self, image: np.ndarray, labels: np.ndarray, probs: dict[int, np.ndarray] | None = None,
                  classify: Classifier | None = None, *, fixed: dict[int, int] | None = None,
                  low_confidence: float = 0.5, pairing: bool = True, max_history: int = 50,
-                 row_height: int = 140):
+                 row_height: int = 140, straighten: bool = True):
         image = np.asarray(image)
         labels = np.asarray(labels)
         if labels.shape != image.shape[:2] and labels.shape != image.shape[-2:]:
@@ -78,7 +93,8 @@ class KaryotypeSession:
         self.karyogram: Karyogram | None = None
         self.selected: int | None = None
         self._next_id = int(self.labels.max()) + 1 if self.labels.size else 1
-        self._crop_cache: dict = {}
+        self.straighten = bool(straighten)
+        self._crop_caches: dict[bool, dict] = {True: {}, False: {}}  # straightened and plain crops
 
     # ------------------------------------------------------------------ state
     @property
@@ -106,7 +122,11 @@ class KaryotypeSession:
             self.probs.pop(lid, None)
             self.fixed.pop(lid, None)
             self.orientation.pop(lid, None)
-            self._crop_cache.pop(lid, None)
+            self._drop_crops(lid)
+
+    def _drop_crops(self, lid: int) -> None:
+        for cache in self._crop_caches.values():
+            cache.pop(int(lid), None)
 
     def _box(self, mask: np.ndarray) -> tuple[slice, slice]:
         sl = ndi.find_objects(mask.astype(np.uint8))
@@ -172,17 +192,43 @@ class KaryotypeSession:
                              "draw it from background, across the chromosome, to background")
         return new_ids
 
-    def merge(self, a: int, b: int, *more: int) -> int:
-        """Join labels into the first one (e.g. a chromosome broken at a pale centromere)."""
+    def merge(self, a: int, b: int, *more: int, force: bool = False) -> int:
+        """Join labels into the first one (e.g. a chromosome broken at a pale centromere).
+
+        Objects must touch (8-connected) unless ``force``: otherwise a
+        :class:`NotTouchingError` names two of them and the gap between.
+        """
         ids = [self._check_id(x) for x in (a, b, *more)]
         if len(set(ids)) < 2:
             raise InputError("choose two different chromosomes to merge")
+        if not force:
+            apart = self.gap(*ids)
+            if apart is not None:
+                raise NotTouchingError(*apart)
         box = self._box(np.isin(self.labels, ids))
         self._push("merge", box)
         sub = self.labels[box]
         sub[np.isin(sub, ids[1:])] = ids[0]
         self._forget(ids)
         return ids[0]
+
+    def gap(self, *ids: int) -> tuple[int, int, int] | None:
+        """Why :meth:`merge` would refuse ``ids``: None when they form one connected piece, else
+        (a, b, pixels): the closest pair across the split (``a`` in the piece holding the first
+        id) and the background pixels between them."""
+        ids = [self._check_id(x) for x in ids]
+        box = self._box(np.isin(self.labels, ids))
+        sub = self.labels[box]
+        pieces, n = ndi.label(np.isin(sub, ids), structure=np.ones((3, 3), bool))
+        if n <= 1:
+            return None
+        first = pieces == pieces[sub == ids[0]][0]
+        dist = ndi.distance_transform_edt(~first)  # to the nearest pixel of the first piece
+        k = int(np.argmin(np.where(~first & (pieces > 0), dist, np.inf)))
+        near = int(sub.flat[k])  # the object outside the first piece closest to it
+        to_near = ndi.distance_transform_edt(sub != near)
+        here = min((i for i in ids if first[sub == i].any()), key=lambda i: float(to_near[sub == i].min()))
+        return here, near, max(1, int(round(float(dist.flat[k]) - 1)))
 
     def delete(self, *ids: int) -> None:
         """Remove objects (debris, a nucleus) from the karyotype."""
@@ -258,7 +304,7 @@ class KaryotypeSession:
             changed = set(np.unique(self.labels[step.box]).tolist()) | set(np.unique(step.patch).tolist())
             self.labels[step.box] = step.patch
             for lid in changed:
-                self._crop_cache.pop(int(lid), None)
+                self._drop_crops(lid)
         self.probs, self.fixed, self.orientation, self._next_id = (
             step.probs, step.fixed, step.orientation, step.next_id)
         return step.name
@@ -266,17 +312,30 @@ class KaryotypeSession:
     # ------------------------------------------------------------------ result
     def update(self, title: str | None = None) -> dict[str, Any]:
         """Classify what is new, pair, summarise and draw; returns the result dict."""
+        return run_sync(self.update_job(title))
+
+    def update_job(self, title: str | None = None, cancel: CancelToken | None = None) -> Job[dict[str, Any]]:
+        """:meth:`update` as a job: yields progress per stage (classify, pair, karyogram) and stops
+        with :class:`~napari_cellclass.errors.Cancelled` between them when ``cancel`` is set.
+
+        A cancelled update leaves the labels and the per-label state as they were before it
+        (only probabilities already computed are kept); the caller may :meth:`undo` the edit.
+        """
         counts = np.bincount(self.labels.ravel())
         ids = [int(i) for i in np.nonzero(counts)[0] if i > 0]
         todo = [i for i in ids if i not in self.probs and self.fixed.get(i) != REJECT]
-        self.last_classified = list(todo)
+        check_cancel(cancel)
         if todo:
+            yield Progress(0, 3, "classify", f"classifying {len(todo)} changed object(s)")
             if self.classify is not None:
                 new = np.asarray(self.classify(self.image, self.labels, todo), np.float64).reshape(len(todo), -1)
             else:
                 new = np.full((len(todo), N_CLASSES), 1.0 / N_CLASSES)
+            check_cancel(cancel)
             for lid, row in zip(todo, new):
                 self.probs[lid] = row
+        self.last_classified = list(todo)
+        yield Progress(1, 3, "pair", "pairing")
         uniform = np.full(N_CLASSES, 1.0 / N_CLASSES)
         probs = np.array([self.probs.get(i, uniform) for i in ids]).reshape(len(ids), N_CLASSES)
         sizes = counts[ids].astype(float) if ids else np.zeros(0)
@@ -309,9 +368,14 @@ class KaryotypeSession:
         summary = iscn_summary(classes, flagged)
         if title is None:
             title = summary.headline
+        check_cancel(cancel)
+        yield Progress(2, 3, "karyogram", "drawing the karyogram" + (" (straightening bent chromosomes)"
+                                                                     if self.straighten else ""))
+        # no selection frame in the image: it is what PNG and PDF exports take (the widget frames a copy)
         self.karyogram = render_karyogram(self.image, self.labels, classes, ids=ids, flagged=flagged,
-                                          orientation=self.orientation, selected=self.selected,
-                                          title=title, cache=self._crop_cache, row_height=self.row_height)
+                                          orientation=self.orientation, title=title,
+                                          cache=self._crop_caches[self.straighten], row_height=self.row_height,
+                                          straighten=self.straighten)
         boxes = np.zeros((len(ids), 4), int)
         slices = ndi.find_objects(self.labels)
         for r, lid in enumerate(ids):
@@ -342,7 +406,9 @@ class KaryotypeSession:
             "karyogram": self.karyogram.image,
             "classified": len(todo),
             "orientation": {lid: self.karyogram.orientation.get(lid) for lid in ids},
+            "straightened": self.straighten,
         }
+        yield Progress(3, 3, "karyogram", summary.headline)
         return self.result
 
     @classmethod

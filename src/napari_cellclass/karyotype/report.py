@@ -6,11 +6,14 @@ the chromosomes that need a second look and why, the corrections made by hand,
 the models that produced it (name, version, checksum, what they were trained
 on, with the shared warning for models trained only on generated data), the
 date, and an empty sign-off block for the analyst.  Text is embedded as
-TrueType so the PDF is searchable (and testable).
+TrueType so the PDF is searchable (and testable).  Long lines wrap at word
+boundaries (never cut mid-word); the monospace blocks are sized so a wrapped
+line fits the page width.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,13 @@ import numpy as np
 from ..engine.atomic import atomic_path
 
 A4 = (8.27, 11.69)
-FLAG_LINES_FIRST_PAGE = 14
+FLAG_LINES_FIRST_PAGE = 14  # printed lines of the flagged list on page 1 (wrapped entries count each line)
+FLAG_LINES_PER_PAGE = 80
+# characters per line of the monospace blocks: the text box is 0.88 of the A4 width (524 pt); a
+# DejaVu Sans Mono character is 0.6 em wide, so 7.5 pt holds 116 and 6.5 pt 134 (a margin kept)
+FLAG_WIDTH = 110
+MODEL_WIDTH = 124
+TRAINED_ON_LINES = 3  # a very long data description ends with "..." after this many lines
 
 
 def model_info(spec: str | Path | None, role: str) -> dict[str, Any]:
@@ -103,7 +112,9 @@ def report_text(result: dict[str, Any], *, case: str = "", models: Sequence[dict
     }
 
 
-def _model_line(m: dict[str, Any]) -> str:
+def model_lines(m: dict[str, Any], width: int = MODEL_WIDTH) -> list[str]:
+    """One model's block for the report, wrapped at word boundaries to ``width`` characters:
+    role, name and details, then what it was trained on (indented, at most TRAINED_ON_LINES lines)."""
     bits = [f"{m.get('role', 'model')}: {m.get('name', '?')}"]
     detail = ", ".join(str(x) for x in (m.get("arch"), m.get("package_version") and f"napari-cellclass "
                                         f"{m['package_version']}", m.get("sha256") and f"sha256 {m['sha256']}",
@@ -112,10 +123,84 @@ def _model_line(m: dict[str, Any]) -> str:
         bits.append(f"({detail})")
     if m.get("error"):
         bits.append(m["error"])
-    line = " ".join(bits)
+    lines = textwrap.wrap(" ".join(bits), width, subsequent_indent="      ", break_on_hyphens=False)
     if m.get("trained_on"):
-        line += f"\n      trained on: {str(m['trained_on'])[:100]}"
-    return line
+        lines += textwrap.wrap(f"trained on: {m['trained_on']}", width, initial_indent="      ",
+                               subsequent_indent="        ", break_on_hyphens=False,
+                               max_lines=TRAINED_ON_LINES, placeholder=" ...")
+    return lines
+
+
+def _wrap_entries(entries: Sequence[str], width: int = FLAG_WIDTH) -> list[list[str]]:
+    """Each entry as its printed lines (continuations indented), broken at word boundaries."""
+    return [textwrap.wrap(e, width, initial_indent="  ", subsequent_indent="        ", break_on_hyphens=False)
+            or ["  "] for e in entries]
+
+
+def report_pages(result: dict[str, Any], *, case: str = "", models: Sequence[dict] = (),
+                 corrections: Sequence[str] = (), date: str | None = None):
+    """The report's pages as matplotlib Figures (A4), first page first: :func:`write_report` saves
+    them to PDF; the same figures render to PNG for a preview (``fig.savefig("page.png")``)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    t = report_text(result, case=case, models=models, corrections=corrections, date=date)
+    fig = Figure(figsize=A4)
+    fig.text(0.06, 0.965, t["title"], fontsize=14, weight="bold")
+    fig.text(0.06, 0.948, f"{t['date']}  ·  napari-cellclass  ·  research use only, not a diagnosis",
+             fontsize=8, color="#555555")
+    fig.text(0.06, 0.915, t["iscn"], fontsize=20, weight="bold",
+             color="#c62828" if t["abnormal"] else "#2e7d32")
+    line = f"count: {t['count']}   flagged: {t['n_flagged']}"
+    if t["findings"]:  # all of them are in the ISCN string above; shortened at a word boundary
+        line += "   findings: " + textwrap.shorten("; ".join(t["findings"]), 90, placeholder=" ...")
+    fig.text(0.06, 0.893, line, fontsize=9)  # under the ISCN string: a long one must not run into it
+    y = 0.872
+    for w in t["warnings"]:
+        fig.text(0.06, y, w, fontsize=8, color="#b26a00", weight="bold", wrap=True)
+        y -= 0.02
+    kary = result.get("karyogram")
+    if kary is not None:
+        h, w_ = kary.shape[:2]
+        box_w, box_h = 0.88, y - 0.40
+        aspect = (h / w_) * (A4[0] / A4[1])
+        ww = min(box_w, box_h / aspect)
+        ax = fig.add_axes([0.06 + (box_w - ww) / 2, y - ww * aspect, ww, ww * aspect])
+        ax.imshow(kary, interpolation="lanczos")
+        ax.set_axis_off()
+    lines = ["Flagged for review:" if t["flagged"] else "Flagged for review: none"]
+    entries = _wrap_entries(t["flagged"])
+    used, k = 0, 0  # whole entries only: one never splits across pages
+    while k < len(entries) and used + len(entries[k]) <= FLAG_LINES_FIRST_PAGE:
+        lines += entries[k]
+        used += len(entries[k])
+        k += 1
+    rest = entries[k:]
+    if rest:
+        lines.append(f"  ... {len(rest)} more on the next page")
+    if t["corrections"]:
+        lines.append(f"Corrected by hand: {len(t['corrections'])} edit(s) "
+                     f"({', '.join(sorted(set(t['corrections'])))})")
+    fig.text(0.06, 0.385, "\n".join(lines), fontsize=7.5, va="top", family="monospace")
+    info = [line for m in t["models"] for line in model_lines(m)] or ["models: not recorded"]
+    fig.text(0.06, 0.175, "\n".join(info), fontsize=6.5, va="top", family="monospace")
+    fig.text(0.06, 0.075, "Analyst: ______________________________     Date: ______________     "
+             "Signature: ______________________", fontsize=9)
+    fig.text(0.06, 0.05, "I have reviewed every chromosome of this karyogram and the findings above.",
+             fontsize=7.5, color="#555555")
+    yield fig
+    while rest:
+        page, used = [], 0
+        while rest and (not page or used + len(rest[0]) <= FLAG_LINES_PER_PAGE):
+            page += rest[0]
+            used += len(rest[0])
+            rest = rest[1:]
+        fig = Figure(figsize=A4)
+        fig.text(0.06, 0.965, f"{t['title']} — flagged chromosomes (continued)", fontsize=12, weight="bold")
+        fig.text(0.06, 0.94, "\n".join(page), fontsize=7.5, va="top", family="monospace")
+        yield fig
 
 
 def write_report(path: str | Path, result: dict[str, Any], *, case: str = "", models: Sequence[dict] = (),
@@ -125,61 +210,13 @@ def write_report(path: str | Path, result: dict[str, Any], *, case: str = "", mo
     ``models``: :func:`model_info` dicts; ``corrections``: short descriptions of the
     hand edits (e.g. the session's history names).  Written atomically.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib import rc_context
     from matplotlib.backends.backend_pdf import PdfPages
-    from matplotlib.figure import Figure
 
     t = report_text(result, case=case, models=models, corrections=corrections, date=date)
     path = Path(path)
     with rc_context({"pdf.fonttype": 42}), atomic_path(path) as tmp:
         with PdfPages(tmp, metadata={"Title": t["title"], "Subject": t["iscn"], "Creator": "napari-cellclass"}) as pdf:
-            fig = Figure(figsize=A4)
-            fig.text(0.06, 0.965, t["title"], fontsize=14, weight="bold")
-            fig.text(0.06, 0.948, f"{t['date']}  ·  napari-cellclass  ·  research use only, not a diagnosis",
-                     fontsize=8, color="#555555")
-            fig.text(0.06, 0.915, t["iscn"], fontsize=20, weight="bold",
-                     color="#c62828" if t["abnormal"] else "#2e7d32")
-            line = f"count: {t['count']}   flagged: {t['n_flagged']}"
-            if t["findings"]:
-                line += "   findings: " + "; ".join(t["findings"])[:90]
-            fig.text(0.06, 0.893, line, fontsize=9)  # under the ISCN string: a long one must not run into it
-            y = 0.872
-            for w in t["warnings"]:
-                fig.text(0.06, y, w, fontsize=8, color="#b26a00", weight="bold", wrap=True)
-                y -= 0.02
-            kary = result.get("karyogram")
-            if kary is not None:
-                h, w_ = kary.shape[:2]
-                box_w, box_h = 0.88, y - 0.40
-                aspect = (h / w_) * (A4[0] / A4[1])
-                ww = min(box_w, box_h / aspect)
-                ax = fig.add_axes([0.06 + (box_w - ww) / 2, y - ww * aspect, ww, ww * aspect])
-                ax.imshow(kary, interpolation="lanczos")
-                ax.set_axis_off()
-            lines = ["Flagged for review:" if t["flagged"] else "Flagged for review: none"]
-            lines += ["  " + s[:110] for s in t["flagged"][:FLAG_LINES_FIRST_PAGE]]
-            if len(t["flagged"]) > FLAG_LINES_FIRST_PAGE:
-                lines.append(f"  ... {len(t['flagged']) - FLAG_LINES_FIRST_PAGE} more on the next page")
-            if t["corrections"]:
-                lines.append(f"Corrected by hand: {len(t['corrections'])} edit(s) "
-                             f"({', '.join(sorted(set(t['corrections'])))})")
-            fig.text(0.06, 0.385, "\n".join(lines), fontsize=7.5, va="top", family="monospace")
-            info = [_model_line(m) for m in t["models"]] or ["models: not recorded"]
-            fig.text(0.06, 0.175, "\n".join(info), fontsize=6.5, va="top", family="monospace")
-            fig.text(0.06, 0.075, "Analyst: ______________________________     Date: ______________     "
-                     "Signature: ______________________", fontsize=9)
-            fig.text(0.06, 0.05, "I have reviewed every chromosome of this karyogram and the findings above.",
-                     fontsize=7.5, color="#555555")
-            pdf.savefig(fig)
-            rest = t["flagged"][FLAG_LINES_FIRST_PAGE:]
-            while rest:
-                fig = Figure(figsize=A4)
-                fig.text(0.06, 0.965, f"{t['title']} — flagged chromosomes (continued)", fontsize=12, weight="bold")
-                fig.text(0.06, 0.94, "\n".join(s[:110] for s in rest[:80]), fontsize=7.5, va="top",
-                         family="monospace")
+            for fig in report_pages(result, case=case, models=models, corrections=corrections, date=t["date"]):
                 pdf.savefig(fig)
-                rest = rest[80:]
     return path

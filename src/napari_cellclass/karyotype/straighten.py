@@ -80,6 +80,66 @@ def _resample(path: np.ndarray, step: float = 1.0) -> np.ndarray:
     return np.stack([np.interp(t, s, path[:, 0]), np.interp(t, s, path[:, 1])], 1)
 
 
+def _sampling_grid(x: np.ndarray, mask: np.ndarray, min_bend: float,
+                   min_sag: float | None = None) -> np.ndarray | None:
+    """Where to sample ``x`` to lay it out straight: (L, 2*half+1, 2) coordinates, rows along the
+    medial axis and columns along its normals; None when the chromosome is already straight or no
+    usable axis is found.
+
+    Straight means: the axis is shorter than ``min_bend`` times the crop's height, or, when
+    ``min_sag`` is given, the axis strays from the line between its ends by less than
+    ``min_sag`` times the chromosome's mean width (a gentle C whose axis the skeleton
+    measures a little short still counts as bent).
+    """
+    from scipy import ndimage as ndi
+    from skimage.morphology import skeletonize
+
+    if mask.sum() < 20 or min(x.shape) < 5:
+        return None
+    smooth = ndi.binary_closing(ndi.binary_opening(mask, iterations=1), iterations=2)
+    smooth = ndi.binary_fill_holes(smooth)
+    skel = skeletonize(smooth)
+    if skel.sum() < 5:
+        return None
+    path = _longest_path(skel)
+    path = _extend(path, smooth)
+    if len(path) < 5:
+        return None
+    k = max(3, len(path) // 12)  # smooth the axis so that normals do not flicker
+    kernel = np.ones(k) / k
+    padded = np.pad(path, ((k, k), (0, 0)), mode="edge")
+    path = np.stack([np.convolve(padded[:, i], kernel, mode="same")[k:-k] for i in range(2)], 1)
+    path = _resample(path)
+    if min_sag is None:
+        if len(path) < min_bend * x.shape[0]:
+            return None
+    else:
+        chord = path[-1] - path[0]
+        norm = float(np.hypot(*chord))
+        if norm < 2:
+            return None
+        rel = path - path[0]
+        sag = float(np.abs(rel[:, 0] * chord[1] - rel[:, 1] * chord[0]).max()) / norm
+        if sag < max(3.0, min_sag * mask.sum() / len(path)):
+            return None
+    tangent = np.gradient(path, axis=0)
+    tangent /= np.maximum(np.hypot(tangent[:, 0], tangent[:, 1])[:, None], 1e-6)
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], 1)
+    half = int(np.ceil(ndi.distance_transform_edt(smooth).max() * 1.6)) + 1
+    offs = np.arange(-half, half + 1, dtype=np.float32)
+    coords = path[:, None, :] + offs[None, :, None] * normal[:, None, :]
+    if path[0, 0] > path[-1, 0]:  # keep the end that was on top on top
+        coords = coords[::-1]
+    return coords
+
+
+def _sample(x: np.ndarray, coords: np.ndarray, order: int = 1) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    out = ndi.map_coordinates(x, [coords[..., 0], coords[..., 1]], order=order, mode="constant", cval=0.0)
+    return np.ascontiguousarray(out.astype(np.float32))
+
+
 def straighten(x: np.ndarray, mask: np.ndarray | None = None, min_bend: float = 1.05) -> np.ndarray:
     """Straightened copy of an upright, background-zeroed chromosome crop ``x`` (float, H x W).
 
@@ -87,37 +147,26 @@ def straighten(x: np.ndarray, mask: np.ndarray | None = None, min_bend: float = 
     medial axis is less than ``min_bend`` times the crop's height (already straight) or
     when no usable axis is found.
     """
-    from scipy import ndimage as ndi
-    from skimage.morphology import skeletonize
-
     x = np.asarray(x, np.float32)
     mask = (x > 0.05) if mask is None else np.asarray(mask, bool)
-    if mask.sum() < 20 or min(x.shape) < 5:
-        return x
-    smooth = ndi.binary_closing(ndi.binary_opening(mask, iterations=1), iterations=2)
-    smooth = ndi.binary_fill_holes(smooth)
-    skel = skeletonize(smooth)
-    if skel.sum() < 5:
-        return x
-    path = _longest_path(skel)
-    path = _extend(path, smooth)
-    if len(path) < 5:
-        return x
-    k = max(3, len(path) // 12)  # smooth the axis so that normals do not flicker
-    kernel = np.ones(k) / k
-    padded = np.pad(path, ((k, k), (0, 0)), mode="edge")
-    path = np.stack([np.convolve(padded[:, i], kernel, mode="same")[k:-k] for i in range(2)], 1)
-    path = _resample(path)
-    length = len(path)
-    if length < min_bend * x.shape[0]:
-        return x
-    tangent = np.gradient(path, axis=0)
-    tangent /= np.maximum(np.hypot(tangent[:, 0], tangent[:, 1])[:, None], 1e-6)
-    normal = np.stack([-tangent[:, 1], tangent[:, 0]], 1)
-    half = int(np.ceil(ndi.distance_transform_edt(smooth).max() * 1.6)) + 1
-    offs = np.arange(-half, half + 1, dtype=np.float32)
-    coords = path[:, None, :] + offs[None, :, None] * normal[:, None, :]
-    out = ndi.map_coordinates(x, [coords[..., 0], coords[..., 1]], order=1, mode="constant", cval=0.0)
-    if path[0, 0] > path[-1, 0]:  # keep the end that was on top on top
-        out = out[::-1]
-    return np.ascontiguousarray(out.astype(np.float32))
+    coords = _sampling_grid(x, mask, min_bend)
+    return x if coords is None else _sample(x, coords)
+
+
+def straighten_with_mask(x: np.ndarray, mask: np.ndarray, min_bend: float = 1.05,
+                         min_sag: float | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """:func:`straighten` for a crop and its mask together (the karyogram needs both).
+
+    Returns (crop, mask, straightened); the inputs themselves when nothing was done.
+    The mask is resampled along the same grid, so it stays aligned with the crop.
+    ``min_sag``: see :func:`_sampling_grid` (the karyogram's test for "bent").
+    """
+    x = np.asarray(x, np.float32)
+    mask = np.asarray(mask, bool)
+    coords = _sampling_grid(x, mask, min_bend, min_sag)
+    if coords is None:
+        return x, mask, False
+    out_mask = _sample(mask.astype(np.float32), coords) > 0.5
+    if out_mask.sum() < 0.5 * mask.sum():  # a degenerate axis lost the chromosome: keep it as it was
+        return x, mask, False
+    return _sample(x, coords), out_mask, True

@@ -97,6 +97,7 @@ class ExplainWidget(RunsJobs, QWidget):
         self.ax.set_axis_off()
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(260)
+        self.canvas.setVisible(False)  # no empty white plot: shown once there is an embedding to draw
 
         add_all(scrolling_layout(self), [
             form(("image layer", self.image_box), ("model", self.model_edit), ("class", self.class_box),
@@ -214,5 +215,6 @@ class ExplainWidget(RunsJobs, QWidget):
         self.last_embedding = result
         plot_embedding(result["coords"], result["labels"], result["class_names"], ax=self.ax,
                        title=f"{result['method']}: {result['n']} images, kNN agreement {result['neighbour_agreement']:.2f}")
+        self.canvas.setVisible(True)
         self.canvas.draw_idle()
         self.status.setText(f"embedding saved to {result.get('png')}")

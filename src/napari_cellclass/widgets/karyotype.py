@@ -1,11 +1,13 @@
 """Karyotype a metaphase spread: segment, classify, pair, karyogram; correct by hand.
 
-Thin: the pipeline is :func:`napari_cellclass.tasks.karyotype.karyotype` (run in a
-``thread_worker``); every correction afterwards (cut along a drawn line, merge,
-delete, paint, reclass, drag to another slot, turn, undo) is a call on a
+Thin: the pipeline is :func:`napari_cellclass.tasks.karyotype.karyotype`; every
+correction afterwards (cut along a drawn line, merge, delete, paint, reclass, drag
+to another slot, turn, undo) is a call on a
 :class:`napari_cellclass.karyotype.corrections.KaryotypeSession`, which re-classifies
-only the chromosomes whose pixels changed and redraws the karyogram.  This module
-only turns clicks into those calls and results into layers.
+only the chromosomes whose pixels changed and redraws the karyogram.  Both run
+through the widget's :class:`~._runner.JobRunner`, off the GUI thread, with
+progress and Cancel (a cancelled correction is undone).  This module only turns
+clicks into those calls and results into layers.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
@@ -28,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import CellClassError
+from ..errors import Cancelled, CellClassError
 from ..karyotype.assign import CLASS_NAMES
 from ..zoo.provenance import synthetic_warning
 from ._forms import Choice, DeviceChoice, LayerChoice, add_all, form, scrolling_layout
@@ -75,6 +78,15 @@ def _trained_on(model: Any) -> str:
         return "unknown"  # the job itself reports an unreadable checkpoint
 
 
+def _ids_text(ids) -> str:
+    return ", ".join(str(int(i)) for i in ids)
+
+
+def _classified_text(session) -> str:
+    n = len(session.last_classified)
+    return f"; classified {n} changed object{'s' if n != 1 else ''} again" if n else ""
+
+
 class KaryotypeWidget(RunsJobs, QWidget):
     """Spread layer + chromosome classifier -> labels, class boxes, karyogram and ISCN summary."""
 
@@ -93,10 +105,13 @@ class KaryotypeWidget(RunsJobs, QWidget):
         self._updating = False
         self._hooked: set[int] = set()  # ids of labels layers whose edits we follow
         self._trained_on: str | None = None  # of the classifier behind the shown result (for the warning)
+        self._prepared: tuple | None = None  # (pipeline result, session, first update) made in the worker
+        self._merge_refused: tuple[int, ...] | None = None  # a refused merge: pressing Merge again forces it
+        self._unlock_labels = None  # the labels layer locked against painting while a job runs
         self._edit_timer = QTimer(self)
         self._edit_timer.setSingleShot(True)
         self._edit_timer.setInterval(600)
-        self._edit_timer.timeout.connect(self.labels_edited)
+        self._edit_timer.timeout.connect(lambda: self.labels_edited())
 
         self.image_box = LayerChoice(napari_viewer, Image, where=lambda ly: ly.name != KARYOGRAM_NAME)
         # default: the built-in for the spread's banding (G or Q), decided per spread; built-ins, Browse...
@@ -111,12 +126,8 @@ class KaryotypeWidget(RunsJobs, QWidget):
         fields = form(("spread", self.image_box), ("model", self.model_edit), ("device", self.device_box),
                       ("segmenter", self.segmenter_box), ("detector", self.detector_edit))
 
-        buttons = QHBoxLayout()
         self.run_button = QPushButton("Karyotype")
         self.run_button.clicked.connect(lambda: self.run())
-        self.runner = JobRunner([self.run_button], context="karyotyping failed")
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         self.warning_label = _wrapping_label(style="color: #e69500; font-weight: bold")  # generated-data models
         self.summary_label = _wrapping_label("no result yet", "font-size: 16pt; font-weight: bold")
         self.findings_label = _wrapping_label()
@@ -146,7 +157,8 @@ class KaryotypeWidget(RunsJobs, QWidget):
 
         edit_row = row(
             ("Cut", "cut a chromosome in two along a line drawn in the 'cut line' layer", self.cut),
-            ("Merge", "merge the chromosomes selected in the table", self.merge),
+            ("Merge", "merge the chromosomes selected in the table (they must touch; press again to force)",
+             self.merge),
             ("Delete", "delete the selected objects (debris, nucleus)", self.delete),
             ("Undo", "undo the last correction", self.undo))
         turn_row = row(
@@ -159,10 +171,25 @@ class KaryotypeWidget(RunsJobs, QWidget):
             ("CSV", "save the per-chromosome table as CSV", self.export_csv),
             ("Report", "save a PDF report: karyogram, ISCN string, flags, models, sign-off line",
              self.export_report))
+        self.straight_box = QCheckBox("straightened chromosomes in the karyogram")
+        self.straight_box.setChecked(True)
+        self.straight_box.setToolTip("bent chromosomes are laid out straight along their axis; untick to see "
+                                     "every chromosome as cut from the spread")
+        self.straight_box.toggled.connect(lambda on: self.set_straightened(on))
         hint = _wrapping_label(
             "Click a chromosome in the karyogram to select it, drag it to another pair to reclass it. "
             "Fix classes in the table or with K / Shift-K on a selected label. Paint the labels layer, or "
             "draw a line and press Cut, to fix the segmentation; only changed objects are classified again.")
+
+        # every button that starts a job or an edit is disabled while one runs
+        self.edit_buttons = (self.cut_button, self.merge_button, self.delete_button, self.undo_button,
+                             self.rotate_180_button, self.rotate_left_button, self.rotate_right_button,
+                             self.mirror_button)
+        self.runner = JobRunner([self.run_button, *self.edit_buttons], context="karyotyping failed",
+                                cancelled_text="cancelled; nothing was changed")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
 
         self.export_buttons = (self.export_png_button, self.export_csv_button, self.export_report_button)
         for b in self.export_buttons:  # nothing to export before there is a result
@@ -170,17 +197,49 @@ class KaryotypeWidget(RunsJobs, QWidget):
 
         add_all(scrolling_layout(self), [
             fields, buttons, self.progress, self.status, self.device_label, self.warning_label, self.summary_label,
-            self.findings_label, self.table, edit_row, turn_row, export_row, hint])
+            self.findings_label, self.table, edit_row, turn_row, self.straight_box, export_row, hint])
 
     # ------------------------------------------------------------------ helpers
     def _layer(self, name: str):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
+    def _lock(self, busy: bool) -> None:
+        """The table's class boxes, the straightened box and painting in the labels layer follow the
+        runner's buttons (a stroke made while a job runs would be overwritten by its result); when a
+        job ends the box shows what the karyogram shows (a cancelled switch flips it back)."""
+        self.table.setEnabled(not busy)
+        self.straight_box.setEnabled(not busy)
+        lab = self._layer(LABELS_NAME)
+        if lab is not None and busy and lab.editable:
+            lab.editable = False
+            self._unlock_labels = lab
+        elif not busy and self._unlock_labels is not None:
+            self._unlock_labels.editable = True
+            self._unlock_labels = None
+        if not busy and self.session is not None and self.straight_box.isChecked() != self.session.straighten:
+            self.straight_box.blockSignals(True)
+            self.straight_box.setChecked(self.session.straighten)
+            self.straight_box.blockSignals(False)
+
+    def _start(self, make_job, on_done, *, sync: bool = False, busy_text: str):
+        """Start a job through the runner, with the table and check box locked until it ends."""
+        def done(value):
+            self._lock(False)
+            on_done(value)
+
+        self._lock(True)
+        out = self.runner.start(make_job, done, sync=sync, busy_text=busy_text)
+        if self.runner.busy and self.runner.worker is not None:
+            self.runner.worker.finished.connect(lambda: self._lock(False))
+        else:
+            self._lock(False)
+        return out
+
     # ------------------------------------------------------------------ running
     def run(self, labels: np.ndarray | None = None, sync: bool = False):
         """Start the pipeline; returns the worker (or the result when ``sync``; None on bad input)."""
         self.device_box.show_device()
-        return self.runner.start(lambda: self._job(labels), self._on_done, sync=sync, busy_text="karyotyping...")
+        return self._start(lambda: self._job(labels), self._on_done, sync=sync, busy_text="karyotyping...")
 
     def _job(self, labels: np.ndarray | None):
         """Read the form and check the spread on the GUI thread; the pipeline generator for the runner."""
@@ -214,21 +273,41 @@ class KaryotypeWidget(RunsJobs, QWidget):
         self._notes = list(check.notes)
         self._banding_note = self._banding_mismatch(image)
         # the job loads the models (zoo.loaded: once, cached); corrections reuse the same loaded objects
-        return karyotype(image, model, device=device, labels=labels, segmenter=self.segmenter_box.value,
-                         detector_model=detector or None, cancel=self.runner.new_token())
+        token = self.runner.new_token()
+        pipeline = karyotype(image, model, device=device, labels=labels, segmenter=self.segmenter_box.value,
+                             detector_model=detector or None, cancel=token)
+        return self._pipeline_then_session(pipeline, image, model, device, token, self.straight_box.isChecked())
+
+    def _pipeline_then_session(self, pipeline, image, model, device, token, straight: bool):
+        """The pipeline, then the correction session and its first karyogram: all in the worker."""
+        from ..karyotype.corrections import KaryotypeSession
+        from ..tasks.karyotype import model_classifier
+
+        res = yield from pipeline
+        session = KaryotypeSession.from_result(image, res, classify=model_classifier(model, device),
+                                               straighten=straight)
+        shown = yield from session.update_job(cancel=token)
+        self._prepared = (res, session, shown)
+        return res
 
     def _fail(self, msg: str):
         """Bad input or a refused correction: one line in the status and one notification."""
         return self.runner.fail(msg)
 
     def _on_done(self, res: dict[str, Any]) -> None:
-        from ..karyotype.corrections import KaryotypeSession
-        from ..tasks.karyotype import model_classifier
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] is res:
+            _, self.session, shown = prepared
+        else:  # a result handed in directly (scripts, tests): its session is made here
+            from ..karyotype.corrections import KaryotypeSession
+            from ..tasks.karyotype import model_classifier
 
+            self.session = KaryotypeSession.from_result(
+                self._image, res, classify=model_classifier(self._models[0], self._device),
+                straighten=self.straight_box.isChecked())
+            shown = self.session.update()
         n = len(res["classes"])
-        classifier = model_classifier(self._models[0], self._device)
-        self.session = KaryotypeSession.from_result(self._image, res, classify=classifier)
-        shown = self.session.update()
+        self._merge_refused = None
         self.warning_label.setText(" ".join(t for t in (synthetic_warning(self._trained_on),
                                                         getattr(self, "_banding_note", "")) if t))
         warning = synthetic_warning(self._trained_on)
@@ -236,6 +315,7 @@ class KaryotypeWidget(RunsJobs, QWidget):
                             + (f". {warning}" if warning else "")
                             + "".join(f". Note: {t}" for t in getattr(self, "_notes", [])))
         self._show(shown)
+        self.viewer.reset_view()  # the new karyogram sits right of the spread: show both
         for b in self.export_buttons:
             b.setEnabled(True)
 
@@ -252,20 +332,17 @@ class KaryotypeWidget(RunsJobs, QWidget):
         return (f"This spread looks {band}-banded but the classifier chosen is {chosen!r}; "
                 f"{BUILTIN_CLASSIFIERS[band]!r} is the built-in for {band}-band spreads.")
 
-    def refresh(self) -> dict[str, Any] | None:
-        """Re-pair and redraw after a correction (classifies only what changed); shows errors."""
-        if self.session is None:
-            return None
-        try:
-            res = self.session.update()
-        except CellClassError as exc:
-            return self._fail(str(exc))
-        self._show(res)
-        if self.session.last_classified:
-            self.status.setText(f"classified {len(self.session.last_classified)} changed object(s) again")
-        return res
+    def refresh(self, sync: bool = False):
+        """Re-pair and redraw the session as it stands (through the runner, like every correction)."""
+        return self._edit(None, lambda out, ses: "updated", sync=sync)
 
     # ------------------------------------------------------------------ results -> layers
+    def _karyogram_shown(self) -> np.ndarray | None:
+        """The karyogram as displayed: the session's image with the selected chromosome framed in blue."""
+        if self.session is None or self.session.karyogram is None:
+            return None
+        return self.session.karyogram.with_selection(self.session.selected)
+
     def _show(self, res: dict[str, Any]) -> None:
         from ..layers import add_layers, karyotype_layers
 
@@ -275,6 +352,10 @@ class KaryotypeWidget(RunsJobs, QWidget):
         try:
             # labels get their own copy (painting shows up as a difference from the session's labels)
             tuples = karyotype_layers(res)
+            shown = self._karyogram_shown()
+            if shown is not None:  # the selection frame is for the screen only; res["karyogram"] stays clean
+                tuples = [(shown, kw, kind) if kw.get("name") == KARYOGRAM_NAME else (data, kw, kind)
+                          for data, kw, kind in tuples]
             if not any(t[1]["name"] == SHAPES_NAME for t in tuples) and self._layer(SHAPES_NAME) is not None:
                 self.viewer.layers.remove(SHAPES_NAME)  # no chromosome left: no stale class boxes
             for layer in add_layers(self.viewer, tuples):
@@ -365,7 +446,7 @@ class KaryotypeWidget(RunsJobs, QWidget):
         return []
 
     def select(self, lid: int | None) -> None:
-        """Pick one chromosome (blue frame in the karyogram, selected label, table row)."""
+        """Pick one chromosome (blue frame in the karyogram on screen only, selected label, table row)."""
         if self.session is None:
             return
         self.session.selected = lid
@@ -379,7 +460,9 @@ class KaryotypeWidget(RunsJobs, QWidget):
             order = self._row_of or list(range(len(self.result["ids"])))
             self.table.selectRow(order.index(k) if k in order else k)
             self.table.blockSignals(False)
-        self.refresh()
+        layer, shown = self._layer(KARYOGRAM_NAME), self._karyogram_shown()
+        if layer is not None and shown is not None and layer.data.shape == shown.shape:
+            layer.data = shown  # only the frame moves: no re-pairing, no redraw of the crops
 
     def _select_from_table(self) -> None:
         ids = self.selected_ids()
@@ -389,7 +472,7 @@ class KaryotypeWidget(RunsJobs, QWidget):
 
     def _karyogram_drag(self, layer, event):
         """Press on a chromosome selects it; releasing it over another pair's cell moves it there."""
-        if self.session is None or self.session.karyogram is None:
+        if self.session is None or self.session.karyogram is None or self.runner.busy:
             return
         k = self.session.karyogram
         y, x = layer.world_to_data(event.position)[-2:]
@@ -415,43 +498,92 @@ class KaryotypeWidget(RunsJobs, QWidget):
             self.select(lid)
 
     # ------------------------------------------------------------------ corrections
-    def _apply(self, action, *args):
-        """Run one session edit; report its InputError in the dock instead of raising."""
+    def _edit(self, action, describe, *args, sync: bool = False, after=None, on_cancel=None,
+              cancellable: bool = True):
+        """One correction through the runner: ``action(*args)`` on the session, then its update
+        (classify what changed, pair, draw), both off the GUI thread.
+
+        ``describe(out, session)`` words the status line once it is done (the status always
+        tells the last action).  Cancel during the update undoes the edit (or calls
+        ``on_cancel`` for a change that is not in the history), so what is shown and what
+        the session holds never part (``cancellable=False``: an undo, which cannot be taken
+        back, runs its short update to the end).  Returns what the runner returns: the edit's
+        own return value in synchronous mode, the worker otherwise, None when refused.
+        """
         if self.session is None:
             return self._fail("run the karyotype first")
-        try:
-            out = action(*args)
-        except CellClassError as exc:
-            return self._fail(str(exc))
-        self.refresh()
-        return out
+        if self.runner.busy:
+            return None
+        session = self.session
+        text: dict[str, str] = {}
 
-    def set_class(self, label_id: int, cls: str | int | None) -> None:
+        def job(token):
+            before = {id(step) for step in session.history}
+            out = action(*args) if action is not None else None
+            pushed = bool(session.history) and id(session.history[-1]) not in before  # not so after an undo
+            try:
+                res = yield from session.update_job(cancel=token if cancellable else None)
+            except Cancelled:
+                if pushed:
+                    session.undo()  # a cancelled correction is not made
+                elif on_cancel is not None:
+                    on_cancel()
+                raise
+            text["status"] = describe(out, session)
+            text["res"] = res
+            return out
+
+        def done(out):
+            self._show(text["res"])
+            if after is not None:
+                after(out)
+            self.status.setText(text["status"])
+
+        return self._start(lambda: job(self.runner.new_token()), done, sync=sync, busy_text="correcting...")
+
+    def set_class(self, label_id: int, cls: str | int | None, sync: bool = False) -> None:
         """The user's class for one chromosome; re-pair and redraw (no re-classification)."""
         if self.session is None:
             return
         if isinstance(cls, str) and cls not in CLASS_NAMES and cls != "?":
             cls = None
-        QTimer.singleShot(0, lambda: self._apply(self.session.set_class, int(label_id), cls))  # not inside
-        # the combo box's own signal
+        label_id = int(label_id)
 
-    def move_chromosome(self, label_id: int, cell: str):
+        def said(_out, _ses) -> str:
+            if cls is None:
+                return f"chromosome {label_id}: back to the model's class"
+            name = cls if isinstance(cls, str) else (CLASS_NAMES[int(cls)] if int(cls) >= 0 else "?")
+            return f"chromosome {label_id} set to {name}" if name != "?" else \
+                f"object {label_id} marked as not a chromosome"
+
+        if sync:
+            return self._edit(self.session.set_class, said, label_id, cls, sync=True)
+        # not inside the combo box's own signal
+        QTimer.singleShot(0, lambda: self._edit(self.session.set_class, said, label_id, cls))
+        return None
+
+    def move_chromosome(self, label_id: int, cell: str, sync: bool = False):
         """Drag-and-drop result: the chromosome goes to ``cell``'s class ("?" = not a chromosome)."""
-        self.session.selected = int(label_id) if self.session is not None else None
-        return self._apply(self.session.move if self.session else None, int(label_id), cell)
+        if self.session is None:
+            return self._fail("run the karyotype first")
+        self.session.selected = int(label_id)
+        where = "the unplaced row (not a chromosome)" if cell == "?" else f"pair {cell}"
+        return self._edit(self.session.move, lambda _o, _s: f"chromosome {label_id} moved to {where}",
+                          int(label_id), cell, sync=sync)
 
     def _step_class(self, step: int) -> None:
         lab = self._layer(LABELS_NAME)
-        if lab is None or self.result is None:
+        if lab is None or self.result is None or self.runner.busy:
             return
         lid = int(lab.selected_label)
         ids = [int(i) for i in self.result["ids"]]
         if lid not in ids:
             return
         cur = int(self.result["classes"][ids.index(lid)])
-        self._apply(self.session.set_class, lid, (max(cur, 0) + step) % len(CLASS_NAMES))
+        new = (max(cur, 0) + step) % len(CLASS_NAMES)
+        self._edit(self.session.set_class, lambda _o, _s: f"chromosome {lid} set to {CLASS_NAMES[new]}", lid, new)
 
-    def cut(self, points=None):
+    def cut(self, points=None, sync: bool = False):
         """Cut along the last line drawn in the 'cut line' shapes layer (created on first press)."""
         if self.session is None:
             return self._fail("run the karyotype first")
@@ -466,68 +598,124 @@ class KaryotypeWidget(RunsJobs, QWidget):
                 self.status.setText("draw a line across the chromosome in the 'cut line' layer, then press Cut")
                 return None
             points = np.asarray(layer.data[-1])[:, -2:]
-        new = self._apply(self.session.cut, points)
-        if new is not None and layer is not None:
-            layer.data = []
-            self.status.setText(f"cut: new chromosome(s) {', '.join(map(str, new))}")
-        return new
 
-    def merge(self, ids=None):
+        def clear_line(_new) -> None:
+            if layer is not None:
+                layer.data = []
+
+        return self._edit(self.session.cut, lambda new, ses: f"cut: new chromosome(s) {_ids_text(new)}"
+                          + _classified_text(ses), points, sync=sync, after=clear_line)
+
+    def merge(self, ids=None, force: bool = False, sync: bool = False):
+        """Merge the selected chromosomes; objects that do not touch are refused once (press again: forced)."""
         ids = list(ids) if ids is not None else self.selected_ids()
         if len(ids) < 2:
             return self._fail("select two chromosomes in the table to merge (Ctrl-click)")
-        return self._apply(self.session.merge, *ids) if self.session else self._fail("run the karyotype first")
+        if self.session is None:
+            return self._fail("run the karyotype first")
+        if self.runner.busy:
+            return None
+        key = tuple(sorted(int(i) for i in ids))
+        force = force or self._merge_refused == key
+        self._merge_refused = None
+        if not force:
+            try:
+                apart = self.session.gap(*ids)
+            except CellClassError as exc:
+                return self._fail(str(exc))
+            if apart is not None:
+                a, b, gap = apart
+                self._merge_refused = key
+                return self._fail(f"chromosomes {a} and {b} do not touch (a gap of {gap} px between them); "
+                                  f"press Merge again to join them anyway")
+        return self._edit(lambda *i: self.session.merge(*i, force=True),
+                          lambda kept, ses: f"merged {_ids_text(ids)} into {kept}" + _classified_text(ses),
+                          *ids, sync=sync)
 
-    def delete(self, ids=None):
+    def delete(self, ids=None, sync: bool = False):
         ids = list(ids) if ids is not None else self.selected_ids()
         if not ids:
             return self._fail("select the objects to delete (table rows, or a label)")
-        if self.session is not None:
-            self.session.selected = None
-        return self._apply(self.session.delete, *ids) if self.session else self._fail("run the karyotype first")
-
-    def undo(self):
         if self.session is None:
             return self._fail("run the karyotype first")
-        name = self.session.undo()
-        if name is None:
+        if not self.runner.busy:
+            self.session.selected = None
+        return self._edit(self.session.delete, lambda _o, _s: f"deleted {_ids_text(ids)}", *ids, sync=sync)
+
+    def undo(self, sync: bool = False):
+        if self.session is None:
+            return self._fail("run the karyotype first")
+        if self.runner.busy:
+            return None
+        if not self.session.history:
             self.status.setText("nothing to undo")
             return None
-        self.refresh()
-        self.status.setText(f"undone: {name}")
-        return name
+        return self._edit(self.session.undo, lambda name, _s: f"undone: {name}", sync=sync, cancellable=False)
 
-    def _turn(self, action, *args):
+    def _turn(self, action, what: str, *args, sync: bool = False):
         ids = self.selected_ids()
         if len(ids) != 1:
             return self._fail("select one chromosome (click it in the karyogram or the table)")
-        return self._apply(action, ids[0], *args)
+        return self._edit(action, lambda _o, _s: f"{what} chromosome {ids[0]}", ids[0], *args, sync=sync)
 
-    def rotate_180(self):
-        return self._turn(self.session.rotate if self.session else None, 180.0)
+    def rotate_180(self, sync: bool = False):
+        return self._turn(self.session.rotate if self.session else None, "turned by 180°:", 180.0, sync=sync)
 
-    def rotate_left(self):
-        return self._turn(self.session.rotate if self.session else None, 15.0)
+    def rotate_left(self, sync: bool = False):
+        return self._turn(self.session.rotate if self.session else None, "turned 15° counter-clockwise:",
+                          15.0, sync=sync)
 
-    def rotate_right(self):
-        return self._turn(self.session.rotate if self.session else None, -15.0)
+    def rotate_right(self, sync: bool = False):
+        return self._turn(self.session.rotate if self.session else None, "turned 15° clockwise:", -15.0,
+                          sync=sync)
 
-    def mirror(self):
-        return self._turn(self.session.mirror if self.session else None)
+    def mirror(self, sync: bool = False):
+        return self._turn(self.session.mirror if self.session else None, "mirrored", sync=sync)
+
+    def set_straightened(self, on: bool, sync: bool = False):
+        """Show bent chromosomes straightened (default) or as cut from the spread; not an edit (no undo)."""
+        if self.straight_box.isChecked() != bool(on):
+            self.straight_box.blockSignals(True)
+            self.straight_box.setChecked(bool(on))
+            self.straight_box.blockSignals(False)
+        if self.session is None or self.session.straighten == bool(on):
+            return None
+        if self.runner.busy:  # the box is locked while a job runs; a script's call waits its turn
+            return None
+        session, was = self.session, self.session.straighten
+
+        def switch(flag: bool) -> None:
+            session.straighten = flag
+
+        def said(_o, ses) -> str:
+            if not ses.straighten:
+                return "karyogram: chromosomes as cut from the spread"
+            n = sum(bool(o.straightened) for o in ses.karyogram.orientation.values())
+            return f"karyogram: {n} bent chromosome(s) straightened"
+
+        return self._edit(switch, said, bool(on), sync=sync, on_cancel=lambda: switch(was))
 
     def _schedule_edit(self, event=None) -> None:
         if not self._updating:
             self._edit_timer.start()
 
-    def labels_edited(self, sync: bool = True):
-        """Take the painted labels layer; only objects whose pixels changed are classified again."""
+    def labels_edited(self, sync: bool = False):
+        """Take the painted labels layer; only objects whose pixels changed are classified again.
+
+        Returns the changed label ids (synchronous mode), the worker, or None when nothing changed.
+        """
         lab = self._layer(LABELS_NAME)
         if lab is None or self.session is None:
             return None
-        if np.asarray(lab.data).shape != self.session.labels.shape:
+        if self.runner.busy:  # a job holds the session: look again when it is done
+            self._edit_timer.start()
             return None
-        changed = self._apply(self.session.apply_labels, np.asarray(lab.data))
-        return self.result if changed else None
+        data = np.asarray(lab.data)
+        if data.shape != self.session.labels.shape or np.array_equal(data, self.session.labels):
+            return None
+        return self._edit(self.session.apply_labels,
+                          lambda changed, ses: f"painted: object(s) {_ids_text(sorted(changed))} changed"
+                          + _classified_text(ses), data.copy(), sync=sync)
 
     # ------------------------------------------------------------------ export
     def export_png(self, path: str | Path | None = None) -> Path | None:
