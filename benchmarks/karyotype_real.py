@@ -63,15 +63,15 @@ def detection(data: Path, segmenter: str, detector: str | None) -> dict:
     return {**{k: res[k] for k in keys}, "seconds_per_spread": round((time.monotonic() - t0) / res["n_spreads"], 2)}
 
 
-def end_to_end(data: Path, classifier: str, detector: str | None) -> dict:
-    extra = {"split": "val", "segmenter": "detector" if detector else "threshold"}
+def end_to_end(data: Path, classifier: str, detector: str | None, reject: bool = True) -> dict:
+    extra = {"split": "val", "segmenter": "detector" if detector else "threshold", "reject": reject}
     if detector:
         extra["detector_model"] = zoo.resolve_model(detector, "karyotype")
     t0 = time.monotonic()
     res = run_sync(karyotype.evaluate(zoo.resolve_model(classifier, "chromosome"), data, TaskOptions(extra=extra)))
     keys = ("recall", "precision", "count_accuracy", "class_accuracy_paired", "class_accuracy_argmax",
             "karyotype_string_accuracy", "karyotype_string_accuracy_if_unsure_confirmed", "confident_share",
-            "confident_string_precision", "n_spreads")
+            "confident_string_precision", "rejected_as_not_chromosomes", "n_spreads")
     return {**{k: res[k] for k in keys}, "seconds_per_spread": round((time.monotonic() - t0) / res["n_spreads"], 2),
             "peak_rss_mb": round(_peak_rss_mb())}
 
@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--gband", default=karyotype.BUILTIN_CLASSIFIERS["G"])
     ap.add_argument("--qband", default=karyotype.BUILTIN_CLASSIFIERS["Q"])
     ap.add_argument("--detector", default=karyotype.BUILTIN_DETECTOR)
+    ap.add_argument("--no-reject", action="store_true", help="end to end without the rejection step")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: qband,gband,lab2,detect,e2e,more,scale")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -130,17 +131,20 @@ def main() -> None:
         report["detection_threshold"] = detection(tseng, "threshold", None)
         print(json.dumps({"detection_threshold": report["detection_threshold"]}), flush=True)
     if "e2e" not in skip:
-        report["end_to_end"] = end_to_end(tseng, args.gband, args.detector)
+        report["end_to_end"] = end_to_end(tseng, args.gband, args.detector, not args.no_reject)
         print(json.dumps({"end_to_end": report["end_to_end"]}), flush=True)
     if "lab2" not in skip and lab2.is_dir():
         report["gband_lab2_crops"] = crop_accuracy(args.gband, lab2)
         print(json.dumps({"gband_lab2_crops": report["gband_lab2_crops"]}), flush=True)
     if "more" not in skip and more.is_dir():
-        report["more_gband_crops"] = crop_accuracy(args.gband, more)
-        report["more_detection_learned"] = detection(more, "detector", args.detector)
-        report["more_end_to_end"] = end_to_end(more, args.gband, args.detector)
+        if "gband" not in skip:
+            report["more_gband_crops"] = crop_accuracy(args.gband, more)
+        if "detect" not in skip:
+            report["more_detection_learned"] = detection(more, "detector", args.detector)
+        if "e2e" not in skip:
+            report["more_end_to_end"] = end_to_end(more, args.gband, args.detector, not args.no_reject)
         print(json.dumps({k: report[k] for k in ("more_gband_crops", "more_detection_learned",
-                                                 "more_end_to_end")}), flush=True)
+                                                 "more_end_to_end") if k in report}), flush=True)
     if "scale" not in skip:
         report["scale"] = scale_check(tseng, args.detector)
         print(json.dumps({"scale": {k: v for k, v in report["scale"].items() if k != "rows"}}), flush=True)

@@ -46,6 +46,7 @@ HPA_CELLS_NAME = "HPA cells"
 KARYO_LABELS_NAME = "chromosomes"
 KARYO_SHAPES_NAME = "chromosome classes"
 KARYOGRAM_NAME = "karyogram"
+NOT_CHROMOSOMES_NAME = "not chromosomes"  # what the rejection step set aside (nuclei, debris), for review
 KARYOGRAM_GAP = 20  # pixels (spread units) between the spread and the karyogram on its right
 KARYO_TEXT = {"string": "{class}", "size": 9, "color": "cyan", "anchor": "upper_left"}
 FLAGGED_COLOUR, OK_COLOUR = "red", "lime"
@@ -307,6 +308,15 @@ def karyotype_layers(res: dict[str, Any], *, source: Any = None, copy_labels: bo
                       edge_color=[FLAGGED_COLOUR if f else OK_COLOUR for f in res["flagged"]],
                       face_color="transparent", edge_width=1.5, text=dict(KARYO_TEXT), **place)
         out.append((rects, _mark(kwargs, "karyotype", "classes"), "shapes"))
+    rejected = list(res.get("rejected") or [])
+    if rejected:  # dashed orange boxes: not counted; a reviewer who disagrees paints the object back in
+        feats = pd.DataFrame({"p_not_chromosome": [float(r["p_not_chromosome"]) for r in rejected],
+                              "area": [int(r["area"]) for r in rejected]})
+        kwargs = dict(name=NOT_CHROMOSOMES_NAME, shape_type="rectangle", features=feats, edge_color="orange",
+                      face_color="transparent", edge_width=1.5, opacity=0.8,
+                      text={"string": "not counted", "size": 8, "color": "orange", "anchor": "upper_left"}, **place)
+        out.append((rectangles(np.asarray([r["box"] for r in rejected], float)),
+                    _mark(kwargs, "karyotype", "rejected"), "shapes"))
     k = res.get("karyogram")
     if k is not None:
         k = np.asarray(k)

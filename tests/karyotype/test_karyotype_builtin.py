@@ -73,6 +73,23 @@ def test_builtin_detector_finds_the_chromosomes_of_a_spread_at_another_magnifica
 
 
 @pytest.mark.slow
+def test_the_same_spread_at_half_twice_and_four_times_its_size_keeps_its_count(shared_data):
+    """The scale correction is a power of two: 2x and 4x land on the working image of 1x (was 44-48 on 1051691)."""
+    from skimage.transform import rescale
+
+    from napari_cellclass.karyotype.detector import detect_chromosomes
+
+    folder = shared_data / "chromosomes" / "tseng2023_gband_spreads"
+    img = kt._read_spread(next((folder / "images").glob("1052123.*")))  # held out by the built-ins' split
+    counts = []
+    for f in (0.5, 1.0, 2.0, 4.0):
+        x = img if f == 1 else rescale(img, f, order=1, anti_aliasing=f < 1, channel_axis=-1 if img.ndim == 3 else None,
+                                       preserve_range=True).astype(img.dtype)
+        counts.append(int(run_sync(detect_chromosomes(x, "chromdet-tseng", device="cpu"))["labels"].max()))
+    assert max(counts) - min(counts) <= 1, counts
+
+
+@pytest.mark.slow
 def test_no_held_out_spread_at_its_own_size_is_read_as_magnified(shared_data):
     """Clumped spreads have large blobs but normal widths: both measures must agree before rescaling."""
     from napari_cellclass.karyotype.detector import magnification, split_spreads, spread_input

@@ -66,3 +66,14 @@ def test_first_page_renders_to_png(result, tmp_path):
 
     im = Image.open(tmp_path / "p1.png")
     assert abs(im.size[0] - 8.27 * 40) <= 1 and abs(im.size[1] - 11.69 * 40) <= 1
+
+
+def test_headline_is_amber_and_says_how_many_to_review_while_flagged(result):
+    from napari_cellclass.karyotype.report import report_text
+
+    flagged = dict(result, confident=False, headline=result["summary"] + " (3 to review)")
+    t = report_text(flagged)
+    assert t["headline"].endswith("(3 to review)") and not t["confident"]
+    settled = dict(result, flagged=np.zeros(len(result["ids"]), bool))
+    settled.pop("confident", None)
+    assert report_text(settled)["confident"]

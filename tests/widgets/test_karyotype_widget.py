@@ -475,3 +475,20 @@ def test_status_merge_refusal_straightening_and_clean_exports(make_napari_viewer
     images = [im.image.convert("RGB") for page in PdfReader(str(pdf)).pages for im in page.images]
     assert images and max(im.size[0] for im in images) > 200
     assert all(blue(im) == 0 for im in images)
+
+
+@pytest.mark.viewer
+def test_objects_set_aside_as_not_chromosomes_are_shown_not_counted(qtbot, make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    w, _ = _started(None, qtbot, viewer, tmp_path)
+    count = w.result["count"]
+    aside = [{"box": [10.0, 10.0, 40.0, 44.0], "area": 700, "p_not_chromosome": 0.996}]
+    w._on_done(dict(w.result, rejected=aside))  # as the pipeline hands it over after the rejection step
+    layer = viewer.layers["not chromosomes"]
+    assert len(layer.data) == 1 and float(layer.features["p_not_chromosome"][0]) == 0.996
+    assert np.allclose(np.asarray(layer.data[0]).min(0), [10, 10]) and np.allclose(np.asarray(layer.data[0]).max(0), [40, 44])
+    assert "1 objects set aside as not chromosomes" in w.status.text() and w.result["count"] == count
+    w.refresh(sync=True)  # a correction redraws: the set-aside boxes stay
+    assert "not chromosomes" in viewer.layers
+    w._on_done(dict(w.result, rejected=[]))  # the next spread had none: no stale boxes
+    assert "not chromosomes" not in viewer.layers

@@ -101,6 +101,8 @@ def report_text(result: dict[str, Any], *, case: str = "", models: Sequence[dict
         "title": f"Karyotype report: {case or 'spread'}",
         "date": date or _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "iscn": result["summary"],
+        "headline": result.get("headline", result["summary"]),  # the ISCN string, "(N to review)" while flagged
+        "confident": bool(result.get("confident", n_flag == 0)),
         "count": int(result["count"]),
         "abnormal": bool(result["abnormal"]),
         "findings": list(result.get("findings", [])),
@@ -151,8 +153,10 @@ def report_pages(result: dict[str, Any], *, case: str = "", models: Sequence[dic
     fig.text(0.06, 0.965, t["title"], fontsize=14, weight="bold")
     fig.text(0.06, 0.948, f"{t['date']}  ·  napari-cellclass  ·  research use only, not a diagnosis",
              fontsize=8, color="#555555")
-    fig.text(0.06, 0.915, t["iscn"], fontsize=20, weight="bold",
-             color="#c62828" if t["abnormal"] else "#2e7d32")
+    # as in the widget: green only when nothing needs review, amber while chromosomes are flagged
+    colour = "#b26a00" if not t["confident"] else ("#c62828" if t["abnormal"] else "#2e7d32")
+    fig.text(0.06, 0.915, t["headline"], fontsize=20 if len(t["headline"]) <= 40 else 15, weight="bold",
+             color=colour)
     line = f"count: {t['count']}   flagged: {t['n_flagged']}"
     if t["findings"]:  # all of them are in the ISCN string above; shortened at a word boundary
         line += "   findings: " + textwrap.shorten("; ".join(t["findings"]), 90, placeholder=" ...")

@@ -70,15 +70,17 @@ def segment_with_boxes(image: np.ndarray, segmenter: str = "auto", detector_mode
                        device: str | None = None, cancel: CancelToken | None = None,
                        options: SegmentOptions | None = None) -> Job[tuple[np.ndarray, np.ndarray]]:
     """``(labels, boxes)``: boxes row k-1 for label k, the learned detector's own boxes where it ran."""
-    labels, boxes, _ = yield from _segment(image, segmenter, detector_model, device, cancel, options)
+    labels, boxes, _, _ = yield from _segment(image, segmenter, detector_model, device, cancel, options)
     return labels, boxes
 
 
-def _segment(image, segmenter, detector_model, device, cancel, options) -> Job[tuple[np.ndarray, np.ndarray, bool]]:
-    """``(labels, boxes, detected)``; ``detected``: the boxes are the learned chromosome detector's own."""
+def _segment(image, segmenter, detector_model, device, cancel, options
+             ) -> Job[tuple[np.ndarray, np.ndarray, bool, dict[str, Any] | None]]:
+    """``(labels, boxes, detected, found)``; ``detected``: the boxes are the learned chromosome
+    detector's own, and ``found`` then holds its scores and the loaded detector."""
     segmenter, det = resolve_segmenter(segmenter, detector_model, device)
     yield Progress(0, 1, "segment", f"segmenting ({segmenter})")
-    boxes = None
+    boxes, found = None, None
     detected = segmenter == "detector" and _is_chromdet(det)
     if segmenter == "threshold":
         labels = segment_spread(image, options)
@@ -87,10 +89,11 @@ def _segment(image, segmenter, detector_model, device, cancel, options) -> Job[t
 
         found = yield from detect_chromosomes(image, det, device=device, cancel=cancel)
         labels, boxes = found["labels"], found["boxes"]
+        found = {"scores": found.get("scores"), "detector": det}
     else:
         labels = yield from _detector_labels(image, det, device, cancel)
     yield Progress(1, 1, "segment", f"{int(labels.max())} objects")
-    return labels, (label_boxes(labels) if boxes is None else np.asarray(boxes, float).reshape(-1, 4)), detected
+    return labels, (label_boxes(labels) if boxes is None else np.asarray(boxes, float).reshape(-1, 4)), detected, found
 
 
 def resolve_segmenter(segmenter: str, detector_model: Any, device: str | None = None
@@ -215,7 +218,7 @@ def karyotype(image: np.ndarray, model_path: Any = None, device: str | None = No
               detector_model: Any = None, cancel: CancelToken | None = None,
               known_probs: dict[int, np.ndarray] | None = None, fixed: dict[int, int] | None = None,
               pairing: bool = True, low_confidence: float = 0.5, full_model: bool = False,
-              segment_options: SegmentOptions | None = None, **kw: Any) -> Job[dict[str, Any]]:
+              segment_options: SegmentOptions | None = None, reject: bool = True, **kw: Any) -> Job[dict[str, Any]]:
     """Karyotype one spread.
 
     Parameters
@@ -231,6 +234,10 @@ def karyotype(image: np.ndarray, model_path: Any = None, device: str | None = No
     known_probs : {label id: (24,) probabilities} from a previous run; only other labels are classified
         (the widget uses this after the user edits the segmentation).
     fixed : {label id: class index} the user set by hand.
+    reject : remove what the detector found that the rejection step
+        (:mod:`napari_cellclass.karyotype.reject`) is confident is not a chromosome (nuclei,
+        debris, stain blobs); they are listed in ``rejected`` for review.  Only for the
+        learned detector's own objects, never for labels the user gave.
 
     Returns a dict with ``labels``, ``probabilities`` (N, 24), ``classes``, ``class_names``,
     ``confidence``, ``flagged``, ``summary`` (ISCN string), ``abnormal``, ``table``, ``karyogram`` and
@@ -245,12 +252,12 @@ def karyotype(image: np.ndarray, model_path: Any = None, device: str | None = No
         from ..io.limits import check_informative
 
         check_informative(img, "the spread image", min_side=32)  # blank or 1x1: an error, not 46 "losses"
-        labels, boxes, detected = yield from _segment(img, segmenter, detector_model, device, cancel,
-                                                      segment_options)
+        labels, boxes, detected, found = yield from _segment(img, segmenter, detector_model, device, cancel,
+                                                             segment_options)
         if not np.asarray(labels).any():
             raise InputError("no chromosomes were found in this image; is it a metaphase spread?")
     else:
-        boxes, detected = None, False
+        boxes, detected, found = None, False, None
         labels = np.asarray(labels)
         if labels.shape != img.shape[:2]:
             raise InputError(f"labels shape {labels.shape} does not match the image {img.shape[:2]}")
@@ -271,11 +278,23 @@ def karyotype(image: np.ndarray, model_path: Any = None, device: str | None = No
                                          boxes=boxes if detected else None)
         probs[np.asarray(todo) - 1] = new
     check_cancel(cancel)
+    rejected: list[dict[str, Any]] = []
+    if reject and detected and found is not None and not known and not fixed:
+        from ..karyotype.reject import reject_objects, rejection_model
+
+        rmodel = rejection_model(found["detector"])
+        if rmodel is not None and n:
+            labels, probs, boxes, rejected = reject_objects(img, labels, np.asarray(boxes, float), found["scores"],
+                                                            probs, rmodel)
+            n = int(labels.max()) if labels.size else 0
+            if rejected:
+                yield Progress(0, 1, "pair", f"{len(rejected)} objects set aside as not chromosomes")
     yield Progress(0, 1, "pair", "pairing and building the karyogram")
     rows_fixed = {int(k) - 1: int(v) for k, v in (fixed or {}).items() if 1 <= int(k) <= n}
     result = finish_karyotype(img, labels, probs, fixed=rows_fixed, low_confidence=low_confidence, pairing=pairing)
     # the detector's boxes follow the annotators' convention; the masks' own boxes otherwise
     result["boxes"] = boxes if boxes is not None and len(boxes) == n else label_boxes(labels)
+    result["rejected"] = rejected  # objects set aside as nuclei, debris or stain (boxes, for review)
     result["classified"] = len(todo)
     result["seconds"] = round(time.monotonic() - t0, 2)
     yield Progress(1, 1, "pair", result["summary"])
@@ -409,6 +428,7 @@ def summary_json(result: dict[str, Any]) -> dict[str, Any]:
         "findings": list(result["findings"]), "sex_template": result["sex_template"],
         "n_flagged": int(np.sum(result["flagged"])),
         "chromosomes": result["table"],
+        "not_chromosomes": list(result.get("rejected", [])),  # set aside by the rejection step, for review
     }
 
 
@@ -516,7 +536,8 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
             res = yield from karyotype(img, model, device=opts.device, segmenter=seg,
                                        detector_model=detector, cancel=opts.cancel,
                                        pairing=bool(opts.get("pairing", True)),
-                                       full_model=bool(opts.get("full_model", False)))
+                                       full_model=bool(opts.get("full_model", False)),
+                                       reject=bool(opts.get("reject", True)))
         except InputError as exc:  # this spread is unusable; say why and go on with the others
             failed += 1
             first_error = first_error or exc
@@ -567,7 +588,7 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
     _, detector = resolve_segmenter(seg, opts.get("detector_model"), opts.device)  # loaded once for all spreads
     tp = n_pred = n_true = right_count = 0
     cls_ok = cls_ok_argmax = n_matched_cls = 0
-    right_karyo = right_after_review = confident_right = n_confident = 0
+    right_karyo = right_after_review = confident_right = n_confident = n_rejected = 0
     per_spread = []
     for k, (img_path, side) in enumerate(pairs):
         check_cancel(opts.cancel)
@@ -579,8 +600,10 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
             res = None
         else:
             res = yield from karyotype(img, model, device=opts.device, segmenter=seg,
-                                       detector_model=detector, cancel=opts.cancel)
+                                       detector_model=detector, cancel=opts.cancel,
+                                       reject=bool(opts.get("reject", True)))
             labels, boxes_p = res["labels"], res["boxes"]
+            n_rejected += len(res.get("rejected", []))
         matches = match_boxes(boxes_p, boxes_t, 0.5)
         tp += len(matches)
         n_pred += len(boxes_p)
@@ -622,6 +645,7 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
             "class_accuracy_argmax": cls_ok_argmax / max(n_matched_cls, 1),
             "karyotype_string_accuracy": right_karyo / max(len(pairs), 1),
             "karyotype_string_accuracy_if_unsure_confirmed": right_after_review / max(len(pairs), 1),
+            "rejected_as_not_chromosomes": n_rejected,
             "confident_share": n_confident / max(len(pairs), 1),  # spreads with nothing flagged
             "confident_string_precision": (confident_right / n_confident) if n_confident else None,
         })

@@ -42,6 +42,7 @@ from ._runner import wrapping_label as _wrapping_label
 LABELS_NAME = "chromosomes"
 SHAPES_NAME = "chromosome classes"
 KARYOGRAM_NAME = "karyogram"
+NOT_CHROMOSOMES_NAME = "not chromosomes"
 CUT_NAME = "cut line"
 
 
@@ -98,6 +99,7 @@ class KaryotypeWidget(RunsJobs, QWidget):
         self.result: dict[str, Any] | None = None
         self._row_of: list[int] = []  # table row -> result row (flagged chromosomes first)
         self.session = None  # KaryotypeSession of the shown result: all corrections go through it
+        self._rejected: list[dict] = []  # what the rejection step set aside on the shown spread
         self._image: np.ndarray | None = None
         self._image_name = ""
         self._models: tuple[Path | None, Path | None, str] = (None, None, "")  # classifier, detector, segmenter
@@ -307,12 +309,16 @@ class KaryotypeWidget(RunsJobs, QWidget):
                 straighten=self.straight_box.isChecked())
             shown = self.session.update()
         n = len(res["classes"])
+        self._rejected = list(res.get("rejected") or [])  # set aside as not chromosomes: shown, not counted
         self._merge_refused = None
         self.warning_label.setText(" ".join(t for t in (synthetic_warning(self._trained_on),
                                                         getattr(self, "_banding_note", "")) if t))
         warning = synthetic_warning(self._trained_on)
         self.status.setText(f"done in {res.get('seconds', 0)} s; classified {res.get('classified', n)} objects"
                             + (f". {warning}" if warning else "")
+                            + (f"; {len(self._rejected)} objects set aside as not chromosomes (layer "
+                               f"'{NOT_CHROMOSOMES_NAME}'; paint one into the labels to count it)"
+                               if self._rejected else "")
                             + "".join(f". Note: {t}" for t in getattr(self, "_notes", [])))
         self._show(shown)
         self.viewer.reset_view()  # the new karyogram sits right of the spread: show both
@@ -351,7 +357,9 @@ class KaryotypeWidget(RunsJobs, QWidget):
         self._updating = True
         try:
             # labels get their own copy (painting shows up as a difference from the session's labels)
-            tuples = karyotype_layers(res)
+            tuples = karyotype_layers(dict(res, rejected=self._rejected))
+            if not self._rejected and self._layer(NOT_CHROMOSOMES_NAME) is not None:
+                self.viewer.layers.remove(NOT_CHROMOSOMES_NAME)  # a new spread: no stale boxes
             shown = self._karyogram_shown()
             if shown is not None:  # the selection frame is for the screen only; res["karyogram"] stays clean
                 tuples = [(shown, kw, kind) if kw.get("name") == KARYOGRAM_NAME else (data, kw, kind)

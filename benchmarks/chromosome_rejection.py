@@ -1,0 +1,148 @@
+"""Fit and measure the rejection step (karyotype/reject.py) on annotated Tseng spreads.
+
+Collects the features of every object the built-in detector finds on both Tseng folders
+(the classifier's probabilities included), labels each against the VOC boxes (IoU >= 0.5 with
+one: a chromosome; under 20 % of its box on any: not a chromosome; the rest, parts and merges,
+is left out of the fit), fits a logistic model on the training spreads (the built-ins' split,
+by spread, seed 0, 20 %), picks the threshold whose out-of-fold rejections (by spread) are
+>= 95 % right, and prints its effect on the held-out spreads of each folder.  The numbers it
+prints are the ones in ``REJECTION``.
+
+    OMP_NUM_THREADS=1 python benchmarks/chromosome_rejection.py --features feats.json --out rejection.json
+
+About 5 s per spread on a 2-core CPU (279 spreads); ``--features`` keeps the collected table
+so that the fit can be redone without the models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chromosomes"
+FOLDERS = ("tseng2023_gband_spreads", "tseng2023_gband_spreads_more")
+
+
+def collect(data: Path, detector: str, classifier: str) -> list[dict]:
+    from napari_cellclass.engine.progress import run_sync
+    from napari_cellclass.io.spread_reader import annotated_spreads, read_spread_image, spread_truth
+    from napari_cellclass.karyotype.detector import detect_chromosomes, split_spreads
+    from napari_cellclass.karyotype.reject import object_features
+    from napari_cellclass.tasks.karyotype import classify_labels
+    from napari_cellclass.zoo.loaded import load_model
+
+    det = load_model(detector, task="karyotype")
+    cls = load_model(classifier, task="chromosome")
+    rows = []
+    for folder in FOLDERS:
+        pairs = annotated_spreads(data / folder)
+        held = {p[0].name for p in split_spreads(pairs, 0.2, 0)[1]}
+        for img_path, side in pairs:
+            t0 = time.monotonic()
+            img = read_spread_image(img_path)
+            r = run_sync(detect_chromosomes(img, det))
+            labels, boxes, n = r["labels"], r["boxes"], int(r["labels"].max())
+            if n == 0:
+                continue
+            probs = run_sync(classify_labels(img, labels, cls, boxes=boxes))
+            feats, names = object_features(img, labels, boxes, r["scores"], probs)
+            bt = np.asarray(spread_truth(img_path, side)[0], float).reshape(-1, 4)
+            y0, x0, y1, x1 = (boxes[:, i:i + 1] for i in range(4))
+            inter = (np.clip(np.minimum(y1, bt[:, 2]) - np.maximum(y0, bt[:, 0]), 0, None)
+                     * np.clip(np.minimum(x1, bt[:, 3]) - np.maximum(x0, bt[:, 1]), 0, None))
+            area = (y1 - y0) * (x1 - x0)
+            iou = inter / (area + (bt[:, 2] - bt[:, 0]) * (bt[:, 3] - bt[:, 1]) - inter + 1e-9)
+            cover = inter.sum(1) / (area[:, 0] + 1e-9)
+            for k in range(n):
+                rows.append(dict(folder=folder, spread=img_path.name, held=img_path.name in held,
+                                 iou=float(iou[k].max()) if len(bt) else 0.0, cover=float(min(cover[k], 1.0)),
+                                 n_true=len(bt), **{nm: float(v) for nm, v in zip(names, feats[k])}))
+            print(folder, img_path.name, n, len(bt), round(time.monotonic() - t0, 2), flush=True)
+    return rows
+
+
+def fit(rows: list[dict], target_precision: float = 0.95) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+
+    from napari_cellclass.karyotype.reject import FEATURES, rejection_probability
+
+    X = np.array([[r[f] for f in FEATURES] for r in rows], float)
+    iou = np.array([r["iou"] for r in rows])
+    cover = np.array([r["cover"] for r in rows])
+    held = np.array([r["held"] for r in rows])
+    spread = np.array([r["folder"] + "/" + r["spread"] for r in rows])
+    y = np.where(cover < 0.2, 1, np.where(iou >= 0.5, 0, -1))
+
+    def fit_on(mask):
+        Xm = X[mask]
+        mu, sd = Xm.mean(0), Xm.std(0) + 1e-6
+        lr = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit((Xm - mu) / sd, y[mask])
+        return {"features": list(FEATURES), "mean": mu.tolist(), "scale": sd.tolist(),
+                "coef": lr.coef_[0].tolist(), "intercept": float(lr.intercept_[0])}
+
+    train = np.flatnonzero(~held)
+    oof = np.zeros(len(rows))
+    for a, b in GroupKFold(5).split(train, groups=spread[train]):
+        m = np.zeros(len(rows), bool)
+        m[train[a]] = True
+        oof[train[b]] = rejection_probability(X[train[b]], fit_on(m & (y >= 0)))
+    threshold = 0.995
+    for t in np.linspace(0.5, 0.995, 100):
+        rej = ~held & (oof >= t)
+        if rej.any() and 1 - (rej & (iou >= 0.5)).sum() / rej.sum() >= target_precision:
+            threshold = float(t)
+            break
+    model = fit_on(~held & (y >= 0))
+    model["threshold"] = round(threshold, 4)
+    p = rejection_probability(X, model)
+    report = {"objects": len(rows), "not_chromosomes_train": int(((y == 1) & ~held).sum()),
+              "chromosomes_train": int(((y == 0) & ~held).sum()), "threshold": model["threshold"]}
+    for folder in FOLDERS:
+        sel = held & np.array([r["folder"] == folder for r in rows])
+        per = defaultdict(lambda: [0, 0, 0])
+        for i in np.flatnonzero(sel):
+            per[spread[i]][0] = rows[i]["n_true"]
+            per[spread[i]][1] += 1
+            per[spread[i]][2] += int(p[i] < threshold)
+        rej = sel & (p >= threshold)
+        n_true = sum(v[0] for v in per.values())
+        report[folder] = {
+            "held_out_spreads": len(per), "set_aside": int(rej.sum()),
+            "set_aside_precision": round(1 - (rej & (iou >= 0.5)).sum() / max(rej.sum(), 1), 3),
+            "not_chromosomes_found": int(((y == 1) & sel).sum()),
+            "recall": [round(((iou >= 0.5) & sel).sum() / n_true, 3), round(((iou >= 0.5) & sel & ~rej).sum() / n_true, 3)],
+            "precision": [round(((iou >= 0.5) & sel).sum() / sel.sum(), 3),
+                          round(((iou >= 0.5) & sel & ~rej).sum() / (sel & ~rej).sum(), 3)],
+            "mean_abs_count_error": [round(float(np.mean([abs(v[1] - v[0]) for v in per.values()])), 2),
+                                     round(float(np.mean([abs(v[2] - v[0]) for v in per.values()])), 2)],
+        }
+    return {"model": model, "report": report}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--detector", default="chromdet-tseng")
+    ap.add_argument("--classifier", default="gricol-gband-2labs")
+    ap.add_argument("--features", type=Path, default=None, help="JSON of collected features (read if present)")
+    ap.add_argument("--out", type=Path, default=None, help="write the fitted model here")
+    args = ap.parse_args()
+    if args.features is not None and args.features.is_file():
+        rows = json.loads(args.features.read_text())
+    else:
+        rows = collect(args.data, args.detector, args.classifier)
+        if args.features is not None:
+            args.features.write_text(json.dumps(rows))
+    res = fit(rows)
+    print(json.dumps(res["report"], indent=1))
+    if args.out is not None:
+        args.out.write_text(json.dumps(res["model"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
