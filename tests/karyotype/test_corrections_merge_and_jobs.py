@@ -104,6 +104,38 @@ def test_update_job_reports_stages_and_cancel_leaves_state_for_undo(spread):
         run_sync(ses.update_job(cancel=stopped))
 
 
+def test_a_classifier_that_takes_the_cancel_token_gets_it(spread):
+    """The model step itself can stop at Cancel (between batches), not only after it."""
+    seen = []
+
+    def classify(image, labels, ids, cancel=None):
+        seen.append(cancel)
+        return np.full((len(ids), 24), 1 / 24)
+
+    token = CancelToken()
+    run_sync(KaryotypeSession(spread["image"], spread["labels"], classify=classify).update_job(cancel=token))
+    assert seen == [token]
+    old_style = []
+    run_sync(KaryotypeSession(spread["image"], spread["labels"],
+                              classify=lambda image, labels, ids: old_style.append(ids) or np.full((len(ids), 24), 1 / 24)
+                              ).update_job(cancel=token))
+    assert len(old_style) == 1  # a classifier without the parameter is called as before
+
+
+def test_the_builtin_classifier_stops_at_cancel(spread):
+    from karyotype_utils import tiny_checkpoint
+
+    from napari_cellclass.tasks.karyotype import model_classifier
+
+    classify = model_classifier(str(tiny_checkpoint(__import__("pathlib").Path(__import__("tempfile").mkdtemp())
+                                                    / "m.safetensors")), "cpu")
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        classify(spread["image"], spread["labels"], [1, 2, 3], cancel=token)
+    assert classify(spread["image"], spread["labels"], [1, 2]).shape == (2, 24)
+
+
 def test_straightened_and_plain_karyograms_and_no_selection_frame(spread):
     ses = KaryotypeSession(spread["image"], spread["labels"])
     assert ses.straighten  # the default: bent chromosomes laid out straight

@@ -31,6 +31,19 @@ from .iscn import iscn_summary
 from .karyogram import Karyogram, Orientation, chromosome_table, render_karyogram
 
 Classifier = Callable[[np.ndarray, np.ndarray, list[int]], np.ndarray]
+
+
+def _classify(fn: Classifier, image: np.ndarray, labels: np.ndarray, ids: list[int],
+              cancel: CancelToken | None) -> np.ndarray:
+    """Call a classifier, handing it the cancel token when it takes one (Cancel then stops it
+    between batches instead of after the whole model step)."""
+    import inspect
+
+    try:
+        takes_cancel = "cancel" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_cancel = False
+    return fn(image, labels, ids, cancel=cancel) if takes_cancel else fn(image, labels, ids)
 """(image, labels, label ids) -> (len(ids), 24) class probabilities
 (:func:`napari_cellclass.tasks.karyotype.model_classifier` makes one from a model)."""
 
@@ -328,7 +341,8 @@ class KaryotypeSession:
         if todo:
             yield Progress(0, 3, "classify", f"classifying {len(todo)} changed object(s)")
             if self.classify is not None:
-                new = np.asarray(self.classify(self.image, self.labels, todo), np.float64).reshape(len(todo), -1)
+                new = np.asarray(_classify(self.classify, self.image, self.labels, todo, cancel),
+                                 np.float64).reshape(len(todo), -1)
             else:
                 new = np.full((len(todo), N_CLASSES), 1.0 / N_CLASSES)
             check_cancel(cancel)

@@ -335,7 +335,8 @@ def model_classifier(model: Any, device: str | None = None):
 
     state: dict[str, Any] = {}
 
-    def classify(image: np.ndarray, labels: np.ndarray, ids: list[int]) -> np.ndarray:
+    def classify(image: np.ndarray, labels: np.ndarray, ids: list[int],
+                 cancel: CancelToken | None = None) -> np.ndarray:
         from ..engine.progress import run_sync
 
         if "model" not in state:
@@ -345,7 +346,8 @@ def model_classifier(model: Any, device: str | None = None):
         lut = np.zeros(int(labels.max()) + 1, np.int32)
         lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
         compact = lut[labels]
-        return run_sync(classify_labels(image, compact, state["model"], [int(lut[i]) for i in ids], device))
+        return run_sync(classify_labels(image, compact, state["model"], [int(lut[i]) for i in ids], device,
+                                        cancel=cancel))
 
     return classify
 
