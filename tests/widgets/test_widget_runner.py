@@ -81,6 +81,7 @@ def test_sync_mode_progress_scale_and_result(make_napari_viewer, qtbot, notes, m
     seen = []
     runner.on_progress = lambda p: seen.append((runner.progress.value(), button.isEnabled(), runner.busy))
     got = []
+    runner.min_interval = 0.0  # every report shown (throttling: test_progress_is_throttled)
     assert runner.start(lambda: counting_job(4), got.append, sync=True) == "done"
     assert got == ["done"] and SCALE == 100
     assert [v for v, _, _ in seen] == [25, 50, 75, 100]  # percent
@@ -174,3 +175,125 @@ def test_every_widget_runs_through_the_one_runner(make_napari_viewer, qtbot, not
     qtbot.waitUntil(lambda: not w.runner.busy, timeout=10000)
     assert _errors(notes) == ["broken input file"]  # once: no second toast from the worker
     assert all(b.isEnabled() for b in w.runner.buttons)
+
+
+def chatty_job(n=400, seconds=0.8, epochs=(100, 200, 300)):
+    """Reports per 'tile' (hundreds a second, total unknown) with an epoch report now and then."""
+    for i in range(n):
+        time.sleep(seconds / n)
+        yield Progress(i + 1, None, "tiles", f"tile {i + 1}")
+        if i + 1 in epochs:
+            yield Progress(i + 1, None, "epoch", f"epoch at {i + 1}", {"loss": 1.0})
+    return n
+
+
+def test_progress_is_throttled_and_never_a_busy_bar(make_napari_viewer, qtbot):
+    """Each report shown repaints the window (20-40 ms of software GL); a per-tile job once showed hundreds
+    a second and Qt's busy bar animated the window continuously (docs/performance.md)."""
+    from napari_cellclass.engine.progress import MAX_REPORTS_PER_S
+    from napari_cellclass.widgets._runner import SCALE
+
+    make_napari_viewer()
+    runner, _ = _runner(qtbot)
+    seen, ranges = [], []
+    runner.on_progress = lambda p: (seen.append(p), ranges.append(runner.progress.maximum()))
+    got = []
+    runner.start(lambda: chatty_job(), got.append)
+    qtbot.waitUntil(lambda: not runner.busy, timeout=20000)
+    assert got == [400]
+    epochs = [p for p in seen if p.stage == "epoch"]
+    assert [p.step for p in epochs] == [100, 200, 300]  # epochs always pass (the training curves)
+    tiles = [p for p in seen if p.stage == "tiles"]
+    # at most MAX_REPORTS_PER_S a second, plus one after each stage change (and a slow machine's slack)
+    assert len(tiles) <= 0.8 * MAX_REPORTS_PER_S * 3 + 2 * len(epochs) + 2, len(tiles)
+    assert set(ranges) == {SCALE}  # never setRange(0, 0)
+    assert runner.progress.maximum() == SCALE
+
+
+def test_cancel_stops_at_a_dropped_report(make_napari_viewer, qtbot):
+    """A job without a token is closed at its next yield, even one the throttle does not show."""
+    from napari_cellclass.engine.progress import throttled
+
+    closed = []
+
+    def job():
+        try:
+            for i in range(10_000):
+                time.sleep(0.002)
+                yield Progress(i, None, "tiles", "")
+        finally:
+            closed.append(True)
+
+    make_napari_viewer()
+    runner, button = _runner(qtbot)
+    runner.min_interval = 3600.0  # only the first report is ever shown
+    runner.start(job, lambda r: None)
+    qtbot.waitUntil(lambda: runner.status.text() == "tiles", timeout=10000)
+    t0 = time.monotonic()
+    runner.cancel()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
+    assert time.monotonic() - t0 < 2.0 and closed == [True] and runner.last_error == "cancelled"
+
+    # the generator helper alone: its result passes through, a stop request raises Cancelled
+    from napari_cellclass.engine.progress import run_sync
+    from napari_cellclass.errors import Cancelled
+
+    assert run_sync(throttled(counting_job(5), 0.0)) == "done"
+    with pytest.raises(Cancelled):
+        run_sync(throttled(counting_job(5), 0.0, stop=lambda: True))
+
+
+def test_worker_runs_torch_with_the_policy_thread_count(make_napari_viewer, qtbot, monkeypatch):
+    """The worker sets torch's intra-op thread count explicitly (the policy), not what a new thread inherits."""
+    import torch
+
+    from napari_cellclass.widgets import _runner as runner_mod
+
+    main_threads = torch.get_num_threads()
+    policy = 1 if main_threads != 1 else 2
+    monkeypatch.setattr(runner_mod, "worker_threads", lambda: policy)
+    make_napari_viewer()
+    runner, _ = _runner(qtbot)
+    inside = []
+
+    def job():
+        inside.append(torch.get_num_threads())
+        yield Progress(1, 1, "x", "")
+        return "ok"
+
+    try:
+        runner.start(job, lambda r: None)
+        qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
+        assert inside == [policy]
+    finally:
+        torch.set_num_threads(main_threads)
+    monkeypatch.undo()
+    assert runner_mod.worker_threads() == torch.get_num_threads()  # the policy: what a direct call gets
+
+
+def test_status_line_keeps_its_height_while_a_job_runs(make_napari_viewer, qtbot):
+    """A report that wraps onto more lines must not re-lay out the dock (plots below redraw in full)."""
+    from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+    viewer = make_napari_viewer(show=True)  # laid out for real
+    runner, button = _runner(qtbot)
+    host = QWidget()
+    lay = QVBoxLayout(host)
+    for w in (button, runner.progress, runner.status):
+        lay.addWidget(w)
+    viewer.window.add_dock_widget(host)
+    heights = []
+
+    def wordy_job():
+        for i in range(6):
+            time.sleep(0.15)
+            yield Progress(i + 1, 6, "segment", "a long report " * (1 + 8 * (i % 2)))
+        return "ok"
+
+    runner.min_interval = 0.0
+    runner.on_progress = lambda p: heights.append(runner.status.height())
+    runner.start(wordy_job, lambda r: runner.status.setText("the result, which may be long " * 8))
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10000)
+    assert len(heights) == 6 and len(set(heights[1:])) == 1, heights
+    assert runner.status.maximumHeight() > 10_000  # released: the full result shows after the job
+    qtbot.waitUntil(lambda: runner.status.height() > heights[-1], timeout=5000)

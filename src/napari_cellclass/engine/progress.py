@@ -75,6 +75,52 @@ def run_sync(
             on_progress(p)
 
 
+#: Reports a GUI is shown per second at most (:func:`throttled`).  Each one shown repaints the
+#: window; under software OpenGL (Xvfb, remote desktops) that costs 20-40 ms of CPU a time,
+#: taken from the job (docs/performance.md), so twice a second, not per tile or batch.
+MAX_REPORTS_PER_S = 2
+
+
+def _always_shown(p: Progress) -> bool:
+    """An epoch report is never dropped (the training curves need every one)."""
+    return p.stage == "epoch"
+
+
+def throttled(
+    job: Generator[Progress, None, T],
+    min_interval: float = 1.0 / MAX_REPORTS_PER_S,
+    *,
+    stop: Callable[[], bool] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Generator[Progress, None, T]:
+    """Pass ``job``'s reports on at most once per ``min_interval`` seconds; return its result.
+
+    A job may yield per tile or per batch, hundreds of times a second; a viewer that
+    repaints for each one takes the CPU the job needs (docs/performance.md).  The first
+    report and every ``epoch`` report always pass; a new stage waits its turn like any
+    report (a job's result replaces its last report anyway).  ``stop`` is asked
+    at *every* report the job makes, dropped or not: when it answers True the job is
+    closed at that ``yield`` and :class:`Cancelled` raised, so stopping never waits
+    for the next report that would have been shown.
+    """
+    last_t: float | None = None
+    try:
+        while True:
+            if stop is not None and stop():
+                job.close()
+                raise Cancelled("cancelled by the user; nothing half-done was written")
+            try:
+                p = next(job)
+            except StopIteration as done:
+                return done.value
+            now = clock()
+            if last_t is None or _always_shown(p) or now - last_t >= min_interval:
+                last_t = now
+                yield p
+    finally:
+        job.close()  # closed from outside (GeneratorExit at our yield): close the job at its yield too
+
+
 class TextProgress:
     """CLI progress on stderr, through tqdm.
 

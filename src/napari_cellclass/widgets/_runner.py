@@ -5,10 +5,14 @@ Every long job in the package is a generator that yields
 :class:`JobRunner` drives one in a napari ``thread_worker`` and owns what every
 widget used to wire by hand:
 
-* one progress scale (0-100 %; a busy bar while the job does not know its total);
-* Cancel through the job's :class:`CancelToken` (or, for a job without one, by
-  stopping the worker at its next ``yield``), reported as information, not as an
-  error;
+* one progress scale (0-100 %), fed at most :data:`MAX_REPORTS_PER_S` times a second
+  (:func:`~napari_cellclass.engine.progress.throttled`); a job that does not know its
+  total leaves the bar where it is and says its stage in the status line - never
+  Qt's animated "busy" bar, which repaints the whole window without pause;
+* the worker thread runs torch with the same intra-op thread count as a direct call
+  (:func:`worker_threads`), set explicitly, not left to what a new thread inherits;
+* Cancel through the job's :class:`CancelToken` and, for every job, by closing it at
+  its next ``yield`` (shown or not), reported as information, not as an error;
 * one error path: a :class:`CellClassError` in its own words, anything else by
   its type, shown once (status line + one notification), never a traceback;
 * the widget's run buttons disabled while a job runs and enabled again after it,
@@ -20,12 +24,14 @@ widget used to wire by hand:
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
-from ..engine.progress import CancelToken, Progress, run_sync
+from ..engine.progress import MAX_REPORTS_PER_S, CancelToken, Progress, run_sync, throttled
 from ..errors import Cancelled
 from ._errors import error_message
 
@@ -36,6 +42,29 @@ SCALE = 100  # the progress bar's maximum: percent, in every widget
 def sync_default() -> bool:
     """True when ``CELLCLASS_SYNC_JOBS`` asks for jobs in the calling thread (tests, scripts)."""
     return os.environ.get(SYNC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def worker_threads() -> int | None:
+    """The torch intra-op thread count for a job in a worker: what a direct call would use.
+
+    Read on the GUI thread when the job starts (``torch.get_num_threads()``, which
+    honours ``OMP_NUM_THREADS`` and ``torch.set_num_threads``) and set again inside the
+    worker, so the worker never runs with a different count than the same job called
+    directly (OpenMP keeps the count per thread in some builds).  None before torch
+    is imported (nothing to match).
+    """
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
+
+
+def _with_threads(job, threads: int | None):
+    """Run ``job`` with ``threads`` torch threads in this (worker) thread."""
+    if threads:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    return (yield from job)
 
 
 def progress_text(p: Progress) -> str:
@@ -104,6 +133,8 @@ class JobRunner:
         self.last_error: str | None = None
         self._outcome_seen = False
         self._cancel_requested = False
+        self._stop = threading.Event()  # set by Cancel; the job is closed at its next yield
+        self.min_interval = 1.0 / MAX_REPORTS_PER_S
 
     # ------------------------------------------------------------------ starting
     def new_token(self) -> CancelToken:
@@ -130,10 +161,13 @@ class JobRunner:
             return self.fail(exc)
         self._outcome_seen = False
         self._cancel_requested = False
+        self._stop = stop = threading.Event()
         self._set_busy(True)
         self.progress.setRange(0, SCALE)
         self.progress.setValue(0)
         self.status.setText(busy_text)
+        self._hold_status_height(True)
+        job = throttled(job, self.min_interval, stop=stop.is_set)
         if sync or sync_default():
             try:
                 outcome = run_sync(_guarded(job), self._progress)
@@ -142,7 +176,8 @@ class JobRunner:
             return self._finish(outcome, on_done)
         from napari.qt.threading import create_worker
 
-        worker = create_worker(_guarded, job, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(_guarded, _with_threads(job, worker_threads()), _start_thread=False,
+                               _ignore_errors=True)
         worker.yielded.connect(self._progress)
         worker.returned.connect(lambda outcome: self._finish(outcome, on_done))
         worker.errored.connect(lambda exc: self._finish(_Outcome(error=exc), on_done))
@@ -152,14 +187,14 @@ class JobRunner:
         return worker
 
     def cancel(self) -> None:
-        """Ask the running job to stop (its token; a job without one stops at its next ``yield``)."""
+        """Ask the running job to stop: its token (checked inside long steps) and, for any job,
+        closing it at its next ``yield``, whether or not that report would be shown."""
         if not self.busy:
             return
         self._cancel_requested = True
         if self.token is not None:
             self.token.cancel()
-        elif self.worker is not None:
-            self.worker.quit()
+        self._stop.set()
         self.status.setText(self.cancelling_text)
 
     # ------------------------------------------------------------------ outcomes
@@ -199,17 +234,40 @@ class JobRunner:
 
     def _progress(self, p: Progress) -> None:
         frac = p.fraction
-        if frac is None:
-            self.progress.setRange(0, 0)  # busy: the job does not know its total
-        else:
-            self.progress.setRange(0, SCALE)
-            self.progress.setValue(int(round(SCALE * frac)))
-        if not self._cancel_requested:
-            self.status.setText(progress_text(p))
+        # no busy (0, 0) range: Qt animates it by repainting the window continuously, which
+        # under a software-GL viewer took more CPU than the job (docs/performance.md)
+        if frac is not None:
+            value = int(round(SCALE * frac))
+            if value != self.progress.value():
+                # QProgressBar.setValue repaints at once; with updates off it only schedules
+                # one, which Qt paints together with the status line's (one window repaint)
+                self.progress.setUpdatesEnabled(False)
+                self.progress.setValue(value)
+                self.progress.setUpdatesEnabled(True)
+        text = progress_text(p)
+        if not self._cancel_requested and text != self.status.text():
+            self.status.setText(text)
         if self.on_progress is not None:
             self.on_progress(p)
 
+    def _hold_status_height(self, hold: bool) -> None:
+        """While a job runs the status line keeps its height (two lines; longer reports are cut).
+
+        A report that wrapped onto one more line re-laid out the dock, and every plot below
+        the line (a matplotlib canvas) redrew in full for it: more CPU on the GUI thread
+        than some jobs took (docs/performance.md).  The full text is back when the job ends.
+        """
+        label = self.status
+        if hold:
+            lines = 2 * label.fontMetrics().lineSpacing() + 2 * label.margin() + 2
+            label.setFixedHeight(max(lines, label.height() if label.isVisible() else 0))
+        else:
+            label.setMinimumHeight(0)
+            label.setMaximumHeight(16777215)  # QWIDGETSIZE_MAX
+
     def _set_busy(self, busy: bool) -> None:
+        if not busy:
+            self._hold_status_height(False)
         self.busy = busy
         for b in self.buttons:
             b.setEnabled(not busy)
