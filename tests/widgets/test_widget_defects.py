@@ -127,3 +127,30 @@ def test_rgb_merge_guesses_channels_by_name(make_napari_viewer):
     widget.green.value = viewer.layers["DAPI blue"]  # the user's choice stays when layers change
     viewer.add_image(np.zeros((16, 16), np.uint8), name="another green")
     assert widget.green.value.name == "DAPI blue" and widget.red.value.name == "microtubules red"
+
+
+@pytest.mark.viewer
+def test_no_button_text_is_clipped_at_the_default_dock_width(make_napari_viewer, qtbot):
+    """Every dock widget, docked as napari docks it: each visible button shows its whole text."""
+    import importlib
+    import inspect
+
+    from qtpy.QtWidgets import QApplication, QPushButton
+
+    viewer = make_napari_viewer(show=True)
+    seen = 0
+    for module in ("classify_blood", "detect", "karyotype", "classify_hpa", "explain", "train"):
+        mod = importlib.import_module(f"napari_cellclass.widgets.{module}")
+        for name, cls in inspect.getmembers(mod, inspect.isclass):
+            if cls.__module__ != mod.__name__ or not name.endswith("Widget"):
+                continue
+            w = cls(viewer)
+            dock = viewer.window.add_dock_widget(w, name=name)
+            QApplication.processEvents()
+            for b in w.findChildren(QPushButton):
+                if b.isVisible() and b.text():
+                    seen += 1
+                    need = b.fontMetrics().horizontalAdvance(b.text().replace("&", ""))
+                    assert b.width() >= need + 6, (name, b.text(), b.width(), need)
+            viewer.window.remove_dock_widget(dock)
+    assert seen >= 12

@@ -110,3 +110,4 @@ def test_karyotype_widget_defaults_to_the_builtin_and_warns_when_synthetic(make_
     res = w.run(sync=True)
     assert w.last_error is None and res is not None
     assert "trained only on generated" in w.status.text()
+

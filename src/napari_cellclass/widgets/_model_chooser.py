@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -85,8 +86,10 @@ class ModelChooser(QWidget):
         self.combo.setEditable(True)
         self.combo.setInsertPolicy(QComboBox.NoInsert)
         self.combo.lineEdit().setPlaceholderText(placeholder)
-        self.combo.setMinimumContentsLength(18)
+        self.combo.setMinimumContentsLength(12)  # the combo takes the room left; the button keeps its text
         self.browse_button = QPushButton("Browse...")
+        self.browse_button.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+        self.browse_button.setMinimumWidth(self.browse_button.sizeHint().width())
         self.browse_button.clicked.connect(self.browse)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
