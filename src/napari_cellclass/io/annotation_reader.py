@@ -34,8 +34,13 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
     p = Path(path)
     if p.suffix.lower() == ".xml" and is_voc(p):
         return read_annotations
-    if p.suffix.lower() == ".json" and is_coco(p):
-        return read_annotations
+    if p.suffix.lower() == ".json":
+        try:
+            coco = is_coco(p)
+        except (RecursionError, OverflowError):  # a hostile JSON: the reader names the problem
+            coco = True
+        if coco:
+            return read_annotations
     return None
 
 
@@ -132,7 +137,9 @@ def read_annotations(path: str | list[str]) -> list[tuple]:
     if p.suffix.lower() == ".xml":
         anns = [read_voc(p)]
     else:
-        anns = read_coco(p)
+        from .limits import json_guarded
+
+        anns = json_guarded(p, lambda: read_coco(p))
     classes = list(dict.fromkeys(lab for a in anns for lab in a.labels))
     layers = []
     for a in anns:

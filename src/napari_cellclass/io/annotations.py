@@ -509,6 +509,8 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[An
         raise InputError("not a text (UTF-8) JSON file", path) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"malformed JSON ({exc})", path) from None
+    except ValueError:  # Python's limit on integer digits (4300): no image has such a number
+        raise InputError("JSON holds a number with thousands of digits; not an annotation file", path) from None
     if not isinstance(data, dict):
         raise InputError("not a COCO file: top level is not a JSON object", path)
     for key in ("images", "annotations"):
@@ -599,7 +601,7 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[An
                     raise InputError(f"{where}: 'bbox' must be [x, y, width, height]", path)
                 try:
                     x, y, bw, bh = (float(v) for v in bbox)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):  # a 400-digit integer: not a coordinate
                     raise InputError(f"{where}: 'bbox' values are not numbers", path) from None
                 if bw < 0 or bh < 0:
                     raise InputError(f"{where}: 'bbox' has negative width/height {bbox} (inverted box)", path)

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from .limits import ScanReport, check_finite, is_appledouble
+from .limits import ScanReport, check_finite, is_appledouble, json_guarded
 from .annotations import AnnotatedImage, check_declared_size, coco_categories, is_coco, polygon_to_mask, read_coco, read_voc
 
 
@@ -42,13 +42,17 @@ def to_rgb_uint8(image: np.ndarray, path: Path | None = None) -> np.ndarray:
     return (np.clip((a - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 through :func:`.limits.read_image` (size checked before decoding)."""
+def read_image(path: Path, work: float | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 through :func:`.limits.read_image` (size checked before decoding).
+
+    ``work``: bytes per pixel of the whole-image analysis to follow (memory budget, see
+    :func:`napari_cellclass.budget.check_whole_image`).
+    """
     from .limits import read_image as read_checked
 
     if not Path(path).exists():
         raise InputError("image file not found (the annotation names it)", path)
-    return to_rgb_uint8(read_checked(path), path)
+    return to_rgb_uint8(read_checked(path, work=work), path)
 
 
 @dataclass
@@ -71,6 +75,7 @@ class DetectionDataset:
             raise InputError(f"annotation {item.source} names no image file")
         img = read_image(item.image_path)
         check_declared_size(item, img.shape[:2])
+        clip_boxes(item, img.shape[:2])
         return img
 
     def masks(self, i: int, shape: tuple[int, int]) -> np.ndarray:
@@ -99,6 +104,48 @@ class DetectionDataset:
             return parent.image(idx[j])
 
         return DetectionDataset([self.items[i] for i in idx], self.classes, self.source, load)
+
+
+#: Largest box coordinate taken as a coordinate (px); beyond it a value is a typo or an attack (1e300).
+MAX_COORDINATE = float(1 << 20)
+
+
+def check_boxes(items: list[AnnotatedImage]) -> None:
+    """Refuse non-finite or absurd box coordinates when the annotations are read, naming the file.
+
+    A VOC box with ``xmax=1e300`` and no ``<size>`` once reached torchvision's ``roi_align``
+    and crashed the process (exit 139, nothing printed).
+    """
+    for it in items:
+        b = np.asarray(it.boxes, dtype=np.float64).reshape(-1, 4)
+        if not len(b):
+            continue
+        bad = ~np.isfinite(b) | (np.abs(b) > MAX_COORDINATE)
+        if bad.any():
+            k, j = (int(v) for v in np.argwhere(bad)[0])
+            name = ("x0", "y0", "x1", "y1")[j]
+            raise InputError(f"object {k + 1} ({it.labels[k] if k < len(it.labels) else '?'}): box coordinate "
+                             f"{name}={b[k, j]:g} is not a pixel position (must be finite and within "
+                             f"{MAX_COORDINATE:,.0f} px); fix the annotation", it.source)
+
+
+def clip_boxes(item: AnnotatedImage, shape: tuple[int, int]) -> None:
+    """Clip ``item``'s boxes to the image now that its size is known (annotations without ``<size>``).
+
+    A box left with no area inside the image is an error naming the annotation file.
+    """
+    b = np.asarray(item.boxes, dtype=np.float64).reshape(-1, 4)
+    if not len(b):
+        return
+    h, w = float(shape[0]), float(shape[1])
+    c = np.clip(b, 0.0, [w, h, w, h])
+    empty = (c[:, 2] <= c[:, 0]) | (c[:, 3] <= c[:, 1])
+    if empty.any():
+        k = int(np.nonzero(empty)[0][0])
+        raise InputError(f"object {k + 1}: box (x0={b[k, 0]:g}, y0={b[k, 1]:g}, x1={b[k, 2]:g}, y1={b[k, 3]:g}) lies "
+                         f"outside the {int(w)}x{int(h)} image", item.source)
+    if not np.array_equal(c, b):
+        item.boxes = c
 
 
 def _classes_of(items: list[AnnotatedImage], declared: list[str] | None,
@@ -162,6 +209,7 @@ def load_voc_folder(folder: str | Path, classes: list[str] | None = None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dropped zero-size boxes are listed in item.notes
         items = [read_voc(p) for p in files]
+    check_boxes(items)
     missing = [it.source.name for it in items if it.image_path is None or not it.image_path.is_file()]
     if missing:
         raise InputError(f"{len(missing)} annotation(s) name images that are not there, e.g. {missing[0]}", folder)
@@ -186,8 +234,9 @@ def _read_class_list(path: Path) -> list[str]:
 def load_coco(path: str | Path, image_root: str | Path | None = None, classes: list[str] | None = None,
               allow_new_classes: bool = False) -> DetectionDataset:
     path = Path(path)
-    items = read_coco(path, image_root)
-    declared = classes if classes else coco_categories(path)
+    items = json_guarded(path, lambda: read_coco(path, image_root))
+    check_boxes(items)
+    declared = classes if classes else json_guarded(path, lambda: coco_categories(path))
     return DetectionDataset(items, _classes_of(items, declared, allow_new_classes), str(path))
 
 
@@ -198,12 +247,12 @@ def load_dataset(path: str | Path, classes: list[str] | None = None,
     if not path.exists():
         raise InputError("dataset path does not exist", path)
     if path.is_file():
-        if is_coco(path):
+        if json_guarded(path, lambda: is_coco(path)):
             return load_coco(path, classes=classes, allow_new_classes=allow_new_classes)
         raise InputError("not a COCO JSON file; give a VOC folder or a COCO .json", path)
     if (path / "Annotations").is_dir() or any(path.glob("*.xml")):
         return load_voc_folder(path, classes, allow_new_classes)
-    jsons = [p for p in sorted(path.glob("*.json")) if is_coco(p)]
+    jsons = [p for p in sorted(path.glob("*.json")) if json_guarded(p, lambda p=p: is_coco(p))]
     if len(jsons) == 1:
         return load_coco(jsons[0], classes=classes, allow_new_classes=allow_new_classes)
     raise InputError("found neither Annotations/*.xml (VOC) nor exactly one COCO .json", path)

@@ -155,13 +155,17 @@ def read_channel(path: str | Path, colour: str | None = None) -> np.ndarray:
     return reduce_to_channel(_imread(path), colour, path)
 
 
-def read_set(s: HPASet, *, warn: bool = True) -> tuple[dict[str, np.ndarray], list[str]]:
+def read_set(s: HPASet, *, warn: bool = True, work: float | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Read every present channel; return ``(arrays by colour, missing colours)``.
 
     All present channels must have the same shape.  Missing channels are named
     in a warning (``warn=True``).  A colour found in two formats is an error.
+    The set's channels together are held to the memory budget from their headers
+    (four 16000 px channels pass one by one, not together); ``work`` (bytes per
+    pixel of the analysis to follow) adds the whole-image bound.
     """
     check_unambiguous(s)
+    check_set_budget(s, work)
     arrays = {c: read_channel(s.paths[c], c) for c in CHANNELS if c in s.paths}
     shapes = {c: a.shape for c, a in arrays.items()}
     if len(set(shapes.values())) > 1:
@@ -180,6 +184,22 @@ def read_set(s: HPASet, *, warn: bool = True) -> tuple[dict[str, np.ndarray], li
             stacklevel=2,
         )
     return arrays, missing
+
+
+def check_set_budget(s: HPASet, work: float | None = None) -> None:
+    """Refuse a set whose channels, decoded together (or analysed whole), would pass the memory budget."""
+    from ..budget import check_whole_image
+    from .limits import check_decoded, probe
+
+    infos = [(s.paths[c], probe(s.paths[c])) for c in CHANNELS if c in s.paths]
+    if not infos:
+        return
+    first, info = infos[0]
+    h, w = info.shape[0], info.shape[1]
+    values = sum(int(np.prod(i.shape)) * int(np.dtype(i.dtype).itemsize) for _, i in infos)
+    check_decoded(h, w, values, 1, first)
+    if work is not None:
+        check_whole_image(h, w, first, work, f"analysing the {len(infos)}-channel set whole")
 
 
 def check_unambiguous(s: HPASet) -> None:

@@ -102,8 +102,13 @@ class LazyImage:
         return hi
 
 
-def open_lazy(path: str | Path, *, max_chunk_values: int | None = None) -> LazyImage:
-    """Open an OME-Zarr / Zarr / TIFF (lazily) or another image (in memory, within the pixel budget)."""
+def open_lazy(path: str | Path, *, max_chunk_values: int | None = None, for_work: bool = True) -> LazyImage:
+    """Open an OME-Zarr / Zarr / TIFF (lazily) or another image (in memory, within the pixel budget).
+
+    ``for_work`` (default): the image is to be processed tile by tile; one over the work budget
+    (:func:`napari_cellclass.budget.max_tiled_pixels`) is refused before its first tile.
+    Viewing (``for_work=False``: napari reads only the chunks on screen) has no such bound.
+    """
     from . import limits
 
     p = Path(path)
@@ -118,6 +123,8 @@ def open_lazy(path: str | Path, *, max_chunk_values: int | None = None) -> LazyI
         arr = limits.read_image(p)
         axes = "yx" if arr.ndim == 2 else "yxc"
         return LazyImage(p, arr, axes)
+    if for_work:
+        check_tile_work(img.height, img.width, p)
     if img.chunk_values > budget:
         raise InputError(
             f"the file stores its pixels in pieces of {img.chunk_values:,} values, too large to read a window at a "
@@ -164,17 +171,34 @@ def _open_tiff(p: Path) -> LazyImage:
     import tifffile
     import zarr
 
+    from .limits import check_tiff_storage
+
     try:
         with tifffile.TiffFile(p) as tif:
             series = tif.series[0]
             axes = "".join("c" if a in "CS" else a.lower() for a in series.axes)
+            for page in series.pages[:64]:  # strips sharing one block: refused before any is decoded
+                if page is not None and hasattr(page, "dataoffsets"):
+                    check_tiff_storage(page, p)
         store = tifffile.imread(p, aszarr=True, series=0, level=0)
         arr = zarr.open(store, mode="r")
+    except InputError:
+        raise
     except Exception as exc:  # tifffile raises many types for damaged files
         raise InputError(f"not a readable TIFF ({str(exc)[:160]})", p) from None
     if len(axes) != len(arr.shape):
         axes = guess_axes(arr.shape)
     return LazyImage(p, arr, axes)
+
+
+def check_tile_work(height: int, width: int, path: str | Path | None = None) -> None:
+    """Refuse an image whose tile-by-tile run would pass the work budget (its tile count, from its size)."""
+    from ..budget import ENV_MAX_TILED_PIXELS, max_tiled_pixels, too_large
+
+    if int(height) * int(width) > max_tiled_pixels():
+        raise too_large(height, width, "to process tile by tile",
+                        f"the work budget of {max_tiled_pixels() / 1e6:,.0f} M px ({ENV_MAX_TILED_PIXELS})", path,
+                        "crop the region of interest, or raise the budget if the run time is wanted")
 
 
 def guess_axes(shape: Sequence[int]) -> str:
@@ -213,7 +237,7 @@ class StackedChannels:
         return np.stack(planes, axis=-1)
 
 
-def open_hpa_lazy(path: str | Path) -> LazyImage:
+def open_hpa_lazy(path: str | Path, for_work: bool = True) -> LazyImage:
     """An HPA field as (Y, X, 4) RGBY: one 4-channel file, or the four ``<id>_<colour>`` channel files."""
     from .hpa_reader import find_set
 
@@ -221,10 +245,10 @@ def open_hpa_lazy(path: str | Path) -> LazyImage:
     s = find_set(p) if p.is_file() else None
     if s is not None and len(s.paths) >= 3:
         order = [c for c in ("red", "green", "blue", "yellow") if c in s.paths]
-        stack = StackedChannels([open_lazy(s.paths[c]) for c in order])
+        stack = StackedChannels([open_lazy(s.paths[c], for_work=for_work) for c in order])
         img = LazyImage(p, stack, "yxc")
     else:
-        img = open_lazy(p)
+        img = open_lazy(p, for_work=for_work)
     if img.channels not in (3, 4):
         raise InputError(f"an HPA field needs 4 channels (RGBY), this image has {img.channels}", p)
     return img
@@ -237,7 +261,7 @@ def declared_pixels(path: str | Path) -> int | None:
     p = Path(path)
     try:
         if _is_zarr(p) or p.suffix.lower() in TIFF_SUFFIXES:
-            img = open_lazy(p, max_chunk_values=2**62)
+            img = open_lazy(p, max_chunk_values=2**62, for_work=False)
             return img.height * img.width
         from . import limits
 
@@ -350,7 +374,7 @@ def as_dask(path: str | Path) -> Any:
     """The image as a lazy dask array in (Y, X[, C]) order, e.g. for a napari layer."""
     import dask.array as da
 
-    img = open_lazy(path)
+    img = open_lazy(path, for_work=False)
     arr = da.from_array(img.array, chunks=getattr(img.array, "chunks", None) or "auto")
     multi = img.channels > 1
     keep = tuple(slice(None) if ax in "yx" or (ax == "c" and multi) else 0 for ax in img.axes)

@@ -54,7 +54,7 @@ def check_pixels(shape: Sequence[int], path: str | Path | None = None, what: str
     budget = max_pixels()
     if n > budget:
         raise InputError(
-            f"{what} declares {' x '.join(str(s) for s in dims)} = {n:,} values, over the pixel budget of "
+            f"too large: {what} declares {' x '.join(str(s) for s in dims)} = {n:,} values, over the pixel budget of "
             f"{budget:,}; if the file is genuine, raise the budget with {ENV_MAX_PIXELS}=<number> "
             f"(see docs/io.md)", path)
     return n
@@ -221,12 +221,16 @@ def _probe_tiff(p: Path) -> ImageInfo:
             dtype = str(first.dtype) if first.dtype is not None else "unknown"
             # every page counts towards the budget, whatever its own size
             total = sum(math.prod(int(s) for s in pg.shape) for pg in pages)
+            for pg in pages if total <= max_pixels() else ():  # over the pixel budget: refused below anyway
+                check_tiff_storage(pg, p)
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for damaged headers
         raise InputError(f"not a readable TIFF ({_short(exc)})", p) from None
     if dtype == "unknown":
         raise InputError("TIFF sample format is not supported", p)
+    if total <= max_pixels():
+        check_decoded(shape[0], shape[1] if len(shape) > 1 else 1, total, np.dtype(dtype).itemsize, p)
     if total > max_pixels():
         check_pixels((len(pages), *shape) if len(pages) > 1 else shape, p,
                      what=f"TIFF ({len(pages)} page(s))")
@@ -239,36 +243,104 @@ _PIL_DTYPES = {"1": "bool", "L": "uint8", "P": "uint8", "RGB": "uint8", "RGBA": 
 
 
 def _probe_pil(p: Path) -> ImageInfo:
-    """Header of a non-TIFF image through imageio.v3's pillow plugin (no pixels decoded)."""
-    import imageio.v3 as iio
+    """Header of a non-TIFF image, read by PIL lazily: no pixel is decoded.
+
+    PIL's own bomb limit is off here (our budget decides, with a "too large" line):
+    imageio hides PIL's DecompressionBombError behind "an unknown error occurred while
+    initializing plugin pillow", and its metadata call decodes the whole image (251 MiB and
+    3 s for a 250 KB PNG of 16000 x 16000).  The size is checked before frames are counted.
+    """
     from PIL import Image
 
+    old = Image.MAX_IMAGE_PIXELS
     try:
+        Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's own bomb warning: our budget decides
-            with _pil_limit(), iio.imopen(p, "r", plugin="pillow") as f:
-                meta = f.metadata(index=0, exclude_applied=False)
-                h, w = (int(v) for v in meta["shape"][:2])
-                mode = str(meta["mode"])
-                frames = int(f.properties(index=...).n_images or 1)
-                bands = len(Image.new(mode, (1, 1)).getbands())
-                if mode == "P" and "transparency" in meta:
-                    mode = "PA"  # a palette with a transparent entry decodes to RGBA
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"image declares implausibly large dimensions ({_short(exc)}); over the pixel "
-                         f"budget of {max_pixels():,} ({ENV_MAX_PIXELS})", p) from None
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:
+                w, h = (int(v) for v in im.size)
+                mode, fmt, info = str(im.mode), str(im.format or ""), dict(im.info)
+                try:
+                    bands = len(Image.new(mode, (1, 1)).getbands())
+                except Exception:
+                    bands = len(im.getbands())
+                check_pixels((h, w) if bands == 1 else (h, w, bands), p, what="image")
+                frames = int(getattr(im, "n_frames", 1) or 1)
+    except InputError:
+        raise
     except (OSError, ValueError, SyntaxError, KeyError, TypeError, EOFError) as exc:
-        if type(exc).__name__ == "InitializationError" or "cannot identify" in str(exc):
+        if "cannot identify" in str(exc) or isinstance(exc, Image.UnidentifiedImageError):
             raise InputError(_unreadable_reason(p), p) from None
         raise InputError(f"cannot read image ({_short(exc)})", p) from None
     except Exception as exc:
         raise InputError(f"cannot read image ({_short(exc)})", p) from None
-    if frames > 1 and (p.suffix.lower() in (".jpg", ".jpeg", ".mpo") or any(k.startswith("mp") for k in meta)):
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    if mode == "P" and "transparency" in info:
+        mode = "PA"  # a palette with a transparent entry decodes to RGBA
+    if frames > 1 and (p.suffix.lower() in (".jpg", ".jpeg", ".mpo") or fmt == "MPO"
+                       or any(str(k).startswith("mp") for k in info)):
         frames = 1  # camera JPEGs (MPO): the primary image plus previews, one picture
     shape = (h, w) if bands == 1 else (h, w, bands)
     check_pixels((frames, *shape) if frames > 1 else shape, p,
                  what="image" if frames == 1 else f"image ({frames} frames)")
+    check_decoded(h, w, h * w * bands * frames, np.dtype(_PIL_DTYPES.get(mode, "uint8")).itemsize, p)
     return ImageInfo(shape, _PIL_DTYPES.get(mode, "uint8"), frames, mode)
+
+
+# ----------------------------------------------------------------------------- the memory budget
+
+def check_decoded(height: int, width: int, values: int, itemsize: int, path: str | Path | None = None) -> None:
+    """Refuse an image whose decoded ``values`` (held twice: the decoder's array and our copy) pass the budget."""
+    from ..budget import describe_budget, image_bytes, too_large
+
+    need = 2 * int(values) * max(int(itemsize), 1)
+    if need > image_bytes():
+        raise too_large(height, width, f"would need about {need / 2**30:.1f} GiB to decode",
+                        f"the memory budget of {describe_budget()}", path,
+                        "convert it to a tiled TIFF or OME-Zarr to open it a window at a time")
+
+
+def check_work(path: str | Path, bytes_per_pixel: float, what: str = "analysing it whole") -> ImageInfo:
+    """The header of ``path``, after refusing an image too large for a whole-image analysis (nothing decoded)."""
+    from ..budget import check_whole_image
+
+    info = probe(path)
+    check_whole_image(info.shape[0], info.shape[1], path, bytes_per_pixel, what)
+    return info
+
+
+#: Decoded bytes a TIFF may claim per stored byte.  Deflate tops out near 1032:1 and LZW near 1400:1
+#: on constant data; a file past this stores far less than it declares (a decompression bomb).
+MAX_TIFF_RATIO = 5000
+
+
+def check_tiff_storage(page, path: str | Path | None = None) -> None:
+    """Refuse a TIFF page whose strips/tiles cannot hold what it declares, before decoding any of it.
+
+    A 60 KB file can declare 60000 x 60000 pixels in 7,500 strips that all point at one
+    compressed block: each strip then decodes to megabytes and the whole to 3.6 GB, in
+    minutes.  Refused: blocks shared by several strips, and a declared size more than
+    :data:`MAX_TIFF_RATIO` times the bytes stored.  Empty (0-byte) blocks of sparse files are
+    left to the pixel budget.
+    """
+    offsets = tuple(getattr(page, "dataoffsets", ()) or ())
+    counts = tuple(getattr(page, "databytecounts", ()) or ())
+    if not offsets or len(offsets) != len(counts):
+        return
+    stored = {int(o): int(c) for o, c in zip(offsets, counts) if int(c) > 0}  # one block per offset
+    used = sum(1 for c in counts if int(c) > 0)
+    h, w = int(getattr(page, "imagelength", 0) or 0), int(getattr(page, "imagewidth", 0) or 0)
+    if len(stored) < used:
+        raise InputError(f"too large: {w} x {h} px declared in {len(counts):,} strips/tiles of which "
+                         f"{used - len(stored):,} re-use another's compressed data (a decompression bomb); "
+                         "refused before decoding", path)
+    declared = math.prod(int(s) for s in page.shape) * max(int(np.dtype(page.dtype).itemsize), 1)
+    data = sum(stored.values())
+    if data and declared > MAX_TIFF_RATIO * data:
+        raise InputError(f"too large: {w} x {h} px ({declared / 2**20:,.0f} MiB decoded) declared in "
+                         f"{data:,} bytes of pixel data, more than {MAX_TIFF_RATIO}:1 (a decompression bomb); "
+                         "refused before decoding", path)
 
 
 class _pil_limit:
@@ -301,16 +373,23 @@ def _unreadable_reason(p: Path) -> str:
     return "not a readable image (unknown or damaged format)"
 
 
-def read_image(path: str | Path, *, allow_pages: bool = False) -> np.ndarray:
+def read_image(path: str | Path, *, allow_pages: bool = False, work: float | None = None) -> np.ndarray:
     """Decode one image file after checking its header; the sample type is kept.
 
     Returns ``(H, W)`` or ``(H, W, C)`` (``(P, H, W[, C])`` when ``allow_pages`` and the
     file has several pages).  A file with several pages is refused unless
     ``allow_pages``: silently using page 1 of a stack gives wrong answers.  Float images
     must be finite.  Palette images come back as RGB(A), 1-bit as 0/255 uint8.
+    ``work``: working bytes per pixel of the whole-image analysis that follows; an image
+    that would take it over the memory budget is refused from its header
+    (:func:`napari_cellclass.budget.check_whole_image`).  Decoding alone is always held to it.
     """
     p = Path(path)
     info = probe(p)
+    if work is not None:
+        from ..budget import check_whole_image
+
+        check_whole_image(info.shape[0], info.shape[1], p, work)
     if info.pages > 1 and not allow_pages:
         raise InputError(f"file holds {info.pages} pages/frames (a stack); one image per file is expected "
                          "(save the plane you want as its own file)", p)
@@ -439,13 +518,21 @@ def check_informative(image, what: str = "image", path: str | Path | None = None
                          "pixels are needed)", path)
     if a.dtype.kind not in "biuf":
         raise InputError(f"{what} values of type {a.dtype} are not an image", path)
-    flat = a.astype(np.float64, copy=False)
-    spread = float(flat.max() - flat.min())
-    scale = max(float(np.abs(flat).max()), 1.0) if a.dtype.kind == "f" else float(
+    lo, hi = float(a.min()), float(a.max())  # in the image's own type: no full-size copy
+    spread = hi - lo
+    scale = max(abs(lo), abs(hi), 1.0) if a.dtype.kind == "f" else float(
         np.iinfo(a.dtype).max if a.dtype.kind in "iu" else 1)
-    if spread <= 1e-3 * scale or float(flat.std()) < 1e-3 * scale:
+    if spread <= 1e-3 * scale or float(_sample(a).astype(np.float64).std()) < 1e-3 * scale:
         raise InputError(f"{what} is blank (a uniform field with no structure); nothing to analyse", path)
 
+
+
+def _sample(a: np.ndarray, n: int = 1 << 20) -> np.ndarray:
+    """A strided view of about ``n`` pixels (all of a small image): statistics without a full-size copy."""
+    if a.ndim < 2 or a.shape[0] * a.shape[1] <= n:
+        return a
+    step = int(math.ceil(math.sqrt(a.shape[0] * a.shape[1] / n)))
+    return a[::step, ::step]
 
 
 def is_uniform(image) -> bool:
@@ -455,10 +542,10 @@ def is_uniform(image) -> bool:
         return True
     if a.dtype.kind not in "biuf":
         return False
-    flat = a.astype(np.float64, copy=False)
-    scale = max(float(np.abs(flat).max()), 1.0) if a.dtype.kind == "f" else float(
+    lo, hi = float(a.min()), float(a.max())  # in the image's own type: no full-size copy
+    scale = max(abs(lo), abs(hi), 1.0) if a.dtype.kind == "f" else float(
         np.iinfo(a.dtype).max if a.dtype.kind in "iu" else 1)
-    return float(flat.max() - flat.min()) <= 1e-3 * scale
+    return hi - lo <= 1e-3 * scale
 
 
 def check_training_signal(images, source: str | Path | None = None, what: str = "training image") -> None:
@@ -475,6 +562,22 @@ def check_training_signal(images, source: str | Path | None = None, what: str = 
     if n:
         raise InputError(f"every {what} ({n} checked) is blank (one uniform value); there is nothing to learn "
                          "from. Check the export (all-black images?) before training", source)
+
+
+def json_guarded(path: str | Path, fn, what: str = "COCO file"):
+    """``fn()`` (a JSON reading step), with numbers and nesting no parser should meet as one line naming the file.
+
+    A 400-digit integer overflows ``float``; JSON nested 100,000 deep exhausts the recursion
+    limit; neither may surface as a raw ``OverflowError``/``RecursionError``.
+    """
+    try:
+        return fn()
+    except RecursionError:
+        raise InputError(f"JSON is nested too deeply to be a {what}", path) from None
+    except OverflowError as exc:
+        raise InputError(f"a number in the JSON is too large to be a coordinate or id ({exc})", path) from None
+    except MemoryError:
+        raise InputError("JSON is too large to read within the memory budget", path) from None
 
 
 def confined(path: str | Path, root: str | Path, what: str = "file") -> Path:

@@ -156,11 +156,28 @@ def read_spread(path: str | Path | list) -> list[LayerData]:
 
 
 # ----------------------------------------------------------------------------- annotated spreads (training, evaluation)
+#: Working bytes per pixel of karyotyping a whole spread (segmentation maps, float copies, crops): 2.3 GiB
+#: peak measured at 27 M px, ~64 bytes a pixel over the loaded models; 96 leaves room (~14 M px).
+KARYOTYPE_WORK_BYTES = 96
+
+
 def read_spread_image(path: Path) -> np.ndarray:
-    """One spread as gray, with a clear error when the file is missing."""
+    """One spread as gray, with a clear error when the file is missing.
+
+    The karyotyper holds the whole spread: one too large for the memory budget is refused
+    from its header, before a pixel is decoded (a 262 KB blank PNG of 16000 x 16000 px once
+    took 4.7 GB to be called blank).
+    """
+    from ..budget import check_whole_image
+    from .limits import probe, read_image
+
     if not Path(path).is_file():
         raise InputError("spread image does not exist", path)
-    return read_gray(path)
+    info = probe(path)
+    check_whole_image(info.shape[0], info.shape[1], path, KARYOTYPE_WORK_BYTES, "karyotyping it",
+                      hint="a metaphase spread is a few megapixels: crop or downscale the image, or raise the "
+                           "budget with CELLCLASS_MEMORY_BUDGET=<size>")
+    return _gray_of(read_image(path), path)
 
 
 def spread_truth(image_path: Path, sidecar: Path) -> tuple[np.ndarray, list[int]]:

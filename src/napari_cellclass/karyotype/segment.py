@@ -37,6 +37,9 @@ class SegmentOptions:
 
 
 MAX_PIXELS = 50_000_000  # ~7000 x 7000: beyond this a spread is refused, not segmented into swap
+#: Objects (after debris is dropped) one spread may hold: a repeating pattern of 13 M px gave ~4,700,
+#: and karyotyping them ran past 500 s and 2.2 GiB (benchmarks/memory_budget.py); real spreads hold < 200.
+MAX_OBJECTS = 1000
 BLANK_CONTRAST = 0.04  # (p99 - p1) / p99 of the raw values below this: nothing to segment
 
 
@@ -208,6 +211,9 @@ def segment_spread(image: np.ndarray, opts: SegmentOptions | None = None) -> np.
     mask = keep[lab]
     lab, n = ndi.label(mask)
     del mask
+    if n > MAX_OBJECTS:  # work per spread is bounded like memory: each object is cropped, straightened, classified
+        raise InputError(f"{n:,} separate objects found, more than the {MAX_OBJECTS:,} one spread is analysed with "
+                         "(a metaphase has about 46 chromosomes); is this a metaphase spread?")
     if opts.split and n:
         dist = np.zeros(lab.shape, np.float32)  # per object, so memory follows the objects, not the image
         for i, sl in enumerate(ndi.find_objects(lab), start=1):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..budget import WORK_BYTES_PER_PIXEL
 from ..engine import csvsafe
 from ..engine.augment import flip_detection
 from ..engine.checkpoint import CheckpointMeta, load_checkpoint
@@ -471,14 +472,16 @@ def detect(image: Any, model_path: Any, device: str | None = None, score_thresho
     overlap = int(min(max(0, overlap), tile // 2)) if tile < max(H, W) else 0
     ys, xs = _tiles(H, tile, overlap), _tiles(W, tile, overlap)
     total = len(ys) * len(xs)
-    x_all = _tensor(rgb)
+    # float32 per tile, not for the whole image: 12 bytes a pixel of a 16000 px field would be 3 GB
+    x_all = _tensor(rgb) if total == 1 else None
     all_b, all_l, all_s, all_t, all_m = [], [], [], [], []
     step = 0
     for y0 in ys:
         for x0 in xs:
             check_cancel(cancel)
             y1, x1 = min(H, y0 + tile), min(W, x0 + tile)
-            r = _infer_whole(model, x_all[:, y0:y1, x0:x1], scale, policy, score_threshold, nms_iou)
+            x = x_all if x_all is not None else _tensor(rgb[y0:y1, x0:x1])
+            r = _infer_whole(model, x, scale, policy, score_threshold, nms_iou)
             b = r["boxes"] + [x0, y0, x0, y0]
             edge = 2.0
             cut = np.zeros(len(b), dtype=bool)
@@ -664,7 +667,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict]:
     refused: list[dict[str, str]] = []
     for n, path in enumerate(inputs):
         try:  # an unreadable, blank, constant or tiny image is refused with its reason; the others go on
-            img = read_image(Path(path))
+            img = read_image(Path(path), work=WORK_BYTES_PER_PIXEL)  # over the memory budget: refused unread
             from ..io.limits import check_informative
 
             check_informative(img, "the image", min_side=8)
