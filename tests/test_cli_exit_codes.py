@@ -51,6 +51,24 @@ def test_predict_hpa_refuses_a_blank_set_exit_3_one_line_each(tmp_path, capsys):
     assert list(res["predictions"]) == ["good"]  # the other set was still predicted
 
 
+def test_predict_hpa_refuses_a_set_over_the_whole_image_budget(tmp_path, capsys, monkeypatch):
+    """Four 4000 px channels decode within a 1 GiB budget, but classifying the whole field would not fit."""
+    from napari_cellclass import budget
+
+    model = _hpa_checkpoint(tmp_path / "m.safetensors")
+    _hpa_set(tmp_path / "in", "good")
+    for c in ("red", "green", "blue", "yellow"):
+        Image.fromarray(np.full((4000, 4000), 7, np.uint8)).save(tmp_path / "in" / f"huge_{c}.png")
+    monkeypatch.setenv(budget.ENV_MEMORY_BUDGET, "1GiB")
+    code = cli.main(["predict", "hpa", str(model), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                     "--device", "cpu", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_SOME_REFUSED, captured.err
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("cellclass: refused: ")]
+    assert len(lines) == 1 and "huge_" in lines[0] and "too large" in lines[0]
+    assert list(json.loads(captured.out)["predictions"]) == ["good"]
+
+
 def test_batch_mode_lists_a_refused_input_and_goes_on(tmp_path, capsys):
     """``--shard``: a chunk whose task refuses one named input runs again without it."""
     from napari_cellclass.engine.batch import Shard, run_batch

@@ -333,6 +333,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
     rows = []
     refused: list[dict[str, str]] = []
     bs = opts.batch_size or 16
+    from ..budget import WORK_BYTES_PER_PIXEL
     from ..io.limits import check_informative
 
     for start in range(0, len(sets), bs):  # a chunk of sets at a time: memory stays bounded
@@ -341,7 +342,7 @@ def predict(model: Path, inputs: list[Path], opts: TaskOptions) -> Job[dict[str,
         views, owner = [], []
         for k, s in enumerate(chunk):
             try:  # unreadable, blank (every channel one value) or tiny: refused with the reason
-                arrays, _ = read_set(s, warn=False)
+                arrays, _ = read_set(s, warn=False, work=WORK_BYTES_PER_PIXEL)  # the whole-image bound too
                 stack = stack_channels(arrays, s.set_id)
                 check_informative(np.moveaxis(np.asarray(stack), 0, -1), f"HPA set {s.set_id}", min_side=8)
                 v = tf.views(tf.unit(stack), how)
