@@ -121,3 +121,17 @@ def test_flip_tta_flips_outputs_back_and_averages():
     assert np.allclose(two[0], x + (W - 1) / 2, atol=1e-5)  # the ramp averages to a constant
     with pytest.raises(InputError, match="tta"):
         D._forward_padded(Copy(), x, nullcontext, 3)
+
+
+def test_an_image_with_more_objects_than_a_spread_can_hold_is_refused_before_the_per_object_work(monkeypatch):
+    from napari_cellclass.synth.chromosomes import make_spread
+
+    image = make_spread(0, "46,XY", size=(256, 256))["image"]
+    many = D.MAX_OBJECTS + 100
+    boxes = np.tile([[10.0, 10.0, 20.0, 14.0]], (many, 1))
+    monkeypatch.setattr(D, "decode", lambda out, thr=0.3, nms_iou=0.5: (boxes, np.full(many, 0.9)))
+    called = []
+    monkeypatch.setattr(D, "instance_labels", lambda *a, **k: called.append(1))
+    with pytest.raises(InputError, match=rf"{many} objects were found, more than the {D.MAX_OBJECTS}"):
+        run_sync(D.detect_chromosomes(image, "chromdet-tseng", device="cpu"))
+    assert not called

@@ -32,6 +32,7 @@ MAX_SIDE = 1024  # and never larger than this (memory, time)
 # blob_size() and stain_width() of the 143 Tseng training spreads at their own pixel size (medians; 5-95 %)
 REFERENCE_BLOB = 36.6  # 31-47
 REFERENCE_WIDTH = 10.2  # 7.2-12.8
+MAX_OBJECTS = 500  # a metaphase spread holds 46 (polyploid cells a few hundred): more is another kind of image
 AUG_RANGE = 1.35  # training rescales patches by 0.7-1.4: spreads within this factor of the reference are left as they are
 
 
@@ -380,6 +381,9 @@ def detect_chromosomes(image: np.ndarray, model: Any, device: str | None = None,
     out = _forward_padded(net, xs, policy.autocast, tta)
     yield Progress(1, 2, "detect", "separating chromosomes")
     boxes, scores = decode(out, score_threshold)
+    if len(boxes) > MAX_OBJECTS:  # the per-object work (masks, crops, classification) is bounded before it starts
+        raise InputError(f"{len(boxes)} objects were found, more than the {MAX_OBJECTS} a metaphase spread can "
+                         "hold: is this one spread? Crop a single spread, or use the threshold segmenter")
     fg = 1 / (1 + np.exp(-out[0])) > 0.5
     labels, kept = instance_labels(fg, boxes, return_kept=True)
     boxes, scores = boxes[kept], scores[kept]  # box k-1 belongs to label k
