@@ -26,7 +26,7 @@ def _package_zoo(monkeypatch, tmp_path):
 
 
 @pytest.mark.viewer
-def test_scripting_examples_run(qapp, monkeypatch, capsys, _package_zoo):
+def test_scripting_examples_run(qapp, monkeypatch, capsys, _package_zoo, mock_app_model):
     import napari
 
     monkeypatch.setattr(napari, "run", lambda *a, **k: None)  # a script's event loop; the test goes on

@@ -26,11 +26,16 @@ from napari_cellclass.io.layer_reader import KEEPS_FEATURES_CSV, get_reader
 PLUGIN = "napari-cellclass"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plugins():
+@pytest.fixture(autouse=True)
+def _plugins(request, mock_app_model):
+    """What napari.Viewer() does (builtins, then discovered plugins), into napari's test app: the
+    real app is left untouched, so a later plain napari.Viewer() can register the plugin itself.
+    (make_napari_viewer does this itself.)"""
     from napari.plugins import _initialize_plugins
 
-    _initialize_plugins()  # what napari.Viewer() does: builtins, then discovered plugins
+    if "make_napari_viewer" not in request.fixturenames:
+        _initialize_plugins.cache_clear()
+        _initialize_plugins()
 
 
 def _smear_result() -> dict:

@@ -211,6 +211,12 @@ def test_estimate_text_and_batch_clock():
     assert "time budget (10 min) stops it after about 2 epoch(s)" in text
     assert "budget" not in estimate_text(1.0, 10, 2, budget_s=600)
 
+    only_epochs = BatchClock(clock=lambda: t[0])  # a quick run: the throttle let no batch report through
+    for k, when in ((1, 200.0), (2, 212.0)):
+        t[0] = when
+        only_epochs.add(Progress(8 * k, 16, "epoch", f"epoch {k}/2 done"))
+    assert only_epochs.text().startswith("about 12 s per epoch (measured over 1 epoch(s))")
+
 
 @pytest.mark.viewer
 def test_train_widget_defaults_estimate_and_budget(make_napari_viewer, qtbot, wbc_data, tmp_path, monkeypatch):

@@ -151,8 +151,15 @@ class BatchClock:
         self._epochs_done: list[float] = []  # when each epoch report came
 
     def add(self, p: Progress) -> None:
-        if p.stage == "epoch" and self._first is not None:
-            self._epochs_done.append(self._clock())
+        if p.stage == "epoch":
+            m = re.search(r"epoch (\d+)/(\d+)", p.message or "")
+            if m and self.epochs is None:
+                self.epochs = int(m[2])
+            if self._first is not None:
+                self._epochs_done.append(self._clock())
+            else:  # no batch report got through the throttle: the clock starts at this epoch's end
+                self._first = (self._clock(), p.step)
+            return
         if p.stage != "train":
             return
         now = self._clock()
@@ -173,14 +180,14 @@ class BatchClock:
 
     def text(self, budget_s: float | None = None) -> str:
         """The estimate: from whole epochs once one has ended (validation included), else from batches."""
-        if not self.batches_per_epoch or not self.epochs:
+        if not self.epochs:
             return ""
         if self._epochs_done and self._first is not None:
             n = len(self._epochs_done)
             per_epoch = (self._epochs_done[-1] - self._first[0]) / n
             return estimate_text(per_epoch, 1, self.epochs, budget_s, measured_epochs=n)
         spb = self.seconds_per_batch
-        if spb is None:
+        if spb is None or not self.batches_per_epoch:
             return ""
         return estimate_text(spb, self.batches_per_epoch, self.epochs, budget_s)
 
