@@ -23,18 +23,23 @@ DEFAULT_MAX_PIXELS = 1 << 28
 ENV_MAX_PIXELS = "CELLCLASS_MAX_PIXELS"
 
 
-def max_pixels() -> int:
-    """The pixel budget now in force (``CELLCLASS_MAX_PIXELS`` if set, else 2**28)."""
-    raw = os.environ.get(ENV_MAX_PIXELS, "").strip()
+def _pixels_from_env(name: str, default: int) -> int:
+    """A positive pixel count from the environment variable ``name`` (``2e9`` allowed), else ``default``."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_MAX_PIXELS
+        return default
     try:
         value = int(float(raw))
     except ValueError:
-        raise InputError(f"{ENV_MAX_PIXELS}={raw!r} is not a number of pixels") from None
+        raise InputError(f"{name}={raw!r} is not a number of pixels") from None
     if value < 1:
-        raise InputError(f"{ENV_MAX_PIXELS}={raw!r} must be a positive number of pixels")
+        raise InputError(f"{name}={raw!r} must be a positive number of pixels")
     return value
+
+
+def max_pixels() -> int:
+    """The pixel budget now in force (``CELLCLASS_MAX_PIXELS`` if set, else 2**28)."""
+    return _pixels_from_env(ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS)
 
 
 # ----------------------------------------------------------------------------- the memory budget
@@ -96,16 +101,7 @@ def whole_image_pixels(bytes_per_pixel: float = WORK_BYTES_PER_PIXEL) -> int:
 
 def max_tiled_pixels() -> int:
     """Pixels the tile-by-tile path takes on (``CELLCLASS_MAX_TILED_PIXELS`` if set, else 2**31)."""
-    raw = os.environ.get(ENV_MAX_TILED_PIXELS, "").strip()
-    if not raw:
-        return DEFAULT_MAX_TILED_PIXELS
-    try:
-        value = int(float(raw))
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise InputError(f"{ENV_MAX_TILED_PIXELS}={raw!r} must be a positive number of pixels")
-    return value
+    return _pixels_from_env(ENV_MAX_TILED_PIXELS, DEFAULT_MAX_TILED_PIXELS)
 
 
 def too_large(height: int, width: int, detail: str, limit: str, path=None, hint: str = "") -> InputError:

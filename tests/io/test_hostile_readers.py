@@ -6,28 +6,19 @@ Before: a 400-digit integer gave a raw ``OverflowError``, JSON nested 100,000 de
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_utils import load_benchmark
 
 from napari_cellclass.errors import InputError
 
-REPO = Path(__file__).resolve().parents[2]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("memory_budget_bench", REPO / "benchmarks" / "memory_budget.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-B = _bench()
+B = load_benchmark("memory_budget")
 
 
 @pytest.mark.parametrize("kind, match", [("bigint", "number|not numbers"), ("deep", "nested too deeply")])

@@ -6,7 +6,6 @@ allocation bound and quickly; before this budget each one decoded gigabytes or r
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 import tracemalloc
 import warnings
@@ -15,22 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_utils import load_benchmark
 
 from napari_cellclass import budget
 from napari_cellclass.errors import CellClassError, InputError
 
-REPO = Path(__file__).resolve().parents[2]
 MB = 1 << 20
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("memory_budget_bench", REPO / "benchmarks" / "memory_budget.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-B = _bench()
+B = load_benchmark("memory_budget")
 
 
 @contextmanager

@@ -42,6 +42,7 @@ def object_features(image: np.ndarray, labels: np.ndarray, boxes: np.ndarray | N
     bg = float(np.median(gray[labels == 0])) if (labels == 0).any() else 1.0
     dark = bg - gray  # stain is dark on a light field (G-band); Q-band spreads are inverted by to_gray's caller
     props = {p.label: p for p in regionprops(labels)}
+    H, W = labels.shape
     area = np.ones(n, np.float32)
     length = np.ones(n, np.float32)
     width = np.ones(n, np.float32)
@@ -61,7 +62,6 @@ def object_features(image: np.ndarray, labels: np.ndarray, boxes: np.ndarray | N
         vals = dark[tuple(p.coords.T)]
         feats[i, FEATURES.index("darkness")] = float(vals.mean())
         feats[i, FEATURES.index("texture")] = float(vals.std())
-        H, W = labels.shape
         y0, x0, y1, x1 = p.bbox
         feats[i, FEATURES.index("border")] = float(y0 == 0 or x0 == 0 or y1 == H or x1 == W)
     med_len = float(np.median(length))
