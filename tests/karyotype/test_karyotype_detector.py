@@ -135,3 +135,29 @@ def test_an_image_with_more_objects_than_a_spread_can_hold_is_refused_before_the
     with pytest.raises(InputError, match=rf"{many} objects were found, more than the {D.MAX_OBJECTS}"):
         run_sync(D.detect_chromosomes(image, "chromdet-tseng", device="cpu"))
     assert not called
+
+
+def test_the_detector_threshold_comes_from_its_checkpoint():
+    """A detector's checkpoint carries the score threshold chosen on its training spreads; without one, the default."""
+    from types import SimpleNamespace
+
+    own = SimpleNamespace(meta=SimpleNamespace(normalization={"score_threshold": 0.08}))
+    assert D.model_score_threshold(own) == 0.08
+    assert D.model_score_threshold(SimpleNamespace(meta=SimpleNamespace(normalization={}))) == D.DEFAULT_SCORE
+    assert D.model_score_threshold(SimpleNamespace(meta=None)) == D.DEFAULT_SCORE
+
+
+def test_one_forward_pass_serves_several_thresholds(spreads):
+    """network_output + objects_from_output are detect_chromosomes split in two: a lower threshold finds a superset."""
+    from napari_cellclass.zoo.loaded import load_model
+
+    lm = load_model("chromdet-tseng", task="karyotype", device="cpu", in_channels=1)
+    img, _ = kt.annotated_spreads(spreads)[0]
+    image = kt._read_spread(img)
+    out, f, shape = D.network_output(image, lm)
+    lo = D.objects_from_output(out, f, shape, 0.1)
+    hi = D.objects_from_output(out, f, shape, 0.3)
+    assert lo[0].shape == hi[0].shape == image.shape[:2]
+    assert len(lo[1]) >= len(hi[1]) and (hi[2] > 0.3).all() and (lo[2] > 0.1).all()
+    whole = run_sync(D.detect_chromosomes(image, lm, score_threshold=0.1))
+    assert np.array_equal(whole["labels"], lo[0]) and np.allclose(whole["boxes"], lo[1])

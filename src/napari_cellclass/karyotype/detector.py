@@ -346,7 +346,7 @@ def detector_device(device: str | None) -> str | None:
 
 
 def detect_chromosomes(image: np.ndarray, model: Any, device: str | None = None,
-                       score_threshold: float = DEFAULT_SCORE, cancel: CancelToken | None = None,
+                       score_threshold: float | None = None, cancel: CancelToken | None = None,
                        work_scale: float | None = None, tta: int = DEFAULT_TTA) -> Job[dict[str, Any]]:
     """``{"labels", "boxes", "scores", "seconds"}`` for one spread.
 
@@ -357,20 +357,41 @@ def detect_chromosomes(image: np.ndarray, model: Any, device: str | None = None,
 
     ``boxes`` (y0, x0, y1, x1, image pixels) are the detections, row k-1 for label k: they
     follow the annotators' box convention, which the masks' own bounding boxes do not.
+    ``score_threshold=None`` is the detector's own (:func:`model_score_threshold`).
     """
-    from skimage.transform import resize
-
     from ..zoo.loaded import load_model
 
     t0 = time.monotonic()
     lm = load_model(model, task=TASK, device=detector_device(device), in_channels=1)
-    net, meta, policy = lm.net, lm.meta, lm.policy
-    norm = meta.normalization if meta is not None else {}
+    yield Progress(0, 2, "detect", "normalising spread")
+    out, f, shape = network_output(image, lm, work_scale, tta, cancel)
+    yield Progress(1, 2, "detect", "separating chromosomes")
+    if score_threshold is None:
+        score_threshold = model_score_threshold(lm)
+    labels, boxes, scores = objects_from_output(out, f, shape, score_threshold)
+    yield Progress(2, 2, "detect", f"{int(labels.max())} chromosomes")
+    return {"labels": labels, "boxes": boxes, "scores": scores, "seconds": round(time.monotonic() - t0, 3)}
+
+
+def model_score_threshold(lm: Any) -> float:
+    """The detector's own operating point (chosen on its training spreads), else :data:`DEFAULT_SCORE`."""
+    norm = (lm.meta.normalization if getattr(lm, "meta", None) is not None else None) or {}
+    return float(norm.get("score_threshold", DEFAULT_SCORE))
+
+
+def network_output(image: np.ndarray, lm: Any, work_scale: float | None = None, tta: int = DEFAULT_TTA,
+                   cancel: CancelToken | None = None) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """The network's (4, h, w) output on the spread at its working scale, that scale, and the spread's shape.
+
+    Kept apart from :func:`objects_from_output` so that several score thresholds can be
+    measured on one forward pass (benchmarks)."""
+    from skimage.transform import resize
+
+    norm = lm.meta.normalization if lm.meta is not None else {}
     scale = float(norm.get("work_scale", WORK_SCALE))
     reference = float(norm.get("reference_blob", REFERENCE_BLOB))
     explicit_scale = work_scale is not None
     work_scale = work_scale or scale
-    yield Progress(0, 2, "detect", "normalising spread")
     x = spread_input(image)
     H, W = x.shape
     if not explicit_scale:
@@ -378,8 +399,14 @@ def detect_chromosomes(image: np.ndarray, model: Any, device: str | None = None,
     f = min(float(work_scale), MAX_SIDE / max(H, W))
     xs = resize(x, (round(H * f), round(W * f)), order=1, anti_aliasing=True).astype(np.float32) if f != 1 else x
     check_cancel(cancel)
-    out = _forward_padded(net, xs, policy.autocast, tta)
-    yield Progress(1, 2, "detect", "separating chromosomes")
+    return _forward_padded(lm.net, xs, lm.policy.autocast, tta), f, (H, W)
+
+
+def objects_from_output(out: np.ndarray, f: float, shape: tuple[int, int], score_threshold: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, boxes, scores) in the spread's own pixels from :func:`network_output`."""
+    from skimage.transform import resize
+
     boxes, scores = decode(out, score_threshold)
     if len(boxes) > MAX_OBJECTS:  # the per-object work (masks, crops, classification) is bounded before it starts
         raise InputError(f"{len(boxes)} objects were found, more than the {MAX_OBJECTS} a metaphase spread can "
@@ -388,10 +415,9 @@ def detect_chromosomes(image: np.ndarray, model: Any, device: str | None = None,
     labels, kept = instance_labels(fg, boxes, return_kept=True)
     boxes, scores = boxes[kept], scores[kept]  # box k-1 belongs to label k
     if f != 1:
-        labels = resize(labels, (H, W), order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+        labels = resize(labels, shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
         boxes = boxes / f
-    yield Progress(2, 2, "detect", f"{int(labels.max())} chromosomes")
-    return {"labels": labels, "boxes": boxes, "scores": scores, "seconds": round(time.monotonic() - t0, 3)}
+    return labels, boxes, scores
 
 
 # ----------------------------------------------------------------------------- training
