@@ -6,12 +6,12 @@ the karyotype a "+N".  The rejection step looks at what sets those apart (size a
 shape against the spread's own chromosomes, darkness, texture, how confident the
 detector and the classifier are) and removes an object only when a small logistic
 model, fitted on detections of annotated spreads, is confident it is not a
-chromosome.  The model is a few numbers (``REJECTION`` below, or a checkpoint's
-``rejection`` entry): no pickle, nothing to trust.
+chromosome.  The model is a few numbers in the detector's checkpoint (its
+``normalization.rejection`` entry, fitted on that detector's own detections by
+``benchmarks/chromosome_rejection.py``): no pickle, nothing to trust.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,41 +96,13 @@ def rejection_probability(feats: np.ndarray, model: dict[str, Any]) -> np.ndarra
     return 1.0 / (1.0 + np.exp(-z))
 
 
-# Fitted by benchmarks/chromosome_rejection.py on the detections of `chromdet-tseng` (classified by
-# `gricol-gband-2labs`) on the 223 training spreads of both Tseng folders (by spread, seed 0, 20 %
-# held out): 236 detections with under 20 % of their box on any annotated chromosome were the
-# "not a chromosome" class, the 9,447 matching one at IoU >= 0.5 the other.  The threshold keeps
-# rejections 95 % right out of fold (by spread).
-REJECTION: dict[str, Any] = {
-    "fitted_for": "chromdet-tseng",
-    "features": list(FEATURES),
-    "mean": [0.6538, -0.0776, -0.037, 0.1053, 0.7686, 0.9101, 0.4877, 0.9883, 0.2762, 1.2509, 0.0042, 0.6745,
-             0.3053, 0.347],
-    "scale": [0.184, 0.584, 0.4757, 0.3606, 0.1157, 0.0966, 0.1453, 0.1143, 0.0452, 0.3909, 0.0649, 0.2592,
-              0.2272, 0.7461],
-    "coef": [-1.2799, 0.0957, -1.1366, 0.1345, 0.3816, -0.1186, 0.1142, 0.4588, -0.242, 1.6159, 0.2819, -0.0477,
-             0.2541, 0.9873],
-    "intercept": -4.0228,
-    "threshold": 0.99,
-}
-
-
 def rejection_model(detector: Any) -> dict[str, Any] | None:
-    """The rejection model for a loaded chromosome detector: its checkpoint's own ``rejection`` entry,
-    else :data:`REJECTION` for the built-in detector it was fitted on, else None (no rejection:
-    another detector's scores mean something else)."""
+    """The rejection model a loaded chromosome detector's checkpoint carries, else None (no
+    rejection: the model is fitted on one detector's own detections, and another detector's
+    scores mean something else)."""
     meta = getattr(detector, "meta", None)
     own = (getattr(meta, "normalization", None) or {}).get("rejection") if meta is not None else None
-    if own:
-        return dict(own)
-    name = str(getattr(detector, "name", "") or "")
-    path = getattr(detector, "path", None)
-    if path is not None:  # the built-in given by its file (zoo.resolve_model) is the same detector
-        from ..zoo import zoo_dir
-
-        if Path(path).resolve().parent == zoo_dir().resolve():
-            name = Path(path).stem
-    return REJECTION if name == REJECTION["fitted_for"] else None
+    return dict(own) if own else None
 
 
 def reject_objects(image: np.ndarray, labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray | None,
