@@ -161,3 +161,27 @@ def test_one_forward_pass_serves_several_thresholds(spreads):
     assert len(lo[1]) >= len(hi[1]) and (hi[2] > 0.3).all() and (lo[2] > 0.1).all()
     whole = run_sync(D.detect_chromosomes(image, lm, score_threshold=0.1))
     assert np.array_equal(whole["labels"], lo[0]) and np.allclose(whole["boxes"], lo[1])
+
+
+def test_the_user_can_move_the_detector_threshold(spreads):
+    """``detector_threshold`` reaches the detector: a lower one never finds fewer objects; out of (0, 1) is refused."""
+    img, _ = kt.annotated_spreads(spreads)[0]
+    image = kt._read_spread(img)
+    low = run_sync(kt.karyotype(image, detector_threshold=0.05, reject=False))
+    high = run_sync(kt.karyotype(image, detector_threshold=0.6, reject=False))
+    assert len(low["boxes"]) >= len(high["boxes"])
+    own = run_sync(kt.segment_with_boxes(image, "detector", "chromdet-tseng"))[1]
+    at_own = run_sync(kt.segment_with_boxes(image, "detector", "chromdet-tseng", detector_threshold=0.15))[1]
+    assert np.allclose(own, at_own)  # the built-in's own threshold is 0.15, from its checkpoint
+    with pytest.raises(InputError, match="detector_threshold"):
+        kt._detector_threshold(TaskOptions(extra={"detector_threshold": 1.5}))
+    assert kt._detector_threshold(TaskOptions()) is None
+
+
+def test_a_karyotype_folder_is_not_resumed_with_another_detector_threshold(spreads, tmp_path):
+    """The run record names a changed detector threshold: resuming with another one is refused, not mixed."""
+    img, _ = kt.annotated_spreads(spreads)[0]
+    out = tmp_path / "k"
+    run_sync(kt.predict("gricol-gband-2labs", [img], TaskOptions(out=out, extra={"report": False, "detector_threshold": 0.3})))
+    with pytest.raises(InputError, match="detector_threshold"):
+        run_sync(kt.predict("gricol-gband-2labs", [img], TaskOptions(out=out, extra={"report": False})))

@@ -68,16 +68,19 @@ def segment(image: np.ndarray, segmenter: str = "auto", detector_model: Any = No
 
 def segment_with_boxes(image: np.ndarray, segmenter: str = "auto", detector_model: Any = None,
                        device: str | None = None, cancel: CancelToken | None = None,
-                       options: SegmentOptions | None = None) -> Job[tuple[np.ndarray, np.ndarray]]:
+                       options: SegmentOptions | None = None, detector_threshold: float | None = None
+                       ) -> Job[tuple[np.ndarray, np.ndarray]]:
     """``(labels, boxes)``: boxes row k-1 for label k, the learned detector's own boxes where it ran."""
-    labels, boxes, _, _ = yield from _segment(image, segmenter, detector_model, device, cancel, options)
+    labels, boxes, _, _ = yield from _segment(image, segmenter, detector_model, device, cancel, options,
+                                              detector_threshold)
     return labels, boxes
 
 
-def _segment(image, segmenter, detector_model, device, cancel, options
+def _segment(image, segmenter, detector_model, device, cancel, options, detector_threshold=None
              ) -> Job[tuple[np.ndarray, np.ndarray, bool, dict[str, Any] | None]]:
     """``(labels, boxes, detected, found)``; ``detected``: the boxes are the learned chromosome
-    detector's own, and ``found`` then holds its scores and the loaded detector."""
+    detector's own, and ``found`` then holds its scores and the loaded detector.  ``detector_threshold``
+    overrides the detector's own score threshold (its checkpoint's)."""
     segmenter, det = resolve_segmenter(segmenter, detector_model, device)
     yield Progress(0, 1, "segment", f"segmenting ({segmenter})")
     boxes, found = None, None
@@ -87,13 +90,25 @@ def _segment(image, segmenter, detector_model, device, cancel, options
     elif detected:
         from ..karyotype.detector import detect_chromosomes
 
-        found = yield from detect_chromosomes(image, det, device=device, cancel=cancel)
+        found = yield from detect_chromosomes(image, det, device=device, cancel=cancel,
+                                              score_threshold=detector_threshold)
         labels, boxes = found["labels"], found["boxes"]
         found = {"scores": found.get("scores"), "detector": det}
     else:
         labels = yield from _detector_labels(image, det, device, cancel)
     yield Progress(1, 1, "segment", f"{int(labels.max())} objects")
     return labels, (label_boxes(labels) if boxes is None else np.asarray(boxes, float).reshape(-1, 4)), detected, found
+
+
+def _detector_threshold(opts) -> float | None:
+    """``--set detector_threshold=S`` (0 < S < 1), else None: the detector's own."""
+    value = opts.get("detector_threshold")
+    if value is None:
+        return None
+    value = float(value)
+    if not 0 < value < 1:
+        raise InputError(f"detector_threshold must lie between 0 and 1, got {value}")
+    return value
 
 
 def resolve_segmenter(segmenter: str, detector_model: Any, device: str | None = None
@@ -218,7 +233,8 @@ def karyotype(image: np.ndarray, model_path: Any = None, device: str | None = No
               detector_model: Any = None, cancel: CancelToken | None = None,
               known_probs: dict[int, np.ndarray] | None = None, fixed: dict[int, int] | None = None,
               pairing: bool = True, low_confidence: float = 0.5, full_model: bool = False,
-              segment_options: SegmentOptions | None = None, reject: bool = True, **kw: Any) -> Job[dict[str, Any]]:
+              segment_options: SegmentOptions | None = None, reject: bool = True,
+              detector_threshold: float | None = None, **kw: Any) -> Job[dict[str, Any]]:
     """Karyotype one spread.
 
     Parameters
@@ -238,6 +254,9 @@ def karyotype(image: np.ndarray, model_path: Any = None, device: str | None = No
         (:mod:`napari_cellclass.karyotype.reject`) is confident is not a chromosome (nuclei,
         debris, stain blobs); they are listed in ``rejected`` for review.  Only for the
         learned detector's own objects, never for labels the user gave.
+    detector_threshold : the learned detector's score threshold; None: its own (chosen on its
+        training spreads and stored in its checkpoint).  Lower finds more chromosomes and more
+        debris.
 
     Returns a dict with ``labels``, ``probabilities`` (N, 24), ``classes``, ``class_names``,
     ``confidence``, ``flagged``, ``summary`` (ISCN string), ``abnormal``, ``table``, ``karyogram`` and
@@ -253,7 +272,7 @@ def karyotype(image: np.ndarray, model_path: Any = None, device: str | None = No
 
         check_informative(img, "the spread image", min_side=32)  # blank or 1x1: an error, not 46 "losses"
         labels, boxes, detected, found = yield from _segment(img, segmenter, detector_model, device, cancel,
-                                                             segment_options)
+                                                             segment_options, detector_threshold)
         if not np.asarray(labels).any():
             raise InputError("no chromosomes were found in this image; is it a metaphase spread?")
     else:
@@ -519,6 +538,11 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
     settings = {"model": models[0].get("name"), "model_sha256": models[0].get("sha256", ""),
                 "segmenter": seg_used, "detector": models[1].get("name"),
                 "pairing": bool(opts.get("pairing", True)), "full_model": bool(opts.get("full_model", False))}
+    # recorded only when changed, so a folder made before these options existed still resumes
+    if _detector_threshold(opts) is not None:
+        settings["detector_threshold"] = _detector_threshold(opts)
+    if not bool(opts.get("reject", True)):
+        settings["reject"] = False
     _bind_run(out, settings)
     rows: list[dict[str, Any]] = []
     refused: list[dict[str, str]] = []
@@ -539,7 +563,8 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
                                        detector_model=detector, cancel=opts.cancel,
                                        pairing=bool(opts.get("pairing", True)),
                                        full_model=bool(opts.get("full_model", False)),
-                                       reject=bool(opts.get("reject", True)))
+                                       reject=bool(opts.get("reject", True)),
+                                       detector_threshold=_detector_threshold(opts))
         except InputError as exc:  # this spread is unusable; say why and go on with the others
             failed += 1
             first_error = first_error or exc
@@ -598,12 +623,14 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
         img = _read_spread(img_path)
         boxes_t, classes_t = _truth(img_path, side)
         if seg_only:
-            labels, boxes_p = yield from segment_with_boxes(img, seg, detector, opts.device, opts.cancel)
+            labels, boxes_p = yield from segment_with_boxes(img, seg, detector, opts.device, opts.cancel,
+                                                            detector_threshold=_detector_threshold(opts))
             res = None
         else:
             res = yield from karyotype(img, model, device=opts.device, segmenter=seg,
                                        detector_model=detector, cancel=opts.cancel,
-                                       reject=bool(opts.get("reject", True)))
+                                       reject=bool(opts.get("reject", True)),
+                                       detector_threshold=_detector_threshold(opts))
             labels, boxes_p = res["labels"], res["boxes"]
             n_rejected += len(res.get("rejected", []))
         matches = match_boxes(boxes_p, boxes_t, 0.5)

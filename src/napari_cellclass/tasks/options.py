@@ -213,6 +213,8 @@ TASK_OPTIONS: dict[str, list[Option]] = {
         _opt("segmenter", "str", AUTO, "auto (a detector where one exists), detector or threshold (classical)", USE,
              ("auto", "detector", "threshold")),
         _opt("detector_model", "str", AUTO, "chromosome detector (built-in name or checkpoint)", USE),
+        _opt("detector_threshold", "float", AUTO, "chromosome detector score threshold (default: the detector's "
+             "own, chosen on its training spreads; lower finds more chromosomes and more debris)", USE),
         _opt("report", "bool", True, "write a PDF report per spread", (PREDICT,)),
         _opt("pairing", "bool", True, "pair homologues (46 slots) after classifying", USE),
         _opt("reject", "bool", True, "set aside detected objects that are confidently not chromosomes (nuclei, "
@@ -235,7 +237,7 @@ _RANGES: dict[str, str] = {
     "overlap": "[0,8192]", "pad_to": "[8,4096]", "beta": "[0,)", "input_size": "[8,2048]", "grid": "[1,16]",
     "degrade": "[0,1]", "pixel_scale": "(0,16]", "min_size": "[16,8192]", "max_size": "[16,8192]",
     "anchor_sizes": "[1,4096]", "widths": "[1,1024]", "depths": "[1,64]", "head": "[1,1024]",
-    "head_hidden": "[1,1024]", "score_threshold": "[0,1]", "wbc_threshold": "[0,1]", "nms_iou": "(0,1]", "patch": "[16,4096]",
+    "head_hidden": "[1,1024]", "score_threshold": "[0,1]", "wbc_threshold": "[0,1]", "detector_threshold": "(0,1)", "nms_iou": "(0,1]", "patch": "[16,4096]",
     "per_spread": "[1,10000]", "eval_every": "[1,)", "step": "[1,)", "limit": "[1,)",
 }
 _TASK_RANGES: dict[str, dict[str, str]] = {
