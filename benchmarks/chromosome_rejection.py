@@ -194,16 +194,14 @@ def write_into(checkpoint: Path, model: dict, score_threshold: float | None) -> 
     """The tensors as stored, the header with the rejection model (and the detector threshold it was fitted at)."""
     from dataclasses import replace
 
-    from safetensors.torch import load_file
-
-    from napari_cellclass.engine.checkpoint import read_meta, save_checkpoint
+    from napari_cellclass.engine.checkpoint import read_meta, rewrite_meta
 
     meta = read_meta(checkpoint)
     norm = dict(meta.normalization or {})
     norm["rejection"] = {**model, "fitted_for": "this checkpoint (its own detections)"}
     if score_threshold is not None:
         norm["score_threshold"] = float(score_threshold)
-    save_checkpoint(checkpoint, load_file(str(checkpoint)), replace(meta, normalization=norm))
+    rewrite_meta(checkpoint, replace(meta, normalization=norm))
     print("wrote the rejection model into", checkpoint)
 
 

@@ -110,6 +110,13 @@ def save_checkpoint(
     return path
 
 
+def rewrite_meta(path: str | Path, meta: CheckpointMeta) -> Path:
+    """Give a checkpoint a new header, its tensors exactly as stored (float16 stays float16)."""
+    from safetensors.torch import load_file
+
+    return save_checkpoint(path, load_file(str(path)), meta)
+
+
 def read_meta(path: str | Path) -> CheckpointMeta:
     """Read only the metadata (cheap: the header), validating the format."""
     path = Path(path)

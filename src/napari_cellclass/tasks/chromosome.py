@@ -214,7 +214,7 @@ def calibrate(checkpoint: Path, data: Path, opts, *, write: bool = True,
     ones :func:`classify_crops` gives (flip TTA), before any earlier temperature.
     """
     from ..engine.calibration import calibrate_held_out
-    from ..engine.checkpoint import read_meta, save_checkpoint
+    from ..engine.checkpoint import read_meta, rewrite_meta
 
     samples = scan_dataset(data)
     _, val = split_by_cell(samples, float(opts.get("val_fraction", 0.2)), opts.seed)
@@ -235,10 +235,8 @@ def calibrate(checkpoint: Path, data: Path, opts, *, write: bool = True,
                           f"T = {cal['temperature']:.2f}": (scale_probs(probs[test], cal["temperature"]),
                                                             labels[test])},
                          plot, f"{Path(checkpoint).name}: {int(test.sum())} held-out chromosomes")
-    if write:  # the tensors as stored (float16 stays float16), the header with the calibration
-        from safetensors.torch import load_file
-
-        save_checkpoint(checkpoint, load_file(str(checkpoint)), replace(read_meta(checkpoint), calibration=cal))
+    if write:  # the tensors as stored, the header with the calibration
+        rewrite_meta(checkpoint, replace(read_meta(checkpoint), calibration=cal))
     return cal
 
 

@@ -101,14 +101,11 @@ def _segment(image, segmenter, detector_model, device, cancel, options, detector
 
 
 def _detector_threshold(opts) -> float | None:
-    """``--set detector_threshold=S`` (0 < S < 1), else None: the detector's own."""
-    value = opts.get("detector_threshold")
-    if value is None:
-        return None
-    value = float(value)
-    if not 0 < value < 1:
-        raise InputError(f"detector_threshold must lie between 0 and 1, got {value}")
-    return value
+    """``--set detector_threshold=S`` checked by its option's declared type and range (options given
+    in Python skip the CLI's check), else None: the detector's own."""
+    from .options import PREDICT, coerce, options_for
+
+    return coerce(options_for(TASK, PREDICT)["detector_threshold"], opts.get("detector_threshold"))
 
 
 def resolve_segmenter(segmenter: str, detector_model: Any, device: str | None = None
@@ -539,8 +536,9 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
                 "segmenter": seg_used, "detector": models[1].get("name"),
                 "pairing": bool(opts.get("pairing", True)), "full_model": bool(opts.get("full_model", False))}
     # recorded only when changed, so a folder made before these options existed still resumes
-    if _detector_threshold(opts) is not None:
-        settings["detector_threshold"] = _detector_threshold(opts)
+    detector_threshold = _detector_threshold(opts)
+    if detector_threshold is not None:
+        settings["detector_threshold"] = detector_threshold
     if not bool(opts.get("reject", True)):
         settings["reject"] = False
     _bind_run(out, settings)
@@ -564,7 +562,7 @@ def predict(model: Path, spreads: list[Path], opts) -> Job[dict[str, Any]]:
                                        pairing=bool(opts.get("pairing", True)),
                                        full_model=bool(opts.get("full_model", False)),
                                        reject=bool(opts.get("reject", True)),
-                                       detector_threshold=_detector_threshold(opts))
+                                       detector_threshold=detector_threshold)
         except InputError as exc:  # this spread is unusable; say why and go on with the others
             failed += 1
             first_error = first_error or exc
@@ -613,6 +611,7 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
         model = load_classifier(model, opts.device)
     seg = opts.get("segmenter", "auto")
     _, detector = resolve_segmenter(seg, opts.get("detector_model"), opts.device)  # loaded once for all spreads
+    detector_threshold = _detector_threshold(opts)
     tp = n_pred = n_true = right_count = 0
     cls_ok = cls_ok_argmax = n_matched_cls = 0
     right_karyo = right_after_review = confident_right = n_confident = n_rejected = 0
@@ -624,13 +623,13 @@ def evaluate(model: Path | None, data: Path, opts) -> Job[dict[str, Any]]:
         boxes_t, classes_t = _truth(img_path, side)
         if seg_only:
             labels, boxes_p = yield from segment_with_boxes(img, seg, detector, opts.device, opts.cancel,
-                                                            detector_threshold=_detector_threshold(opts))
+                                                            detector_threshold=detector_threshold)
             res = None
         else:
             res = yield from karyotype(img, model, device=opts.device, segmenter=seg,
                                        detector_model=detector, cancel=opts.cancel,
                                        reject=bool(opts.get("reject", True)),
-                                       detector_threshold=_detector_threshold(opts))
+                                       detector_threshold=detector_threshold)
             labels, boxes_p = res["labels"], res["boxes"]
             n_rejected += len(res.get("rejected", []))
         matches = match_boxes(boxes_p, boxes_t, 0.5)
